@@ -1,0 +1,31 @@
+"""python -m anetrain.bench {cpu,sim,overlap} [options]: dispatch to one benchmark."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHES = {
+    "cpu": "anetrain.bench.cpu",  # cpu backend vs PyTorch eager, fp16 conversion throughput
+    "sim": "anetrain.bench.sim",  # ANE simulator: all kernel evaluations of one micro-step
+    "overlap": "anetrain.bench.overlap",  # latency-model runtime: kernel time vs CPU critical path
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHES:
+        print("usage: python -m anetrain.bench {" + ",".join(BENCHES) + "} [options]")
+        for name, mod in BENCHES.items():
+            print(f"  {name:8s} {mod}")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    try:
+        mod = importlib.import_module(BENCHES[argv[0]])
+    except ModuleNotFoundError as e:
+        print(f"anetrain.bench: benchmark {argv[0]!r} is not available: {e}", file=sys.stderr)
+        return 2
+    return int(mod.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

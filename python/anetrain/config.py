@@ -1,0 +1,143 @@
+"""Model and training configuration: dataclasses with named presets (no exec, no globals)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work (bad preset name, inconsistent sizes, ...)."""
+
+
+# ----------------------------------------------------------------------------
+# model
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Llama-2 architecture as llama2.c defines it (pre-norm, RMSNorm, SwiGLU, interleaved RoPE)."""
+
+    dim: int = 288
+    n_layers: int = 6
+    n_heads: int = 6
+    n_kv_heads: int | None = None  # None = n_heads (multi-head attention)
+    hidden_dim: int = 768
+    vocab_size: int = 32000
+    seq_len: int = 256
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    shared_classifier: bool = True  # llama2.c ties tok_embeddings.weight and output.weight
+
+    def __post_init__(self) -> None:
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "vocab_size", "seq_len"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"model config: {name} must be positive, got {getattr(self, name)}")
+        if self.dim % self.n_heads:
+            raise ConfigError(f"model config: dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"model config: n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}"
+            )
+        if self.head_dim % 2:
+            raise ConfigError(f"model config: head_dim {self.head_dim} must be even for RoPE")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+    @property
+    def q_dim(self) -> int:
+        return self.n_heads * self.head_dim  # == dim in llama2.c models
+
+    @property
+    def kv_group(self) -> int:
+        """Query heads per kv head: query head h attends with kv head h // kv_group (llama2.c)."""
+        return self.n_heads // self.n_kv_heads
+
+    def n_params(self) -> int:
+        """Parameter count, shared classifier counted once (as llama2.c and nanoGPT count it)."""
+        d, f, kv, L, v = self.dim, self.hidden_dim, self.kv_dim, self.n_layers, self.vocab_size
+        per_layer = 2 * d * d + 2 * kv * d + 3 * d * f + 2 * d
+        cls = 0 if self.shared_classifier else v * d
+        return v * d + L * per_layer + d + cls
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"model config: unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+
+# Named presets. seq_len 256 for the stories models (the ANE kernels are built for one 256-token
+# sequence); llama2.c trained 42M/110M at 1024, which only matters when importing their files.
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(dim=64, n_layers=2, n_heads=4, hidden_dim=176, seq_len=64),
+    "stories15m": ModelConfig(dim=288, n_layers=6, n_heads=6, hidden_dim=768, seq_len=256),
+    "stories42m": ModelConfig(dim=512, n_layers=8, n_heads=8, hidden_dim=1376, seq_len=256),
+    "stories110m": ModelConfig(dim=768, n_layers=12, n_heads=12, hidden_dim=2048, seq_len=256),
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    """A named preset with optional field overrides, e.g. preset("tiny", vocab_size=512)."""
+    try:
+        base = PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model preset {name!r} (choose from {', '.join(PRESETS)})") from None
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return base.replace(**overrides) if overrides else base
+
+
+# ----------------------------------------------------------------------------
+# training
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (one sequence of seq_len tokens per micro-step)."""
+
+    steps: int = 1000  # optimizer steps
+    accum: int = 1  # micro-steps (sequences) per optimizer step
+    lr: float = 5e-4
+    min_lr: float = 5e-5
+    warmup: int = 100  # optimizer steps of linear warmup
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    clip: float = 1.0  # global gradient-norm clip; 0 disables
+    seed: int = 1337
+    eval_every: int = 0  # 0: only at the end (when validation data exists)
+    eval_batches: int = 8
+    ckpt_every: int = 0  # 0: only at the end
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ConfigError(f"--steps must be >= 0, got {self.steps}")
+        if self.accum < 1:
+            raise ConfigError(f"--accum must be >= 1, got {self.accum}")
+        if self.warmup < 0:
+            raise ConfigError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.clip < 0:
+            raise ConfigError(f"--clip must be >= 0, got {self.clip}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
