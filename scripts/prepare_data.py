@@ -1,0 +1,304 @@
+"""Text files -> anetrain dataset directory (train.bin/val.bin uint16, tokenizer.bin, meta.json)."""
+
+# Mirrors llama2.c's tinystories.py: a sentencepiece BPE vocab trained with train_vocab's options
+# (here single-threaded and unshuffled, so the result is deterministic), then every document is
+# pretokenized with sentencepiece itself as [BOS] + sp.encode(doc.strip()) (no EOS) and the
+# documents are concatenated as raw little-endian uint16 with no header.
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+from anetrain.tokenizer import BOS_ID, EOS_ID, Tokenizer, TokenizerError  # noqa: E402
+
+MAX_VOCAB = 65535  # ids are stored as uint16
+MIN_VOCAB = 259  # <unk>, <s>, </s> and the 256 byte-fallback pieces
+UNK_SURFACE = " \u2047 "  # " ⁇ ", llama2.c train_vocab's unk_surface
+
+
+class DataError(Exception):
+    """A one-line, user-facing error (missing input, bad vocab size, ...)."""
+
+
+# ----------------------------------------------------------------------------
+# reading documents
+
+
+def input_files(paths: Sequence[Path]) -> list[Path]:
+    """Expand directories to their *.txt files (sorted by name); check every file exists."""
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(q for q in p.glob("*.txt") if q.is_file())
+            if not found:
+                raise DataError(f"{p}: directory contains no .txt files")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"{p}: input file not found")
+    return files
+
+
+def read_documents(files: Sequence[Path], split: str) -> list[str]:
+    """Split every file into stripped, non-empty documents.
+
+    split = "blank": documents are separated by blank lines (make_stories.py's format);
+    "line": one document per line; "file": one document per file.
+    """
+    docs: list[str] = []
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except OSError as e:
+            raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+        text = text.replace("\r\n", "\n")
+        if split == "blank":
+            parts = re.split(r"\n[ \t]*\n", text)
+        elif split == "line":
+            parts = text.split("\n")
+        else:
+            parts = [text]
+        found = [d for d in (p.strip() for p in parts) if d]
+        if not found:
+            raise DataError(f"{path}: input file is empty")
+        docs.extend(found)
+    return docs
+
+
+# ----------------------------------------------------------------------------
+# tokenizers
+
+
+def _sentencepiece():  # imported lazily: only vocab training and .model inputs need it
+    try:
+        import sentencepiece as spm
+    except ImportError:
+        raise DataError("sentencepiece is required: pip install anetrain[data]") from None
+    return spm
+
+
+def train_vocab(docs: Sequence[str], vocab_size: int) -> bytes:
+    """Train a sentencepiece BPE model with llama2.c train_vocab's options; returns .model bytes.
+
+    Sentences are the documents' lines (train_vocab writes one story per line and stories contain
+    newlines too). num_threads=1 and no input shuffling make the model deterministic.
+    """
+    spm = _sentencepiece()
+
+    def sentences() -> Iterator[str]:
+        for doc in docs:
+            for line in doc.split("\n"):
+                line = line.strip()
+                if line:
+                    yield line
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=sentences(),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        self_test_sample_size=0,
+        input_format="text",
+        character_coverage=1.0,
+        num_threads=1,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        byte_fallback=True,
+        unk_surface=UNK_SURFACE,
+        normalization_rule_name="identity",
+        shuffle_input_sentence=False,
+        input_sentence_size=0,
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def load_tokenizer(path: Path) -> tuple[Tokenizer, bytes | None, Callable[[str], list[int]]]:
+    """An existing tokenizer: .model (sentencepiece encodes) or llama2.c .bin (run.c encoder)."""
+    if not path.is_file():
+        raise DataError(f"{path}: tokenizer not found")
+    if path.suffix == ".model":
+        blob = path.read_bytes()
+        return sp_tokenizer(blob, str(path))
+    try:
+        tok = Tokenizer.load(path)
+    except TokenizerError as e:
+        raise DataError(str(e)) from None
+    return tok, None, lambda doc: tok.encode(doc, bos=True, eos=False)
+
+
+def sp_tokenizer(blob: bytes, name: str) -> tuple[Tokenizer, bytes, Callable[[str], list[int]]]:
+    """Wrap sentencepiece .model bytes: its llama2.c export and a [BOS] + sp.encode encoder."""
+    spm = _sentencepiece()
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.LoadFromSerializedProto(blob)
+    except (RuntimeError, OSError) as e:
+        raise DataError(f"{name}: cannot load sentencepiece model: {e}") from None
+    if sp.bos_id() != BOS_ID or sp.eos_id() != EOS_ID:
+        raise DataError(f"{name}: expected bos=1 eos=2, got bos={sp.bos_id()} eos={sp.eos_id()}")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:  # from_sentencepiece reads a file path
+        model_path = Path(tmp) / "tokenizer.model"
+        model_path.write_bytes(blob)
+        tok = Tokenizer.from_sentencepiece(model_path)
+    return tok, blob, lambda doc: [BOS_ID, *sp.encode(doc)]
+
+
+# ----------------------------------------------------------------------------
+# dataset
+
+
+def split_documents(n_docs: int, val_fraction: float, seed: int) -> list[bool]:
+    """is_val per document: a seeded random sample of round(fraction * n) documents (>= 1)."""
+    if val_fraction <= 0.0:
+        return [False] * n_docs
+    n_val = max(1, round(val_fraction * n_docs))
+    if n_val >= n_docs:
+        raise DataError(f"only {n_docs} documents: too few to split off {n_val} for validation")
+    is_val = [False] * n_docs
+    for i in random.Random(seed).sample(range(n_docs), n_val):
+        is_val[i] = True
+    return is_val
+
+
+def tokenize(
+    docs: Sequence[str], encode: Callable[[str], list[int]], is_val: Sequence[bool], vocab: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate [BOS] + pieces for each document into the train and val token streams."""
+    from tqdm import tqdm
+
+    train: list[int] = []
+    val: list[int] = []
+    for doc, v in zip(tqdm(docs, desc="tokenizing", unit="doc"), is_val, strict=True):
+        (val if v else train).extend(encode(doc))
+    out = []
+    for ids in (train, val):
+        a = np.asarray(ids, dtype=np.int64)
+        if a.size and (a.min() < 0 or a.max() >= vocab):
+            raise DataError(f"token id {int(a.max())} outside the vocab of {vocab}")
+        out.append(a.astype("<u2"))  # (n_tokens,) little-endian uint16
+    return out[0], out[1]
+
+
+def write_dataset(
+    out_dir: Path,
+    tok: Tokenizer,
+    model_blob: bytes | None,
+    train: np.ndarray,
+    val: np.ndarray,
+    extra: dict,
+) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "train.bin").write_bytes(train.tobytes())
+    (out_dir / "val.bin").write_bytes(val.tobytes())
+    tok.save(out_dir / "tokenizer.bin")
+    if model_blob is not None:
+        (out_dir / "tokenizer.model").write_bytes(model_blob)
+    meta = {
+        "format": "anetrain-dataset",
+        "version": 1,
+        "vocab_size": tok.vocab_size,
+        "dtype": "uint16",
+        "train": "train.bin",
+        "val": "val.bin",
+        "tokenizer": "tokenizer.bin",
+        "bos_id": BOS_ID,
+        "eos_id": EOS_ID,
+        "train_tokens": int(train.size),
+        "val_tokens": int(val.size),
+        **extra,
+    }
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return meta
+
+
+# ----------------------------------------------------------------------------
+# CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("inputs", nargs="+", type=Path, help="text files or directories of .txt files")
+    ap.add_argument("-o", "--out-dir", type=Path, required=True, help="dataset directory to write")
+    group = ap.add_mutually_exclusive_group(required=True)
+    group.add_argument(
+        "--vocab-size", type=int, help="train a sentencepiece BPE vocab of this size"
+    )
+    group.add_argument(
+        "--tokenizer", type=Path, help="use this tokenizer.bin or sentencepiece .model"
+    )
+    ap.add_argument(
+        "--split",
+        choices=["blank", "line", "file"],
+        default="blank",
+        help="document boundaries: blank lines (default), every line, or whole files",
+    )
+    ap.add_argument("--val-fraction", type=float, default=0.02, help="share of documents for val")
+    ap.add_argument("--seed", type=int, default=42, help="seed of the train/val split")
+    ap.add_argument("--no-model", action="store_true", help="do not write tokenizer.model")
+    ap.add_argument("--source", default=None, help="short description stored in meta.json")
+    args = ap.parse_args(argv)
+    try:
+        if not 0.0 <= args.val_fraction < 1.0:
+            raise DataError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+        if args.vocab_size is not None and not MIN_VOCAB <= args.vocab_size <= MAX_VOCAB:
+            raise DataError(
+                f"--vocab-size must be in [{MIN_VOCAB}, {MAX_VOCAB}], got {args.vocab_size}"
+            )
+        files = input_files(args.inputs)
+        docs = read_documents(files, args.split)
+        t0 = time.perf_counter()
+        if args.vocab_size is not None:
+            print(
+                f"training a {args.vocab_size}-piece BPE vocab on {len(docs)} documents ...",
+                file=sys.stderr,
+            )
+            blob = train_vocab(docs, args.vocab_size)
+            tok, blob, encode = sp_tokenizer(blob, "trained vocab")
+        else:
+            tok, blob, encode = load_tokenizer(args.tokenizer)
+        if tok.vocab_size > MAX_VOCAB:
+            raise DataError(f"{args.tokenizer}: vocab of {tok.vocab_size} does not fit in uint16")
+        t_vocab = time.perf_counter() - t0
+        is_val = split_documents(len(docs), args.val_fraction, args.seed)
+        train, val = tokenize(docs, encode, is_val, tok.vocab_size)
+        source = args.source or ", ".join(f.name for f in files)
+        extra = {
+            "source": source,
+            "documents": {"train": is_val.count(False), "val": is_val.count(True)},
+            "split_seed": args.seed,
+            "tokenizer_model": None if (blob is None or args.no_model) else "tokenizer.model",
+        }
+        meta = write_dataset(args.out_dir, tok, None if args.no_model else blob, train, val, extra)
+    except (DataError, TokenizerError) as e:
+        print(f"prepare_data: error: {e}", file=sys.stderr)
+        return 2
+    dt = time.perf_counter() - t0
+    print(
+        f"wrote {args.out_dir}: vocab {meta['vocab_size']}, train {meta['train_tokens']:,} tokens, "
+        f"val {meta['val_tokens']:,} tokens, {len(docs)} documents "
+        f"(vocab {t_vocab:.1f}s, total {dt:.1f}s)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
