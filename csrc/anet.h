@@ -10,7 +10,9 @@
 
 /* ---- fp32 <-> fp16 (fp16.c) ------------------------------------------------------------- */
 /* Implementations: 0 = scalar reference (bit-exact, round-to-nearest-even, subnormals, inf, NaN),
- * 1 = F16C/AVX (x86-64, chosen by cpuid), 2 = NEON (aarch64). */
+ * 1 = F16C/AVX (x86-64, chosen by cpuid), 2 = NEON (aarch64), 3 = AVX-512F (x86-64, cpuid).
+ * All implementations agree bit-for-bit on every input; NaNs come out quiet, keeping sign and
+ * the top payload bits (what F16C and AArch64 FCVT do). */
 int anet_fp16_best_impl(void);            /* the fastest implementation this CPU supports */
 int anet_fp16_impl_available(int impl);   /* 1 if `impl` is compiled in and this CPU runs it */
 /* Convert n values with implementation `impl` (-1 = best). Returns 0, or -1 if impl unavailable. */
@@ -72,8 +74,10 @@ int anet_embed_bwd(float *demb, const float *dx, const int32_t *tok, int V, int 
  *   p *= 1 - lr*wd; g' = g*grad_scale; m = b1*m + (1-b1)*g'; v = b2*v + (1-b2)*g'^2;
  *   p -= (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps), bc1 = 1-b1^step, bc2 = 1-b2^step (step >= 1).
  * grad_scale folds gradient unscaling/clipping into the same pass. */
-void anet_adamw(float *p, float *m, float *v, const float *g, size_t n, float lr, float beta1,
-                float beta2, float eps, float wd, float grad_scale, int step);
+/* Hyperparameters are double, like torch's Python floats: derived constants (1-lr*wd, 1-b1,
+ * lr/bc1, sqrt(bc2)) are formed in double and rounded to fp32 once, exactly as torch does. */
+void anet_adamw(float *p, float *m, float *v, const float *g, size_t n, double lr, double beta1,
+                double beta2, double eps, double wd, double grad_scale, int step);
 
 /* Sum of squares, accumulated in double (global L2 norm = sqrt of the sum over all buffers). */
 double anet_sumsq(const float *x, size_t n);

@@ -1,0 +1,261 @@
+/* ops.c — CPU kernels over channel-first [C, S] fp32 activations: RMSNorm, cross-entropy, SwiGLU, RoPE, embedding, AdamW. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "anet.h"
+
+/* Positions are processed in blocks of TB so per-position accumulators live on the stack while the
+ * inner loops stream contiguous row segments of TB floats (channel-first: row c is x[c*S .. +S)). */
+#define TB 256
+
+// ---- RMSNorm -----------------------------------------------------------------------------------
+
+void anet_rmsnorm_fwd(float *y, float *rrms, const float *x, const float *w, int D, int S,
+                      float eps) {
+    /* y [D,S] (may alias x), rrms [S], x [D,S], w [D] */
+    double ss[TB];
+    float r[TB];
+    for (int t0 = 0; t0 < S; t0 += TB) {
+        int tn = S - t0 < TB ? S - t0 : TB;
+        for (int t = 0; t < tn; t++) ss[t] = 0.0;
+        for (int d = 0; d < D; d++) {
+            const float *xr = x + (size_t)d * S + t0;
+            for (int t = 0; t < tn; t++) ss[t] += (double)xr[t] * xr[t];
+        }
+        for (int t = 0; t < tn; t++) {
+            r[t] = (float)(1.0 / sqrt(ss[t] / D + (double)eps));
+            rrms[t0 + t] = r[t];
+        }
+        for (int d = 0; d < D; d++) {
+            const float *xr = x + (size_t)d * S + t0;
+            float *yr = y + (size_t)d * S + t0;
+            const float wd = w[d];
+            for (int t = 0; t < tn; t++) yr[t] = (xr[t] * r[t]) * wd;
+        }
+    }
+}
+
+void anet_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                      const float *rrms, int D, int S) {
+    /* dx [D,S] (may alias dy), dw [D] (+=), dy [D,S], x [D,S], w [D], rrms [S] */
+    double c[TB];
+    float k[TB];
+    for (int t0 = 0; t0 < S; t0 += TB) {
+        int tn = S - t0 < TB ? S - t0 : TB;
+        const float *r = rrms + t0;
+        for (int t = 0; t < tn; t++) c[t] = 0.0;
+        for (int d = 0; d < D; d++) {  /* c[t] = sum_d w*dy*x; dw[d] += sum_t dy*x*r (dy still intact) */
+            const float *dyr = dy + (size_t)d * S + t0, *xr = x + (size_t)d * S + t0;
+            const double wd = w[d];
+            double acc = 0.0;
+            for (int t = 0; t < tn; t++) {
+                double p = (double)dyr[t] * xr[t];
+                c[t] += wd * p;
+                acc += p * r[t];
+            }
+            dw[d] += (float)acc;
+        }
+        for (int t = 0; t < tn; t++) k[t] = (float)((double)r[t] * r[t] * r[t] * c[t] / D);
+        for (int d = 0; d < D; d++) {  /* dx = r*w*dy - x*r^3*c/D */
+            const float *dyr = dy + (size_t)d * S + t0, *xr = x + (size_t)d * S + t0;
+            float *dxr = dx + (size_t)d * S + t0;
+            const float wd = w[d];
+            for (int t = 0; t < tn; t++) dxr[t] = r[t] * wd * dyr[t] - xr[t] * k[t];
+        }
+    }
+}
+
+// ---- softmax cross-entropy over [V, S] -----------------------------------------------------------
+
+double anet_cross_entropy(float *dlogits, const float *logits, const int32_t *targets, int V, int S,
+                          float scale) {
+    /* dlogits [V,S] (may alias logits), logits [V,S], targets [S] */
+    for (int t = 0; t < S; t++)
+        if (targets[t] < 0 || targets[t] >= V) return NAN;
+    float mx[TB], tgt[TB];
+    double sum[TB];
+    double loss = 0.0;
+    const float g = scale / (float)S;
+    for (int t0 = 0; t0 < S; t0 += TB) {
+        int tn = S - t0 < TB ? S - t0 : TB;
+        /* pass 1: per-position max, and the target logit before dlogits may overwrite it */
+        for (int t = 0; t < tn; t++) {
+            mx[t] = -INFINITY;
+            sum[t] = 0.0;
+            tgt[t] = logits[(size_t)targets[t0 + t] * S + t0 + t];
+        }
+        for (int v = 0; v < V; v++) {
+            const float *row = logits + (size_t)v * S + t0;
+            for (int t = 0; t < tn; t++) mx[t] = row[t] > mx[t] ? row[t] : mx[t];
+        }
+        /* pass 2: e = exp(x - max) stored into dlogits, sums in double */
+        for (int v = 0; v < V; v++) {
+            const float *row = logits + (size_t)v * S + t0;
+            float *out = dlogits + (size_t)v * S + t0;
+            for (int t = 0; t < tn; t++) {
+                float e = expf(row[t] - mx[t]);
+                out[t] = e;
+                sum[t] += e;
+            }
+        }
+        /* loss_t = log(sum) + max - x_target; pass 3 normalises: d = (e/sum - onehot) * scale/S */
+        float inv[TB];
+        for (int t = 0; t < tn; t++) {
+            loss += log(sum[t]) + (double)mx[t] - (double)tgt[t];
+            inv[t] = (float)(1.0 / sum[t]) * g;
+        }
+        for (int v = 0; v < V; v++) {
+            float *out = dlogits + (size_t)v * S + t0;
+            for (int t = 0; t < tn; t++) out[t] *= inv[t];
+        }
+        for (int t = 0; t < tn; t++) dlogits[(size_t)targets[t0 + t] * S + t0 + t] -= g;
+    }
+    return S > 0 ? loss / S : 0.0;
+}
+
+// ---- SwiGLU --------------------------------------------------------------------------------------
+
+void anet_swiglu_fwd(float *gate, const float *h1, const float *h3, size_t n) {
+    /* gate, h1, h3: [n] (gate may alias either input) */
+    for (size_t i = 0; i < n; i++) {
+        float a = h1[i];
+        gate[i] = a / (1.0f + expf(-a)) * h3[i];
+    }
+}
+
+void anet_swiglu_bwd(float *dh1, float *dh3, const float *dgate, const float *h1, const float *h3,
+                     size_t n) {
+    /* all [n]; outputs may alias dgate (every input is read before either output is written) */
+    for (size_t i = 0; i < n; i++) {
+        float a = h1[i], b = h3[i], dg = dgate[i];
+        float s = 1.0f / (1.0f + expf(-a));
+        float d3 = dg * a * s;
+        float d1 = dg * b * s * (1.0f + a * (1.0f - s));
+        dh3[i] = d3;
+        dh1[i] = d1;
+    }
+}
+
+// ---- RoPE ----------------------------------------------------------------------------------------
+
+/* Rotate every pair by +angle (dir = 1, forward) or -angle (dir = -1, the transpose / backward). */
+static void rope(float *x, const float *cos_t, const float *sin_t, int n_heads, int hd, int S,
+                 float dir) {
+    /* x [n_heads*hd, S]; cos_t, sin_t [S, hd/2] */
+    int half = hd / 2;
+    /* Transposed tables [hd/2, S] make the inner loop contiguous in t (vectorisable); fall back to
+     * strided table reads if the scratch allocation fails. */
+    float *ct = malloc(sizeof(float) * 2 * (size_t)half * (size_t)S);
+    float *st = ct ? ct + (size_t)half * S : NULL;
+    if (ct)
+        for (int t = 0; t < S; t++)
+            for (int i = 0; i < half; i++) {
+                ct[(size_t)i * S + t] = cos_t[(size_t)t * half + i];
+                st[(size_t)i * S + t] = dir * sin_t[(size_t)t * half + i];
+            }
+    for (int h = 0; h < n_heads; h++)
+        for (int i = 0; i < half; i++) {
+            float *x0 = x + (size_t)(h * hd + 2 * i) * S;
+            float *x1 = x0 + S;
+            if (ct) {
+                const float *c = ct + (size_t)i * S, *s = st + (size_t)i * S;
+                for (int t = 0; t < S; t++) {
+                    float a = x0[t], b = x1[t];
+                    x0[t] = a * c[t] - b * s[t];
+                    x1[t] = a * s[t] + b * c[t];
+                }
+            } else {
+                for (int t = 0; t < S; t++) {
+                    float c = cos_t[(size_t)t * half + i], s = dir * sin_t[(size_t)t * half + i];
+                    float a = x0[t], b = x1[t];
+                    x0[t] = a * c - b * s;
+                    x1[t] = a * s + b * c;
+                }
+            }
+        }
+    free(ct);
+}
+
+void anet_rope_fwd(float *x, const float *cos_t, const float *sin_t, int n_heads, int head_dim,
+                   int S) {
+    rope(x, cos_t, sin_t, n_heads, head_dim, S, 1.0f);
+}
+
+void anet_rope_bwd(float *x, const float *cos_t, const float *sin_t, int n_heads, int head_dim,
+                   int S) {
+    rope(x, cos_t, sin_t, n_heads, head_dim, S, -1.0f);
+}
+
+// ---- embedding -----------------------------------------------------------------------------------
+
+static int tokens_ok(const int32_t *tok, int V, int S) {
+    for (int t = 0; t < S; t++)
+        if (tok[t] < 0 || tok[t] >= V) return 0;
+    return 1;
+}
+
+int anet_embed_fwd(float *x, const float *emb, const int32_t *tok, int V, int D, int S) {
+    /* x [D,S], emb [V,D], tok [S]; blocks of 64 channels keep the strided writes in cache */
+    if (!tokens_ok(tok, V, S)) return -1;
+    for (int d0 = 0; d0 < D; d0 += 64) {
+        int dn = D - d0 < 64 ? D - d0 : 64;
+        for (int t = 0; t < S; t++) {
+            const float *e = emb + (size_t)tok[t] * D + d0;
+            for (int d = 0; d < dn; d++) x[(size_t)(d0 + d) * S + t] = e[d];
+        }
+    }
+    return 0;
+}
+
+int anet_embed_bwd(float *demb, const float *dx, const int32_t *tok, int V, int D, int S) {
+    /* demb [V,D] (+=), dx [D,S], tok [S]; repeated tokens accumulate in position order */
+    if (!tokens_ok(tok, V, S)) return -1;
+    for (int d0 = 0; d0 < D; d0 += 64) {
+        int dn = D - d0 < 64 ? D - d0 : 64;
+        for (int t = 0; t < S; t++) {
+            float *e = demb + (size_t)tok[t] * D + d0;
+            for (int d = 0; d < dn; d++) e[d] += dx[(size_t)(d0 + d) * S + t];
+        }
+    }
+    return 0;
+}
+
+// ---- AdamW and the global norm -------------------------------------------------------------------
+
+void anet_adamw(float *restrict p, float *restrict m, float *restrict v, const float *restrict g,
+                size_t n, double lr, double beta1, double beta2, double eps, double wd,
+                double grad_scale, int step) {
+    /* p, m, v, g: [n]. The fp32 constants below are exactly the scalars torch's single-tensor
+     * AdamW hands its fp32 kernels (Python floats combined in double, then cast once). */
+    const float decay = (float)(1.0 - lr * wd);
+    const float w1 = (float)(1.0 - beta1);            /* m.lerp_(g, 1-b1): m + w1*(g-m) */
+    const float b2 = (float)beta2, w2 = (float)(1.0 - beta2);
+    const double bc1 = 1.0 - pow(beta1, step), bc2 = 1.0 - pow(beta2, step);
+    const float neg_step = (float)(-(lr / bc1));
+    const float bc2_sqrt = (float)sqrt(bc2);
+    const float epsf = (float)eps, gs = (float)grad_scale;
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i] * gs;
+        float pi = p[i] * decay;
+        float mi = m[i] + w1 * (gi - m[i]);
+        float vi = v[i] * b2 + (w2 * gi) * gi;
+        float denom = sqrtf(vi) / bc2_sqrt + epsf;
+        p[i] = pi + (neg_step * mi) / denom;
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+double anet_sumsq(const float *x, size_t n) {
+    /* x [n]; 4 independent double accumulators (fixed order, so results are reproducible) */
+    double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        a0 += (double)x[i] * x[i];
+        a1 += (double)x[i + 1] * x[i + 1];
+        a2 += (double)x[i + 2] * x[i + 2];
+        a3 += (double)x[i + 3] * x[i + 3];
+    }
+    for (; i < n; i++) a0 += (double)x[i] * x[i];
+    return (a0 + a1) + (a2 + a3);
+}
