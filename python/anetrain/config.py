@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from anetrain.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration that cannot work (bad preset name, inconsistent sizes, ...)."""
 
 
@@ -116,6 +118,7 @@ class TrainConfig:
     lr: float = 5e-4
     min_lr: float = 5e-5
     warmup: int = 100  # optimizer steps of linear warmup
+    lr_decay_steps: int = 0  # cosine horizon; 0 = steps (set it to train one schedule in sittings)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -136,6 +139,8 @@ class TrainConfig:
             raise ConfigError(f"--warmup must be >= 0, got {self.warmup}")
         if self.clip < 0:
             raise ConfigError(f"--clip must be >= 0, got {self.clip}")
+        if self.lr_decay_steps < 0:
+            raise ConfigError(f"--lr-decay-steps must be >= 0, got {self.lr_decay_steps}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
 

@@ -1,0 +1,86 @@
+"""An independent PyTorch (eager, fp32) llama2.c model: the autograd oracle in tests and the bench rival."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anetrain.config import ModelConfig
+from anetrain.params import Params
+
+# Written from llama2.c's documented conventions (design/llama2c.md §1), in the usual [S, D] layout
+# with PyTorch ops only, so that it shares no code path with anetrain's channel-first kernels.
+
+
+class TorchLlama(torch.nn.Module):
+    def __init__(self, cfg: ModelConfig, params: Params | None = None):
+        super().__init__()
+        self.cfg = cfg
+        names = [n for n, _ in (params.names if params is not None else Params(cfg).names)]
+        src = params.tensors if params is not None else Params(cfg).tensors
+        # parameter names with '.' are not allowed in a ParameterDict key: use '/'
+        self.p = torch.nn.ParameterDict(
+            {n.replace(".", "/"): torch.nn.Parameter(torch.tensor(np.array(src[n]))) for n in names}
+        )
+        hd = cfg.head_dim
+        inv = cfg.rope_theta ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+        ang = torch.outer(torch.arange(cfg.seq_len, dtype=torch.float64), inv)
+        self.register_buffer("cos", torch.cos(ang).float(), persistent=False)  # (S, hd/2)
+        self.register_buffer("sin", torch.sin(ang).float(), persistent=False)
+
+    def w(self, name: str) -> torch.Tensor:
+        return self.p[name.replace(".", "/")]
+
+    def _rmsnorm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.cfg.norm_eps) * w
+
+    def _rope(self, x: torch.Tensor) -> torch.Tensor:
+        """x (S, heads, hd): rotate adjacent pairs (2i, 2i+1) by pos * theta^(-2i/hd)."""
+        S = x.shape[0]
+        xr = x.reshape(S, x.shape[1], -1, 2)
+        x0, x1 = xr[..., 0], xr[..., 1]
+        c, s = self.cos[:S, None, :], self.sin[:S, None, :]
+        return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).reshape(x.shape)
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        S, H, KV, hd = tokens.shape[0], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        x = self.w("embed")[tokens]  # (S, D)
+        for i in range(cfg.n_layers):
+            L = f"layers.{i}."
+            h = self._rmsnorm(x, self.w(L + "rms_att"))
+            q = self._rope((h @ self.w(L + "wq").T).view(S, H, hd))
+            k = self._rope((h @ self.w(L + "wk").T).view(S, KV, hd))
+            v = (h @ self.w(L + "wv").T).view(S, KV, hd)
+            k = k.repeat_interleave(H // KV, dim=1)  # query head h uses kv head h // (H/KV)
+            v = v.repeat_interleave(H // KV, dim=1)
+            q, k, v = (t.transpose(0, 1) for t in (q, k, v))  # (heads, S, hd)
+            att = (q @ k.transpose(1, 2)) / math.sqrt(hd)
+            att = att.masked_fill(torch.ones(S, S, dtype=torch.bool).triu(1), float("-inf"))
+            o = (att.softmax(-1) @ v).transpose(0, 1).reshape(S, cfg.q_dim)
+            x = x + o @ self.w(L + "wo").T
+            h = self._rmsnorm(x, self.w(L + "rms_ffn"))
+            g = F.silu(h @ self.w(L + "w1").T) * (h @ self.w(L + "w3").T)
+            x = x + g @ self.w(L + "w2").T
+        x = self._rmsnorm(x, self.w("rms_final"))
+        cls = self.w("embed") if cfg.shared_classifier else self.w("wcls")
+        return F.cross_entropy(x @ cls.T, targets)
+
+    def grads_into(self, out: Params) -> None:
+        """Copy .grad of every parameter into a Params buffer (same names)."""
+        for name, t in out.tensors.items():
+            g = self.w(name).grad
+            t[...] = 0.0 if g is None else g.detach().numpy()
+
+
+def loss_and_grads(params: Params, tokens: np.ndarray, targets: np.ndarray) -> tuple[float, Params]:
+    """Autograd loss and gradients of one sequence (tokens, targets int [S])."""
+    m = TorchLlama(params.cfg, params)
+    loss = m(torch.as_tensor(tokens, dtype=torch.long), torch.as_tensor(targets, dtype=torch.long))
+    loss.backward()
+    g = params.zeros_like()
+    m.grads_into(g)
+    return loss.item(), g

@@ -1,0 +1,157 @@
+"""CpuKernels: the ten training kernels in fp32 numpy — the oracle, and the backend where no ANE exists."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from anetrain import native
+from anetrain.config import ModelConfig
+from anetrain.params import Params
+from anetrain.rope import rope_tables
+
+# Every kernel works on channel-first activations [C, S] (element (c, t) at c*S + t) and reads the
+# fp32 master weights in llama2.c orientation W[out, in]. The MIL versions in mil/kernels.py compute
+# the same functions on the ANE in fp16; tests compare the two kernel by kernel.
+#
+#   sdpa_fwd    xnorm[D,S]                       -> attn[Q,S], q_rope[Q,S], k_rope[KV,S], v[KV,S]
+#   wo_fwd      attn[Q,S]                        -> o[D,S]        = Wo attn
+#   ffn_fused   x2norm[D,S]                      -> ffn[D,S], h1[F,S], h3[F,S], gate[F,S]
+#   ffn_bwd_w2t dffn[D,S]                        -> dgate[F,S]    = W2^T dffn
+#   ffn_bwd_w13t dh1[F,S], dh3[F,S]              -> dx[D,S]       = W1^T dh1 + W3^T dh3
+#   wot_bwd     dx2[D,S]                         -> dattn[Q,S]    = Wo^T dx2
+#   sdpa_bwd1   q_rope, k_tiled, v_tiled, dattn  -> dv_full[Q,S], P[H*S,S], dP[H*S,S]
+#   sdpa_bwd2   P, dP, q_rope, k_tiled           -> dq[Q,S], dk_full[Q,S]   (w.r.t. roped q, k)
+#   q_bwd       dq[Q,S]                          -> dx[D,S]       = Wq^T dq
+#   kv_bwd      dk[KV,S], dv[KV,S]               -> dx[D,S]       = Wk^T dk + Wv^T dv
+#
+# k_tiled/v_tiled/dk_full/dv_full have one head per *query* head: query head h uses kv head
+# h // kv_group (llama2.c's GQA mapping); tile_kv/reduce_kv convert between the two.
+
+
+def tile_kv(x: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """[KV, S] -> [Q, S]: repeat each kv head kv_group times, consecutively (h // kv_group)."""
+    if cfg.kv_group == 1:
+        return x
+    hd, S = cfg.head_dim, x.shape[1]
+    return np.repeat(x.reshape(cfg.n_kv_heads, 1, hd, S), cfg.kv_group, axis=1).reshape(cfg.q_dim, S)
+
+
+def reduce_kv(x: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """[Q, S] -> [KV, S]: sum the gradients of the query heads that share a kv head."""
+    if cfg.kv_group == 1:
+        return x
+    hd, S = cfg.head_dim, x.shape[1]
+    return x.reshape(cfg.n_kv_heads, cfg.kv_group, hd, S).sum(axis=1).reshape(cfg.kv_dim, S)
+
+
+def causal_mask(S: int, neg: float = -np.inf) -> np.ndarray:
+    """[S, S] additive mask: 0 where key t' <= query t, `neg` above the diagonal."""
+    return np.triu(np.full((S, S), neg, dtype=np.float32), k=1)
+
+
+class CpuKernels:
+    """fp32 numpy implementations reading the fp32 masters directly (no staging needed)."""
+
+    name = "cpu"
+
+    def __init__(self, cfg: ModelConfig, params: Params, seq_len: int | None = None):
+        self.cfg = cfg
+        self.params = params
+        self.S = seq_len or cfg.seq_len
+        self.cos, self.sin = rope_tables(cfg.head_dim, self.S, cfg.rope_theta)  # [S, hd/2] each
+        self.mask = causal_mask(self.S)  # [S, S]
+        self.scale = np.float32(1.0 / np.sqrt(cfg.head_dim))
+
+    def update_weights(self) -> None:
+        """Called after every optimizer step; the cpu kernels read the masters, so nothing to do."""
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def _heads(self, x: np.ndarray) -> np.ndarray:
+        return x.reshape(self.cfg.n_heads, self.cfg.head_dim, self.S)  # [Q,S] -> (H, hd, S)
+
+    def _probs(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """Causal softmax attention probabilities (H, S_query, S_key) from roped q, tiled k [Q,S]."""
+        qh, kh = self._heads(q), self._heads(k)
+        scores = np.matmul(qh.transpose(0, 2, 1), kh)  # (H, S, hd) @ (H, hd, S) -> (H, S, S)
+        scores *= self.scale
+        scores += self.mask
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=-1, keepdims=True)
+        return scores
+
+    # ---- forward ----------------------------------------------------------------------------
+
+    def sdpa_fwd(self, layer: int, xnorm: np.ndarray):
+        lp, cfg = self.params.layers[layer], self.cfg
+        q = lp.wq @ xnorm  # [Q, S]
+        k = lp.wk @ xnorm  # [KV, S]
+        v = lp.wv @ xnorm  # [KV, S]
+        native.rope_fwd(q, self.cos, self.sin, cfg.n_heads)
+        native.rope_fwd(k, self.cos, self.sin, cfg.n_kv_heads)
+        p = self._probs(q, tile_kv(k, cfg))  # (H, S, S)
+        vh = self._heads(tile_kv(v, cfg))  # (H, hd, S)
+        attn = np.matmul(vh, p.transpose(0, 2, 1))  # attn[d,t] = sum_t' v[d,t'] P[t,t'] -> (H, hd, S)
+        return attn.reshape(cfg.q_dim, self.S), q, k, v
+
+    def wo_fwd(self, layer: int, attn: np.ndarray) -> np.ndarray:
+        return self.params.layers[layer].wo @ attn  # [D, S]
+
+    def ffn_fused(self, layer: int, x2norm: np.ndarray):
+        lp = self.params.layers[layer]
+        h1 = lp.w1 @ x2norm  # [F, S]
+        h3 = lp.w3 @ x2norm  # [F, S]
+        gate = native.swiglu_fwd(h1, h3)  # [F, S]
+        return lp.w2 @ gate, h1, h3, gate  # ffn [D, S]
+
+    # ---- backward ---------------------------------------------------------------------------
+
+    def ffn_bwd_w2t(self, layer: int, dffn: np.ndarray) -> np.ndarray:
+        return self.params.layers[layer].w2.T @ dffn  # [F, S]
+
+    def ffn_bwd_w13t(self, layer: int, dh1: np.ndarray, dh3: np.ndarray) -> np.ndarray:
+        lp = self.params.layers[layer]
+        dx = lp.w1.T @ dh1  # [D, S]
+        dx += lp.w3.T @ dh3
+        return dx
+
+    def wot_bwd(self, layer: int, dx2: np.ndarray) -> np.ndarray:
+        return self.params.layers[layer].wo.T @ dx2  # [Q, S]
+
+    def sdpa_bwd1(self, layer: int, q: np.ndarray, k_tiled: np.ndarray, v_tiled: np.ndarray,
+                  dattn: np.ndarray):
+        cfg, S = self.cfg, self.S
+        p = self._probs(q, k_tiled)  # recomputed, as on the ANE: (H, S, S)
+        dah, vh = self._heads(dattn), self._heads(v_tiled)  # (H, hd, S)
+        dv = np.matmul(dah, p)  # dv[d,t'] = sum_t dattn[d,t] P[t,t'] -> (H, hd, S)
+        dp = np.matmul(dah.transpose(0, 2, 1), vh)  # dP[t,t'] = sum_d dattn[d,t] v[d,t'] -> (H,S,S)
+        H = cfg.n_heads
+        return dv.reshape(cfg.q_dim, S), p.reshape(H * S, S), dp.reshape(H * S, S)
+
+    def sdpa_bwd2(self, layer: int, p: np.ndarray, dp: np.ndarray, q: np.ndarray,
+                  k_tiled: np.ndarray):
+        cfg, S, H = self.cfg, self.S, self.cfg.n_heads
+        p3, dp3 = p.reshape(H, S, S), dp.reshape(H, S, S)  # (H, S_query, S_key)
+        ds = dp3 - (p3 * dp3).sum(axis=-1, keepdims=True)
+        ds *= p3
+        ds *= self.scale  # dL/dscores_raw (H, S, S)
+        dq = np.matmul(self._heads(k_tiled), ds.transpose(0, 2, 1))  # dq[d,t] = sum_t' dS k[d,t']
+        dk = np.matmul(self._heads(q), ds)  # dk[d,t'] = sum_t dS[t,t'] q[d,t] -> (H, hd, S)
+        return dq.reshape(cfg.q_dim, S), dk.reshape(cfg.q_dim, S)
+
+    def sdpa_bwd(self, layer: int, q: np.ndarray, k_tiled: np.ndarray, v_tiled: np.ndarray,
+                 dattn: np.ndarray):
+        """sdpa_bwd1 then sdpa_bwd2 -> (dq, dk_full, dv_full), all [Q, S]."""
+        dv, p, dp = self.sdpa_bwd1(layer, q, k_tiled, v_tiled, dattn)
+        dq, dk = self.sdpa_bwd2(layer, p, dp, q, k_tiled)
+        return dq, dk, dv
+
+    def q_bwd(self, layer: int, dq: np.ndarray) -> np.ndarray:
+        return self.params.layers[layer].wq.T @ dq  # [D, S]
+
+    def kv_bwd(self, layer: int, dk: np.ndarray, dv: np.ndarray) -> np.ndarray:
+        lp = self.params.layers[layer]
+        dx = lp.wk.T @ dk  # [D, S]
+        dx += lp.wv.T @ dv
+        return dx

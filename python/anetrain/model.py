@@ -1,0 +1,130 @@
+"""One training micro-step (forward + backward) of a llama2.c model over a Kernels object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from anetrain import native
+from anetrain.kernels_cpu import reduce_kv, tile_kv
+from anetrain.params import Params
+
+# Data flow (channel-first [C, S] everywhere, S = one sequence; see ARCHITECTURE.md):
+#   x = embed[tokens]^T                                             [D, S]
+#   per layer: xn = RMSNorm(x)        -> sdpa_fwd -> wo_fwd -> x2 = x + o      (CPU, fp32 residual)
+#              x2n = RMSNorm(x2)      -> ffn_fused            -> x  = x2 + ffn (CPU, fp32 residual)
+#   logits = Wcls RMSNorm(x)  [V, S]; loss = mean CE; backward mirrors it with the seven backward
+#   kernels, and every dW = dY X^T is an fp32 sgemm on the CPU.
+# Exact Llama-2 math: no residual scaling, so trained models stay byte-compatible with llama2.c.
+
+
+@dataclass
+class LayerActs:
+    """What the backward needs from one layer's forward (all fp32, channel-first)."""
+
+    x: np.ndarray  # [D, S] layer input (residual stream)
+    xn: np.ndarray  # [D, S] RMSNorm_att(x)
+    r_att: np.ndarray  # [S] reciprocal RMS of x
+    q: np.ndarray  # [Q, S] roped queries
+    k: np.ndarray  # [KV, S] roped keys
+    v: np.ndarray  # [KV, S] values
+    attn: np.ndarray  # [Q, S] attention output before Wo
+    x2: np.ndarray  # [D, S] residual stream after attention
+    x2n: np.ndarray  # [D, S] RMSNorm_ffn(x2)
+    r_ffn: np.ndarray  # [S]
+    h1: np.ndarray  # [F, S] W1 x2n
+    h3: np.ndarray  # [F, S] W3 x2n
+    gate: np.ndarray  # [F, S] silu(h1) * h3
+
+
+def _matmul_into(g: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool) -> None:
+    """g (+)= a @ b (dW = dY X^T with b a transposed view: BLAS reads it in place, no copy)."""
+    if accumulate:
+        g += a @ b
+    else:
+        np.matmul(a, b, out=g)
+
+
+def forward(params: Params, kern, tokens: np.ndarray, keep: bool = True):
+    """Forward pass to the final hidden state. Returns (x_pre_final [D,S], acts list or None)."""
+    cfg = params.cfg
+    x = native.embed_fwd(params.embed, tokens)  # [D, S]
+    acts: list[LayerActs] = []
+    for layer, lp in enumerate(params.layers):
+        xn, r_att = native.rmsnorm_fwd(x, lp.rms_att, cfg.norm_eps)  # [D, S], [S]
+        attn, q, k, v = kern.sdpa_fwd(layer, xn)
+        x2 = x + kern.wo_fwd(layer, attn)  # [D, S]
+        x2n, r_ffn = native.rmsnorm_fwd(x2, lp.rms_ffn, cfg.norm_eps)
+        ffn, h1, h3, gate = kern.ffn_fused(layer, x2n)
+        if keep:
+            acts.append(LayerActs(x, xn, r_att, q, k, v, attn, x2, x2n, r_ffn, h1, h3, gate))
+        x = x2 + ffn
+    return x, (acts if keep else None)
+
+
+def loss_only(params: Params, kern, tokens: np.ndarray, targets: np.ndarray) -> float:
+    """Mean cross-entropy of one sequence, no backward (evaluation)."""
+    x, _ = forward(params, kern, tokens, keep=False)
+    xf, _ = native.rmsnorm_fwd(x, params.rms_final, params.cfg.norm_eps)
+    logits = params.wcls @ xf  # [V, S]
+    loss, _ = native.cross_entropy(logits, targets, out=logits)
+    return loss
+
+
+def micro_step(params: Params, grads: Params, kern, tokens: np.ndarray, targets: np.ndarray,
+               accumulate: bool, loss_scale: float = 1.0) -> float:
+    """Forward + backward of one sequence; adds loss_scale * dLoss/dparams into `grads`.
+
+    tokens, targets: int32 [S]. accumulate=False overwrites `grads` (first micro-step of an
+    optimizer step), True adds to them. Returns the (unscaled) mean cross-entropy loss.
+    """
+    cfg = params.cfg
+    if not accumulate:  # the C backward of RMSNorm and the embedding scatter only add
+        grads.flat[grads.n_decay :] = 0.0
+        if not cfg.shared_classifier:
+            grads.embed[...] = 0.0
+
+    # ---- forward
+    x, acts = forward(params, kern, tokens)
+    xf, r_fin = native.rmsnorm_fwd(x, params.rms_final, cfg.norm_eps)  # [D, S]
+    logits = params.wcls @ xf  # [V, S]
+    loss, dlogits = native.cross_entropy(logits, targets, scale=loss_scale, out=logits)
+
+    # ---- classifier and final norm (the tied classifier gradient lands in grads.embed first)
+    _matmul_into(grads.wcls, dlogits, xf.T, accumulate)  # [V, D]
+    dxf = params.wcls.T @ dlogits  # [D, S]
+    del logits, dlogits
+    dy = native.rmsnorm_bwd(dxf, x, params.rms_final, r_fin, grads.rms_final, out=dxf)
+
+    # ---- layers, last to first; dy is dLoss/d(residual stream) at the layer output
+    for layer in reversed(range(cfg.n_layers)):
+        a, lp, gp = acts[layer], params.layers[layer], grads.layers[layer]
+        # FFN branch: x_out = x2 + W2 (silu(W1 x2n) * W3 x2n)
+        dgate = kern.ffn_bwd_w2t(layer, dy)  # [F, S]
+        _matmul_into(gp.w2, dy, a.gate.T, accumulate)
+        dh1, dh3 = native.swiglu_bwd(dgate, a.h1, a.h3, dh1=dgate)  # [F, S] each
+        _matmul_into(gp.w1, dh1, a.x2n.T, accumulate)
+        _matmul_into(gp.w3, dh3, a.x2n.T, accumulate)
+        dx2n = kern.ffn_bwd_w13t(layer, dh1, dh3)  # [D, S]
+        dx2 = native.rmsnorm_bwd(dx2n, a.x2, lp.rms_ffn, a.r_ffn, gp.rms_ffn, out=dx2n)
+        dx2 += dy
+        # attention branch: x2 = x + Wo attn(RoPE(Wq xn), RoPE(Wk xn), Wv xn)
+        dattn = kern.wot_bwd(layer, dx2)  # [Q, S]
+        _matmul_into(gp.wo, dx2, a.attn.T, accumulate)
+        k_t, v_t = tile_kv(a.k, cfg), tile_kv(a.v, cfg)  # [Q, S]
+        dq, dk_full, dv_full = kern.sdpa_bwd(layer, a.q, k_t, v_t, dattn)
+        dk, dv = reduce_kv(dk_full, cfg), reduce_kv(dv_full, cfg)  # [KV, S]
+        native.rope_bwd(dq, kern.cos, kern.sin, cfg.n_heads)
+        native.rope_bwd(dk, kern.cos, kern.sin, cfg.n_kv_heads)
+        _matmul_into(gp.wq, dq, a.xn.T, accumulate)
+        _matmul_into(gp.wk, dk, a.xn.T, accumulate)
+        _matmul_into(gp.wv, dv, a.xn.T, accumulate)
+        dxn = kern.q_bwd(layer, dq)  # [D, S]
+        dxn += kern.kv_bwd(layer, dk, dv)
+        dy = native.rmsnorm_bwd(dxn, a.x, lp.rms_att, a.r_att, gp.rms_att, out=dxn)
+        dy += dx2
+        acts[layer] = None  # free this layer's activations early (peak memory)
+
+    native.embed_bwd(grads.embed, dy, tokens)
+    return loss

@@ -1,0 +1,61 @@
+"""LR schedule (warmup + cosine), global-norm clipping and AdamW over flat fp32 buffers (C, fused)."""
+
+from __future__ import annotations
+
+import math
+
+from anetrain import native
+from anetrain.params import Params
+
+
+def get_lr(it: int, lr: float, min_lr: float, warmup: int, decay_steps: int) -> float:
+    """nanoGPT's schedule for optimizer step `it` (0-based)."""
+    # 1) linear warmup for `warmup` steps
+    if it < warmup:
+        return lr * (it + 1) / (warmup + 1)
+    # 2) past the decay horizon: the floor
+    if it > decay_steps:
+        return min_lr
+    # 3) in between: cosine decay from lr down to min_lr
+    ratio = (it - warmup) / max(1, decay_steps - warmup)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
+    return min_lr + coeff * (lr - min_lr)
+
+
+def grad_norm(grads: Params, scale: float = 1.0, threads: int = 1) -> float:
+    """Global L2 norm of scale * grads (all parameters, as torch.nn.utils.clip_grad_norm_)."""
+    return math.sqrt(native.sumsq(grads.flat, threads=threads)) * abs(scale)
+
+
+def clip_factor(norm: float, clip: float) -> float:
+    """torch clip_grad_norm_: multiply by clip / (norm + 1e-6) when that is < 1; clip 0 disables."""
+    if clip <= 0.0:
+        return 1.0
+    return min(1.0, clip / (norm + 1e-6))
+
+
+class AdamW:
+    """torch.optim.AdamW semantics: decoupled decay on every >= 2-D tensor (embedding included),
+    none on norm weights; bias correction; eps added after the square root.
+
+    The moments are Params buffers (same flat layout), so checkpoints store them as-is.
+    """
+
+    def __init__(self, params: Params, beta1: float = 0.9, beta2: float = 0.95,
+                 eps: float = 1e-8, weight_decay: float = 0.1, threads: int = 1):
+        self.params = params
+        self.m = params.zeros_like()
+        self.v = params.zeros_like()
+        self.beta1, self.beta2, self.eps, self.wd = beta1, beta2, eps, weight_decay
+        self.t = 0  # optimizer steps taken (bias-correction clock)
+        self.threads = threads
+
+    def step(self, grads: Params, lr: float, grad_scale: float = 1.0) -> None:
+        """One update with gradient grads * grad_scale (unscaling and clipping folded in)."""
+        self.t += 1
+        n = self.params.n_decay
+        p, m, v, g = self.params.flat, self.m.flat, self.v.flat, grads.flat
+        common = dict(lr=lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps,
+                      grad_scale=grad_scale, step=self.t, threads=self.threads)
+        native.adamw(p[:n], m[:n], v[:n], g[:n], wd=self.wd, **common)  # matrices, embedding
+        native.adamw(p[n:], m[n:], v[n:], g[n:], wd=0.0, **common)  # norm weights

@@ -1,0 +1,68 @@
+"""AdamW (decay groups, bias correction, folded grad scale), clipping and the LR schedule."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import tiny_cfg
+
+from anetrain.optim import AdamW, clip_factor, get_lr, grad_norm
+from anetrain.params import init_params
+
+
+def test_adamw_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    cfg = tiny_cfg(n_kv_heads=2)
+    p = init_params(cfg, rng)
+    ref = {n: torch.nn.Parameter(torch.tensor(np.array(t))) for n, t in p.tensors.items()}
+    decay = [t for n, t in ref.items() if t.ndim >= 2]
+    no_decay = [t for n, t in ref.items() if t.ndim < 2]
+    topt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
+    opt = AdamW(p, 0.9, 0.95, 1e-8, 0.1)
+    for it in range(5):
+        g = p.zeros_like()
+        g.flat[:] = rng.standard_normal(len(p)).astype(np.float32)
+        scale, lr = 0.5, 1e-3 * (it + 1)
+        for n, t in ref.items():
+            t.grad = torch.tensor(np.array(g.tensors[n])) * scale
+        for group in topt.param_groups:
+            group["lr"] = lr
+        topt.step()
+        opt.step(g, lr, grad_scale=scale)
+    for n, t in ref.items():
+        np.testing.assert_allclose(p.tensors[n], t.detach().numpy(), rtol=1e-5, atol=1e-7,
+                                   err_msg=n)
+
+
+def test_clip_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    cfg = tiny_cfg()
+    g = init_params(cfg, rng)
+    ts = [torch.tensor(np.array(t)) for t in g.tensors.values()]
+    ps = [torch.nn.Parameter(torch.zeros_like(t)) for t in ts]
+    for pp, t in zip(ps, ts):
+        pp.grad = t.clone()
+    tnorm = float(torch.nn.utils.clip_grad_norm_(ps, 0.5))
+    norm = grad_norm(g)
+    assert norm == pytest.approx(tnorm, rel=1e-5)
+    f = clip_factor(norm, 0.5)
+    for pp, t in zip(ps, ts):
+        np.testing.assert_allclose(t.numpy() * f, pp.grad.numpy(), rtol=1e-5, atol=1e-9)
+    assert clip_factor(norm, 0.0) == 1.0 and clip_factor(0.1, 1.0) == 1.0
+
+
+def test_lr_schedule_shape():
+    lr, mn, wu, n = 1e-3, 1e-4, 10, 100
+    assert get_lr(0, lr, mn, wu, n) == pytest.approx(lr / 11)
+    assert get_lr(9, lr, mn, wu, n) == pytest.approx(lr * 10 / 11)
+    assert get_lr(10, lr, mn, wu, n) == pytest.approx(lr)
+    assert get_lr(55, lr, mn, wu, n) == pytest.approx(mn + 0.5 * (lr - mn))
+    assert get_lr(100, lr, mn, wu, n) == pytest.approx(mn)
+    assert get_lr(500, lr, mn, wu, n) == mn
+    vals = [get_lr(i, lr, mn, wu, n) for i in range(wu, n + 1)]
+    assert all(a >= b for a, b in zip(vals, vals[1:]))
+    assert get_lr(0, lr, mn, 0, 0) == pytest.approx(lr) and not math.isnan(get_lr(0, lr, mn, 0, 0))
