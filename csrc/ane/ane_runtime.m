@@ -1,0 +1,721 @@
+/* ane_runtime.m — compile, load, evaluate and free MIL programs on the ANE through the private
+ * in-memory API (upstream.md §1.4), behind the C API of ane_runtime.h. Manual retain/release; every
+ * exported function = autorelease pool + @try/@catch around a static *_impl (ecosystem.md §2.5). */
+#include "objc_compat.h"
+#include "ane_private.h"
+#include "ane_runtime.h"
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define ANE_DEFAULT_FRAMEWORK \
+    "/System/Library/PrivateFrameworks/AppleNeuralEngine.framework/AppleNeuralEngine"
+#define ANE_MODEL_PATH_PREFIX "@model_path/"
+#define ANE_LOAD_RETRY_US 100000 /* one retry after 100 ms "for ANE slot reclamation" (§1.4 step 7) */
+
+// ---- structs ----------------------------------------------------------------------------------
+
+struct ane_ctx {
+    void *handle; /* dlopen handle; never closed (the classes stay registered) */
+    Class<ANEInMemoryModelDescriptor> descriptor_class;
+    Class<ANEInMemoryModel> model_class;
+    Class<ANERequest> request_class;
+    Class<ANEIOSurfaceObject> surface_object_class;
+    int refs;             /* the caller's + one per live kernel (atomic) */
+    int compiles;         /* successful compile+load pairs (atomic) */
+    pthread_mutex_t lock; /* guards `kernels` and temp-dir removal */
+    ane_kernel *kernels;  /* kernels that own a temp dir, linked through ->next */
+};
+
+struct ane_kernel {
+    ane_ctx *ctx;
+    id<ANEInMemoryModel> model; /* retained */
+    NSString *dir;              /* retained; NSTemporaryDirectory()/<hex> */
+    char *hex;                  /* malloc'd copies for the C accessors */
+    char *dir_c;
+    size_t in_bytes, out_bytes;
+    uint64_t serial; /* ties requests to their kernel */
+    int loaded;
+    int listed; /* in ctx->kernels */
+    ane_kernel *next;
+};
+
+struct ane_surface {
+    IOSurfaceRef ref; /* one reference owned */
+    size_t bytes;     /* requested size; the allocation may be larger */
+};
+
+struct ane_request {
+    id request;            /* retained _ANERequest */
+    IOSurfaceRef in, out;  /* CFRetain'ed, so surfaces may be freed before the request */
+    uint64_t kernel_serial;
+};
+
+static uint64_t g_next_serial = 1; /* atomic; only a source of unique kernel ids */
+
+// ---- errors ---------------------------------------------------------------------------------
+
+static void set_err(char *err, size_t err_len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_err(char *err, size_t err_len, const char *fmt, ...) {
+    if (err == NULL || err_len == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, err_len, fmt, ap);
+    va_end(ap);
+}
+
+static const char *cstr(id s) {
+    const char *c = [s isKindOfClass:[NSString class]] ? [(NSString *)s UTF8String] : NULL;
+    return c != NULL ? c : "";
+}
+
+/* "<what>: <domain> (<code>): <localizedDescription>" */
+static void set_nserror(char *err, size_t err_len, const char *what, NSError *e) {
+    if (e == nil) {
+        set_err(err, err_len, "%s: failed without an NSError", what);
+        return;
+    }
+    set_err(err, err_len, "%s: %s (%ld): %s", what, cstr([e domain]), (long)[e code],
+            cstr([e localizedDescription]));
+}
+
+static void set_exception(char *err, size_t err_len, const char *fn, id ex) {
+    if ([ex isKindOfClass:[NSException class]])
+        set_err(err, err_len, "%s: Objective-C exception %s: %s", fn, cstr([(NSException *)ex name]),
+                cstr([(NSException *)ex reason]));
+    else
+        set_err(err, err_len, "%s: Objective-C exception of class %s", fn,
+                cstr(NSStringFromClass([ex class])));
+}
+
+// ---- framework --------------------------------------------------------------------------------
+
+static void ctx_unref(ane_ctx *ctx) {
+    if (ctx == NULL || __atomic_sub_fetch(&ctx->refs, 1, __ATOMIC_ACQ_REL) > 0) return;
+    pthread_mutex_destroy(&ctx->lock);
+    free(ctx);
+}
+
+/* Look up a class and check it answers every selector we send, so a renamed selector fails here
+ * with its name instead of as an exception mid-compile. */
+static Class find_class(const char *name, const SEL *class_sels, const SEL *inst_sels,
+                        const char *path, char *err, size_t err_len) {
+    Class cls = NSClassFromString([NSString stringWithUTF8String:name]);
+    if (cls == Nil) {
+        set_err(err, err_len, "ane_open: class %s not found in %s", name, path);
+        return Nil;
+    }
+    for (; class_sels != NULL && *class_sels != NULL; class_sels++)
+        if (![(id)cls respondsToSelector:*class_sels]) {
+            set_err(err, err_len, "ane_open: class %s has no class method +%s", name,
+                    sel_getName(*class_sels));
+            return Nil;
+        }
+    for (; inst_sels != NULL && *inst_sels != NULL; inst_sels++)
+        if (![cls instancesRespondToSelector:*inst_sels]) {
+            set_err(err, err_len, "ane_open: class %s has no instance method -%s", name,
+                    sel_getName(*inst_sels));
+            return Nil;
+        }
+    return cls;
+}
+
+static int open_impl(ane_ctx *ctx, const char *path, char *err, size_t err_len) {
+    if (path == NULL) path = ANE_DEFAULT_FRAMEWORK;
+    ctx->handle = dlopen(path, RTLD_NOW);
+    if (ctx->handle == NULL) {
+        const char *why = dlerror();
+        set_err(err, err_len, "ane_open: dlopen(%s): %s", path, why ? why : "unknown error");
+        return -1;
+    }
+    SEL desc_cls[] = {@selector(modelWithMILText:weights:optionsPlist:), NULL};
+    SEL model_cls[] = {@selector(inMemoryModelWithDescriptor:), NULL};
+    SEL model_inst[] = {@selector(hexStringIdentifier), @selector(compileWithQoS:options:error:),
+                        @selector(loadWithQoS:options:error:),
+                        @selector(evaluateWithQoS:options:request:error:),
+                        @selector(unloadWithQoS:error:), NULL};
+    SEL req_cls[] = {@selector(requestWithInputs:inputIndices:outputs:outputIndices:weightsBuffer:
+                                   perfStats:procedureIndex:),
+                     NULL};
+    SEL surf_cls[] = {@selector(objectWithIOSurface:), NULL};
+    Class c;
+    if ((c = find_class(ANE_CLASS_DESCRIPTOR, desc_cls, NULL, path, err, err_len)) == Nil) return -1;
+    ctx->descriptor_class = (Class<ANEInMemoryModelDescriptor>)c;
+    if ((c = find_class(ANE_CLASS_MODEL, model_cls, model_inst, path, err, err_len)) == Nil)
+        return -1;
+    ctx->model_class = (Class<ANEInMemoryModel>)c;
+    if ((c = find_class(ANE_CLASS_REQUEST, req_cls, NULL, path, err, err_len)) == Nil) return -1;
+    ctx->request_class = (Class<ANERequest>)c;
+    if ((c = find_class(ANE_CLASS_IOSURFACE_OBJECT, surf_cls, NULL, path, err, err_len)) == Nil)
+        return -1;
+    ctx->surface_object_class = (Class<ANEIOSurfaceObject>)c;
+    return 0;
+}
+
+ane_ctx *ane_open(const char *framework_path, char *err, size_t err_len) {
+    ane_ctx *ctx = calloc(1, sizeof *ctx);
+    if (ctx == NULL) {
+        set_err(err, err_len, "ane_open: out of memory");
+        return NULL;
+    }
+    ctx->refs = 1;
+    pthread_mutex_init(&ctx->lock, NULL);
+    int rc = -1;
+    ANE_POOL_BEGIN;
+    @try {
+        rc = open_impl(ctx, framework_path, err, err_len);
+    } @catch (id ex) {
+        set_exception(err, err_len, "ane_open", ex);
+        rc = -1;
+    }
+    ANE_POOL_END;
+    if (rc != 0) {
+        ctx_unref(ctx); /* a failed dlopen leaves nothing; a loaded framework stays loaded */
+        return NULL;
+    }
+    return ctx;
+}
+
+void ane_close(ane_ctx *ctx) { ctx_unref(ctx); }
+
+int ane_compile_count(const ane_ctx *ctx) {
+    return ctx ? __atomic_load_n(&ctx->compiles, __ATOMIC_ACQUIRE) : 0;
+}
+
+// ---- temp dir bookkeeping -----------------------------------------------------------------------
+
+/* Identical MIL + weights give the same hex and so the same dir (upstream.md §1.8): a dir is removed
+ * only when no other listed kernel uses it. Called with ctx->lock held. */
+static int dir_in_use(const ane_ctx *ctx, const ane_kernel *self) {
+    for (const ane_kernel *o = ctx->kernels; o != NULL; o = o->next)
+        if (o != self && [o->dir isEqualToString:self->dir]) return 1;
+    return 0;
+}
+
+static void kernel_list(ane_kernel *k) {
+    pthread_mutex_lock(&k->ctx->lock);
+    k->next = k->ctx->kernels;
+    k->ctx->kernels = k;
+    k->listed = 1;
+    pthread_mutex_unlock(&k->ctx->lock);
+}
+
+/* Unlink k and remove its dir unless shared. */
+static void kernel_unlist(ane_kernel *k) {
+    if (!k->listed) return;
+    pthread_mutex_lock(&k->ctx->lock);
+    for (ane_kernel **p = &k->ctx->kernels; *p != NULL; p = &(*p)->next)
+        if (*p == k) {
+            *p = k->next;
+            break;
+        }
+    k->listed = 0;
+    if (!dir_in_use(k->ctx, k)) {
+        NSFileManager *fm = [[[NSFileManager alloc] init] autorelease];
+        [fm removeItemAtPath:k->dir error:NULL]; /* best effort: nothing to report from a free */
+    }
+    pthread_mutex_unlock(&k->ctx->lock);
+}
+
+// ---- kernels ------------------------------------------------------------------------------------
+
+/* Releases whatever a (possibly half-built) kernel holds. */
+static void kernel_destroy(ane_kernel *k) {
+    if (k->loaded) {
+        @try {
+            NSError *e = nil;
+            [k->model unloadWithQoS:ANE_QOS error:&e]; /* failure ignored: the free must finish */
+        } @catch (id ex) {
+            (void)ex;
+        }
+        k->loaded = 0;
+    }
+    [k->model release];
+    k->model = nil;
+    kernel_unlist(k);
+    [k->dir release];
+    k->dir = nil;
+    free(k->hex);
+    free(k->dir_c);
+    ctx_unref(k->ctx);
+    free(k);
+}
+
+/* "@model_path/<rel>" with <rel> a relative path without empty, "." or ".." components. */
+static const char *weight_rel_path(const char *name) {
+    size_t plen = strlen(ANE_MODEL_PATH_PREFIX);
+    if (name == NULL || strncmp(name, ANE_MODEL_PATH_PREFIX, plen) != 0) return NULL;
+    const char *rel = name + plen;
+    for (const char *c = rel;;) {
+        const char *slash = strchr(c, '/');
+        size_t n = slash ? (size_t)(slash - c) : strlen(c);
+        if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.')) return NULL;
+        if (slash == NULL) break;
+        c = slash + 1;
+    }
+    return rel;
+}
+
+/* The hex id becomes a path component: accept only [A-Za-z0-9_.-], not starting with '.'. */
+static int hex_is_safe(const char *hex) {
+    if (hex == NULL || hex[0] == '\0' || hex[0] == '.') return 0;
+    for (const char *c = hex; *c; c++)
+        if (!((*c >= '0' && *c <= '9') || (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+              *c == '_' || *c == '-' || *c == '.'))
+            return 0;
+    return 1;
+}
+
+static int write_file(NSFileManager *fm, NSString *path, NSData *data, char *err, size_t err_len) {
+    NSError *e = nil;
+    NSString *parent = [path stringByDeletingLastPathComponent];
+    if (![fm createDirectoryAtPath:parent withIntermediateDirectories:YES attributes:nil error:&e]) {
+        set_nserror(err, err_len, [[@"ane_compile: mkdir " stringByAppendingString:parent] UTF8String],
+                    e);
+        return -1;
+    }
+    if (![data writeToFile:path atomically:YES]) {
+        set_err(err, err_len, "ane_compile: cannot write %s", cstr(path));
+        return -1;
+    }
+    return 0;
+}
+
+static int compile_impl(ane_kernel *k, const char *mil, size_t mil_len, int n_weights,
+                        const char *const *names, const uint8_t *const *data, const size_t *sizes,
+                        char *err, size_t err_len) {
+    ane_ctx *ctx = k->ctx;
+    if (mil == NULL || mil_len == 0) {
+        set_err(err, err_len, "ane_compile: empty MIL text");
+        return -1;
+    }
+    if (n_weights < 0 || (n_weights > 0 && (names == NULL || data == NULL || sizes == NULL))) {
+        set_err(err, err_len, "ane_compile: bad weight arrays");
+        return -1;
+    }
+    if (k->in_bytes == 0 || k->out_bytes == 0) {
+        set_err(err, err_len, "ane_compile: in_bytes and out_bytes must be > 0");
+        return -1;
+    }
+
+    /* 1. MIL as UTF-8 NSData; weights {key: {"offset": 0, "data": blob}}, empty not nil (§1.5) */
+    NSData *mil_data = [NSData dataWithBytes:mil length:mil_len];
+    NSMutableDictionary *weights = [NSMutableDictionary dictionaryWithCapacity:(NSUInteger)n_weights];
+    for (int i = 0; i < n_weights; i++) {
+        if (weight_rel_path(names[i]) == NULL) {
+            set_err(err, err_len,
+                    "ane_compile: weight name '%s' is not \"@model_path/<relative path>\"",
+                    names[i] ? names[i] : "(null)");
+            return -1;
+        }
+        NSString *key = [NSString stringWithUTF8String:names[i]];
+        if (key == nil || [weights objectForKey:key] != nil) {
+            set_err(err, err_len, "ane_compile: weight name '%s' is not UTF-8 or repeated", names[i]);
+            return -1;
+        }
+        if (data[i] == NULL && sizes[i] > 0) {
+            set_err(err, err_len, "ane_compile: weight '%s' has no data", names[i]);
+            return -1;
+        }
+        NSData *blob = [NSData dataWithBytes:data[i] length:sizes[i]];
+        [weights setObject:[NSDictionary dictionaryWithObjectsAndKeys:ANE_NUM_INT(0), @"offset",
+                                                                      blob, @"data", nil]
+                    forKey:key];
+    }
+
+    /* 2-3. descriptor, model */
+    id desc = [ctx->descriptor_class modelWithMILText:mil_data weights:weights optionsPlist:nil];
+    if (desc == nil) {
+        set_err(err, err_len, "ane_compile: modelWithMILText:weights:optionsPlist: returned nil");
+        return -1;
+    }
+    id<ANEInMemoryModel> model = [ctx->model_class inMemoryModelWithDescriptor:desc];
+    if (model == nil) {
+        set_err(err, err_len, "ane_compile: inMemoryModelWithDescriptor: returned nil");
+        return -1;
+    }
+    k->model = [model retain];
+
+    /* 4. hex id and temp dir */
+    NSString *hex = [model hexStringIdentifier];
+    if (!hex_is_safe(cstr(hex))) {
+        set_err(err, err_len, "ane_compile: unusable hexStringIdentifier '%s'", cstr(hex));
+        return -1;
+    }
+    k->dir = [[NSTemporaryDirectory() stringByAppendingPathComponent:hex] retain];
+    k->hex = strdup(cstr(hex));
+    k->dir_c = strdup(cstr(k->dir));
+    if (k->hex == NULL || k->dir_c == NULL) {
+        set_err(err, err_len, "ane_compile: out of memory");
+        return -1;
+    }
+    kernel_list(k); /* from here on a failure removes the dir (unless another kernel shares it) */
+
+    /* 5. pre-populate dir/model.mil and dir/weights/... before compiling (§1.4 step 5) */
+    NSFileManager *fm = [[[NSFileManager alloc] init] autorelease];
+    NSError *e = nil;
+    if (![fm createDirectoryAtPath:[k->dir stringByAppendingPathComponent:@"weights"]
+            withIntermediateDirectories:YES
+                             attributes:nil
+                                  error:&e]) {
+        set_nserror(err, err_len, "ane_compile: mkdir weights", e);
+        return -1;
+    }
+    if (write_file(fm, [k->dir stringByAppendingPathComponent:@"model.mil"], mil_data, err,
+                   err_len) != 0)
+        return -1;
+    for (int i = 0; i < n_weights; i++) {
+        NSString *rel = [NSString stringWithUTF8String:weight_rel_path(names[i])];
+        NSData *blob = [[weights objectForKey:[NSString stringWithUTF8String:names[i]]]
+            objectForKey:@"data"];
+        if (write_file(fm, [k->dir stringByAppendingPathComponent:rel], blob, err, err_len) != 0)
+            return -1;
+    }
+
+    /* 6. compile */
+    e = nil;
+    if (![model compileWithQoS:ANE_QOS options:ANE_EMPTY_DICT error:&e]) {
+        set_nserror(err, err_len, "ane_compile: compileWithQoS", e);
+        return -1;
+    }
+    /* 7. load, retried once after 100 ms */
+    e = nil;
+    if (![model loadWithQoS:ANE_QOS options:ANE_EMPTY_DICT error:&e]) {
+        usleep(ANE_LOAD_RETRY_US);
+        e = nil;
+        if (![model loadWithQoS:ANE_QOS options:ANE_EMPTY_DICT error:&e]) {
+            set_nserror(err, err_len, "ane_compile: loadWithQoS (after one retry)", e);
+            return -1;
+        }
+    }
+    k->loaded = 1;
+    /* 8. count only a successful compile+load */
+    __atomic_add_fetch(&ctx->compiles, 1, __ATOMIC_ACQ_REL);
+    return 0;
+}
+
+ane_kernel *ane_compile(ane_ctx *ctx, const char *mil, size_t mil_len, int n_weights,
+                        const char *const *weight_names, const uint8_t *const *weight_data,
+                        const size_t *weight_sizes, size_t in_bytes, size_t out_bytes, char *err,
+                        size_t err_len) {
+    if (ctx == NULL) {
+        set_err(err, err_len, "ane_compile: NULL context");
+        return NULL;
+    }
+    ane_kernel *k = calloc(1, sizeof *k);
+    if (k == NULL) {
+        set_err(err, err_len, "ane_compile: out of memory");
+        return NULL;
+    }
+    __atomic_add_fetch(&ctx->refs, 1, __ATOMIC_ACQ_REL);
+    k->ctx = ctx;
+    k->in_bytes = in_bytes;
+    k->out_bytes = out_bytes;
+    k->serial = __atomic_fetch_add(&g_next_serial, 1, __ATOMIC_RELAXED);
+    int rc = -1;
+    ANE_POOL_BEGIN;
+    @try {
+        rc = compile_impl(k, mil, mil_len, n_weights, weight_names, weight_data, weight_sizes, err,
+                          err_len);
+    } @catch (id ex) {
+        set_exception(err, err_len, "ane_compile", ex);
+        rc = -1;
+    }
+    if (rc != 0) {
+        @try {
+            kernel_destroy(k);
+        } @catch (id ex) {
+            (void)ex; /* the error already describes the first failure */
+        }
+        k = NULL;
+    }
+    ANE_POOL_END;
+    return k;
+}
+
+void ane_free(ane_kernel *k) {
+    if (k == NULL) return;
+    ANE_POOL_BEGIN;
+    @try {
+        kernel_destroy(k);
+    } @catch (id ex) {
+        (void)ex; /* kernel_destroy catches the framework's exceptions itself; nothing to report */
+    }
+    ANE_POOL_END;
+}
+
+const char *ane_kernel_hex(const ane_kernel *k) { return k ? k->hex : NULL; }
+const char *ane_kernel_dir(const ane_kernel *k) { return k ? k->dir_c : NULL; }
+size_t ane_kernel_in_bytes(const ane_kernel *k) { return k ? k->in_bytes : 0; }
+size_t ane_kernel_out_bytes(const ane_kernel *k) { return k ? k->out_bytes : 0; }
+
+// ---- surfaces -----------------------------------------------------------------------------------
+
+static int surface_new_impl(ane_surface *s, size_t bytes, char *err, size_t err_len) {
+    /* a flat byte buffer: width = bytes, height 1, 1 byte per element (upstream.md §2.1) */
+    NSDictionary *props = [NSDictionary
+        dictionaryWithObjectsAndKeys:ANE_NUM_UINT(bytes), (id)kIOSurfaceWidth, ANE_NUM_INT(1),
+                                     (id)kIOSurfaceHeight, ANE_NUM_INT(1),
+                                     (id)kIOSurfaceBytesPerElement, ANE_NUM_UINT(bytes),
+                                     (id)kIOSurfaceBytesPerRow, ANE_NUM_UINT(bytes),
+                                     (id)kIOSurfaceAllocSize, ANE_NUM_INT(0),
+                                     (id)kIOSurfacePixelFormat, nil];
+    s->ref = IOSurfaceCreate((__bridge CFDictionaryRef)props);
+    if (s->ref == NULL) {
+        set_err(err, err_len, "ane_surface_new: IOSurfaceCreate(%zu bytes) failed", bytes);
+        return -1;
+    }
+    if (IOSurfaceGetAllocSize(s->ref) < bytes) {
+        set_err(err, err_len, "ane_surface_new: allocated %zu < %zu bytes",
+                (size_t)IOSurfaceGetAllocSize(s->ref), bytes);
+        return -1;
+    }
+    s->bytes = bytes;
+    return 0;
+}
+
+ane_surface *ane_surface_new(size_t bytes, char *err, size_t err_len) {
+    if (bytes == 0) {
+        set_err(err, err_len, "ane_surface_new: size must be > 0");
+        return NULL;
+    }
+    ane_surface *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        set_err(err, err_len, "ane_surface_new: out of memory");
+        return NULL;
+    }
+    int rc = -1;
+    ANE_POOL_BEGIN;
+    @try {
+        rc = surface_new_impl(s, bytes, err, err_len);
+    } @catch (id ex) {
+        set_exception(err, err_len, "ane_surface_new", ex);
+        rc = -1;
+    }
+    ANE_POOL_END;
+    if (rc != 0) {
+        ane_surface_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+/* Plain C calls only below (IOSurface is a C API), so no pool or @try is needed. */
+void ane_surface_free(ane_surface *s) {
+    if (s == NULL) return;
+    if (s->ref != NULL) CFRelease(s->ref);
+    free(s);
+}
+
+size_t ane_surface_size(const ane_surface *s) { return s ? s->bytes : 0; }
+
+static IOSurfaceLockOptions lock_opts(int read_only) {
+    return read_only ? kIOSurfaceLockReadOnly : 0;
+}
+
+void *ane_surface_lock(ane_surface *s, int read_only, char *err, size_t err_len) {
+    if (s == NULL) {
+        set_err(err, err_len, "ane_surface_lock: NULL surface");
+        return NULL;
+    }
+    IOReturn r = IOSurfaceLock(s->ref, lock_opts(read_only), NULL);
+    if (r != 0) {
+        set_err(err, err_len, "ane_surface_lock: IOSurfaceLock returned 0x%x", (unsigned)r);
+        return NULL;
+    }
+    void *base = IOSurfaceGetBaseAddress(s->ref);
+    if (base == NULL) {
+        IOSurfaceUnlock(s->ref, lock_opts(read_only), NULL);
+        set_err(err, err_len, "ane_surface_lock: no base address");
+    }
+    return base;
+}
+
+int ane_surface_unlock(ane_surface *s, int read_only, char *err, size_t err_len) {
+    if (s == NULL) {
+        set_err(err, err_len, "ane_surface_unlock: NULL surface");
+        return -1;
+    }
+    IOReturn r = IOSurfaceUnlock(s->ref, lock_opts(read_only), NULL);
+    if (r != 0) {
+        set_err(err, err_len, "ane_surface_unlock: IOSurfaceUnlock returned 0x%x", (unsigned)r);
+        return -1;
+    }
+    return 0;
+}
+
+static int in_bounds(const ane_surface *s, size_t offset, size_t n, const char *fn, char *err,
+                     size_t err_len) {
+    if (s == NULL) {
+        set_err(err, err_len, "%s: NULL surface", fn);
+        return 0;
+    }
+    if (offset > s->bytes || n > s->bytes - offset) {
+        set_err(err, err_len, "%s: [%zu, %zu+%zu) is outside the %zu-byte surface", fn, offset,
+                offset, n, s->bytes);
+        return 0;
+    }
+    return 1;
+}
+
+int ane_surface_write(ane_surface *s, size_t offset, const void *src, size_t n, char *err,
+                      size_t err_len) {
+    if (!in_bounds(s, offset, n, "ane_surface_write", err, err_len)) return -1;
+    if (n == 0) return 0;
+    uint8_t *base = ane_surface_lock(s, 0, err, err_len);
+    if (base == NULL) return -1;
+    memcpy(base + offset, src, n);
+    return ane_surface_unlock(s, 0, err, err_len);
+}
+
+int ane_surface_read(ane_surface *s, size_t offset, void *dst, size_t n, char *err, size_t err_len) {
+    if (!in_bounds(s, offset, n, "ane_surface_read", err, err_len)) return -1;
+    if (n == 0) return 0;
+    const uint8_t *base = ane_surface_lock(s, 1, err, err_len);
+    if (base == NULL) return -1;
+    memcpy(dst, base + offset, n);
+    return ane_surface_unlock(s, 1, err, err_len);
+}
+
+int ane_surface_copy(ane_surface *dst, size_t dst_off, ane_surface *src, size_t src_off, size_t n,
+                     char *err, size_t err_len) {
+    if (!in_bounds(dst, dst_off, n, "ane_surface_copy (dst)", err, err_len) ||
+        !in_bounds(src, src_off, n, "ane_surface_copy (src)", err, err_len))
+        return -1;
+    if (n == 0) return 0;
+    /* destination read-write, then source read-only; unlock in reverse (upstream.md §2.2) */
+    uint8_t *d = ane_surface_lock(dst, 0, err, err_len);
+    if (d == NULL) return -1;
+    if (src == dst) {
+        memmove(d + dst_off, d + src_off, n);
+        return ane_surface_unlock(dst, 0, err, err_len);
+    }
+    const uint8_t *s = ane_surface_lock(src, 1, err, err_len);
+    if (s == NULL) {
+        ane_surface_unlock(dst, 0, NULL, 0);
+        return -1;
+    }
+    memcpy(d + dst_off, s + src_off, n);
+    int rc = ane_surface_unlock(src, 1, err, err_len);
+    return ane_surface_unlock(dst, 0, err, err_len) != 0 ? -1 : rc;
+}
+
+// ---- requests and evaluation --------------------------------------------------------------------
+
+static void request_destroy(ane_request *r) {
+    [r->request release];
+    r->request = nil;
+    if (r->in != NULL) CFRelease(r->in);
+    if (r->out != NULL) CFRelease(r->out);
+    free(r);
+}
+
+static int request_new_impl(ane_request *r, ane_kernel *k, ane_surface *in, ane_surface *out,
+                            char *err, size_t err_len) {
+    if (in->bytes != k->in_bytes || out->bytes != k->out_bytes) {
+        set_err(err, err_len,
+                "ane_request_new: surfaces are %zu -> %zu bytes, kernel %s is %zu -> %zu bytes",
+                in->bytes, out->bytes, k->hex, k->in_bytes, k->out_bytes);
+        return -1;
+    }
+    ane_ctx *ctx = k->ctx;
+    id win = [ctx->surface_object_class objectWithIOSurface:in->ref];
+    id wout = [ctx->surface_object_class objectWithIOSurface:out->ref];
+    if (win == nil || wout == nil) {
+        set_err(err, err_len, "ane_request_new: objectWithIOSurface: returned nil");
+        return -1;
+    }
+    /* one input and one output tensor, ordinal 0 each (upstream.md §1.9); procedureIndex @0 */
+    NSArray *index0 = [NSArray arrayWithObject:ANE_NUM_INT(0)];
+    id req = [ctx->request_class requestWithInputs:[NSArray arrayWithObject:win]
+                                      inputIndices:index0
+                                           outputs:[NSArray arrayWithObject:wout]
+                                     outputIndices:index0
+                                     weightsBuffer:nil
+                                         perfStats:nil
+                                    procedureIndex:ANE_NUM_INT(0)];
+    if (req == nil) {
+        set_err(err, err_len, "ane_request_new: requestWithInputs:... returned nil");
+        return -1;
+    }
+    r->request = [req retain];
+    r->in = (IOSurfaceRef)CFRetain(in->ref);
+    r->out = (IOSurfaceRef)CFRetain(out->ref);
+    r->kernel_serial = k->serial;
+    return 0;
+}
+
+ane_request *ane_request_new(ane_kernel *k, ane_surface *in, ane_surface *out, char *err,
+                             size_t err_len) {
+    if (k == NULL || in == NULL || out == NULL) {
+        set_err(err, err_len, "ane_request_new: NULL kernel or surface");
+        return NULL;
+    }
+    ane_request *r = calloc(1, sizeof *r);
+    if (r == NULL) {
+        set_err(err, err_len, "ane_request_new: out of memory");
+        return NULL;
+    }
+    int rc = -1;
+    ANE_POOL_BEGIN;
+    @try {
+        rc = request_new_impl(r, k, in, out, err, err_len);
+    } @catch (id ex) {
+        set_exception(err, err_len, "ane_request_new", ex);
+        rc = -1;
+    }
+    if (rc != 0) {
+        request_destroy(r);
+        r = NULL;
+    }
+    ANE_POOL_END;
+    return r;
+}
+
+void ane_request_free(ane_request *r) {
+    if (r == NULL) return;
+    ANE_POOL_BEGIN;
+    @try {
+        request_destroy(r);
+    } @catch (id ex) {
+        (void)ex;
+    }
+    ANE_POOL_END;
+}
+
+static int eval_impl(ane_kernel *k, ane_request *r, char *err, size_t err_len) {
+    if (r->kernel_serial != k->serial) {
+        set_err(err, err_len, "ane_eval: request was made for another kernel");
+        return -1;
+    }
+    NSError *e = nil;
+    if (![k->model evaluateWithQoS:ANE_QOS options:ANE_EMPTY_DICT request:r->request error:&e]) {
+        set_nserror(err, err_len, "ane_eval: evaluateWithQoS", e);
+        return -1;
+    }
+    return 0;
+}
+
+int ane_eval(ane_kernel *k, ane_request *r, char *err, size_t err_len) {
+    if (k == NULL || r == NULL) {
+        set_err(err, err_len, "ane_eval: NULL kernel or request");
+        return -1;
+    }
+    int rc = -1;
+    ANE_POOL_BEGIN; /* one pool per evaluation: a training run evaluates ~1e5-1e6 times (§1.4) */
+    @try {
+        rc = eval_impl(k, r, err, err_len);
+    } @catch (id ex) {
+        set_exception(err, err_len, "ane_eval", ex);
+        rc = -1;
+    }
+    ANE_POOL_END;
+    return rc;
+}
