@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Download the Llama-2-tokenized TinyStories shards (HF dataset enio/TinyStories) to data/tinystories/.
+#
+# Usage: bash scripts/download_tinystories.sh [--all]
+# The archive holds every shard (it is large; it is kept in the same directory for re-runs).
+# Default: only the first shard, data00.bin (~41 MB, ~20M tokens; upstream.md §5.9). --all keeps
+# every .bin of the archive. Each shard is checked: non-empty, even byte count (raw little-endian
+# uint16, no header) and every token id < 32000 (the Llama 2 vocabulary).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+dest="${ANETRAIN_TINYSTORIES_DIR:-$root/data/tinystories}"
+python="${PYTHON:-python3}"
+url="https://huggingface.co/datasets/enio/TinyStories/resolve/main/tok32000/TinyStories_tok32000.tar.gz"
+archive="$dest/TinyStories_tok32000.tar.gz"
+vocab=32000
+
+die() { echo "download_tinystories: error: $*" >&2; exit 1; }
+
+fetch() {  # fetch URL OUT: curl, else wget; a clear one-line error when offline
+    local url="$1" out="$2" err
+    if command -v curl >/dev/null 2>&1; then
+        err="$(curl -fL --retry 2 --connect-timeout 20 -sS -o "$out" "$url" 2>&1)" || {
+            rm -f "$out"
+            die "could not download $url (offline or blocked? $(tail -n 1 <<<"$err"))"
+        }
+    elif command -v wget >/dev/null 2>&1; then
+        wget -q --tries=2 --timeout=20 -O "$out" "$url" || {
+            rm -f "$out"
+            die "could not download $url (offline or blocked?)"
+        }
+    else
+        die "neither curl nor wget is installed"
+    fi
+}
+
+check_shard() {  # check_shard FILE: uint16 tokens, even size, all ids < vocab
+    "$python" - "$1" "$vocab" <<'PY' || die "$1: not a valid uint16 token shard"
+import sys
+import numpy as np
+path, vocab = sys.argv[1], int(sys.argv[2])
+raw = np.fromfile(path, dtype=np.uint8)
+if raw.size == 0 or raw.size % 2:
+    sys.exit(f"{path}: {raw.size} bytes (expected a non-zero even byte count)")
+tokens = raw.view("<u2")
+if int(tokens.max()) >= vocab:
+    sys.exit(f"{path}: token id {int(tokens.max())} >= {vocab}")
+print(f"{path}: {raw.size:,} bytes, {tokens.size:,} tokens, max id {int(tokens.max())}, "
+      f"{int((tokens == 1).sum()):,} stories")
+PY
+}
+
+main() {
+    local all=0
+    case "${1:-}" in
+        "") ;;
+        --all) all=1 ;;
+        *) die "unknown argument '$1' (usage: download_tinystories.sh [--all])" ;;
+    esac
+    mkdir -p "$dest"
+    if [[ ! -f "$archive" ]]; then
+        echo "downloading $url"
+        fetch "$url" "$archive.tmp"
+        mv "$archive.tmp" "$archive"
+    fi
+    local members
+    members="$(tar -tzf "$archive" 2>/dev/null)" || die "$archive: corrupt archive (delete it and retry)"
+    local pattern='(^|/)data00\.bin$'
+    [[ $all == 0 ]] || pattern='\.bin$'
+    local wanted
+    wanted="$(grep -E "$pattern" <<<"$members" || true)"
+    [[ -n "$wanted" ]] || die "$archive: no member matching $pattern"
+    local m
+    while IFS= read -r m; do
+        tar -xzf "$archive" -C "$dest" "$m"
+        if [[ "$m" != "$(basename "$m")" ]]; then
+            mv "$dest/$m" "$dest/$(basename "$m")"
+            rmdir -p "$dest/$(dirname "$m")" 2>/dev/null || true
+        fi
+        check_shard "$dest/$(basename "$m")"
+    done <<<"$wanted"
+    echo "done: shards in $dest (train with --data $dest/data00.bin)"
+}
+
+main "$@"
