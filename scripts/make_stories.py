@@ -139,15 +139,59 @@ FINDS = [
     ("a message in a bottle", "a picnic left for whoever found it"),
     ("a trail of footprints", "a family of bunnies in a warm nest"),
 ]
-MORALS = [
-    "The moral of the story is: sharing makes everyone happy.",
-    "The moral of the story is to always be kind, even when it is hard.",
-    "{name} learned that it is good to ask for help.",
-    "{name} learned that trying again is the best way to learn.",
-    "From that day on, {name} always listened to {adult}.",
-    "And so {name} learned that being brave does not mean you are not scared.",
-    "{name} knew that friends make everything better.",
-    "The lesson is simple: take care of the things you love.",
+MORALS = [  # (plot name, moral); a story may end with the moral of its last plot
+    ("lost", "The lesson is simple: take care of the things you love."),
+    ("sharing", "The moral of the story is: sharing makes everyone happy."),
+    ("fear", "And so {name} learned that being brave does not mean you are not scared."),
+    ("helping", "The moral of the story is to always be kind, even to the smallest animal."),
+    ("build", "{name} learned that trying again is the best way to learn."),
+    ("warning", "From that day on, {name} always listened to {adult}."),
+    ("new_friend", "{name} knew that a kind word can make a new friend."),
+    ("skill", "{name} learned that practice makes things easier."),
+    ("race", "Being kind is better than winning."),
+    ("garden", "{name} learned that good things take time."),
+    ("lost_pet", "{name} learned to always close the gate."),
+    ("wish", "{name} learned that making others happy is the best wish of all."),
+]
+SAID = ["said", "said", "asked", "shouted", "whispered", "replied", "called", "cried", "laughed",
+        "giggled", "answered", "yelled"]
+SCENES = [
+    "The sun was shining and the birds were singing.", "The wind was cool, and the leaves danced.",
+    "Big white clouds floated across the blue sky.", "The grass was soft and green.",
+    "Everything was quiet and still.", "The air smelled like flowers and rain.",
+    "A little bee buzzed from flower to flower.", "The trees were tall and very old.",
+    "Yellow leaves fell slowly to the ground.", "Snow covered everything like a white blanket.",
+    "The water sparkled in the sunlight.", "Far away, a dog was barking.",
+    "It was a perfect day to play outside.", "The moon was big and round that night.",
+]
+PLANTS = ["a sunflower", "a tomato plant", "a pumpkin", "a little apple tree", "a rose bush",
+          "a row of carrots", "a bean stalk"]
+TRIPS = [("the sea", "shiny fish and a crab that walked sideways"),
+         ("the mountains", "a waterfall and a deer with a baby"),
+         ("the zoo", "a tall giraffe and a sleepy lion"),
+         ("the farm", "pink pigs, woolly sheep and a noisy rooster"),
+         ("the city", "tall buildings and a big red bus"),
+         ("a lake", "ducks, frogs and a little wooden boat")]
+NOISES = [("a scratching sound", "a little mouse looking for cheese"),
+          ("a tap, tap, tap on the window", "a branch moving in the wind"),
+          ("a soft thump", "the cat jumping off the shelf"),
+          ("a strange howl", "the wind blowing through the old chimney"),
+          ("a squeak in the hall", "Grandpa's slippers on the wooden floor")]
+BAKED = ["cookies", "muffins", "cupcakes", "little pies", "sweet buns", "gingerbread men"]
+WARNINGS = [
+    ("do not play near the mud today", "{he} fell in the mud, and {his} clothes got dirty"),
+    ("do not climb on the shelf", "the shelf shook, and a jar fell and broke"),
+    ("stay away from the deep puddle", "{he} stepped in, and {his} shoes got all wet"),
+    ("do not run near the pool", "{he} slipped and hurt {his} knee"),
+    ("do not eat all the {food}", "{his} tummy started to hurt"),
+    ("do not touch the bees", "a bee buzzed loudly and chased {him} away"),
+    ("keep the gate closed", "the goat ran out and ate the flowers"),
+]
+PETS = ["dog", "cat", "bunny", "puppy", "kitten", "hamster", "turtle", "parrot", "goat"]
+SPOTS = [
+    "under the bench", "behind a big rock", "in the tall grass", "under a pile of leaves",
+    "near the fence", "inside an old box", "behind the door", "under the bed", "in the sandbox",
+    "by the pond", "inside a flower pot", "under the slide",
 ]
 ENDINGS = [
     "From that day on, {name} and {friend} were best friends.",
@@ -209,7 +253,10 @@ class Story:
         self.rng, self.f, self.paras, self.cur = rng, fields, [], []
 
     def say(self, *choices: str) -> None:
-        self.cur.append(fill(pick(self.rng, choices), self.f))
+        template = pick(self.rng, choices)
+        if "{said}" in template:
+            self.f["said"] = pick(self.rng, SAID)
+        self.cur.append(fill(template, self.f))
 
     def maybe(self, p: float, *choices: str) -> None:
         if self.rng.random() < p:
@@ -232,81 +279,48 @@ def cap(s: str) -> str:
 # ----------------------------------------------------------------------------
 # plots: each one writes the middle of a story
 
+# fmt: off
+
 
 def plot_lost(s: Story) -> None:
-    s.say(
-        "{name} had a {color} {obj}. {He} loved it very much.",
-        "{name}'s favorite thing was a {color} {obj}.",
-        "{adult_cap} gave {name} a {color} {obj}, and {he} took it everywhere.",
-    )
-    s.say(
-        "{time}, {name} took the {obj} to {place}.",
-        "{time}, {name} played with the {obj} {at} {place}.",
-    )
-    s.say(
-        "But when it was time to go home, the {obj} was gone!",
-        "Then {name} looked down. The {obj} was not there!",
-    )
+    s.say("{name} had a {color} {obj}. {He} loved it very much.",
+          "{name}'s favorite thing was a {color} {obj}.",
+          "{adult_cap} gave {name} a {color} {obj}, and {he} took it everywhere.")
+    s.say("{time}, {name} took the {obj} to {place}.",
+          "{time}, {name} played with the {obj} {at} {place}.")
+    s.say("But when it was time to go home, the {obj} was gone!",
+          "Then {name} looked down. The {obj} was not there!")
     s.say('"Oh no! Where is my {obj}?" {name} cried.', '"My {obj}! I lost my {obj}!" said {name}.')
     s.para()
-    s.say(
-        '{friend} saw that {name} was {bad}. "Don\'t worry, I will help you look," {fhe} said.',
-        '{friend} came running. "What\'s wrong?" {fhe} asked. {name} told {fhim} about the {obj}.',
-    )
-    for spot in s.rng.sample(
-        [
-            "under the bench",
-            "behind a big rock",
-            "in the tall grass",
-            "under a pile of leaves",
-            "near the fence",
-            "inside an old box",
-        ],
-        2,
-    ):
-        s.say(
-            f"They looked {spot}, but the {{obj}} was not there.",
-            f"They searched {spot}. No {{obj}}.",
-        )
-    s.say(
-        'Then {friend} pointed and shouted, "Look! There it is!"',
-        "Suddenly {name} heard a little sound. A {helper} was sitting right next to the {obj}!",
-    )
-    s.say(
-        '{name} picked up the {obj} and hugged it. "Thank you, {friend}!" {he} said.',
-        "{name} was so {good}. {He} held the {obj} tight and smiled.",
-    )
+    s.say('{friend} saw that {name} was {bad}. "Don\'t worry, I will help you look," {fhe} said.',
+          '{friend} came running. "What is wrong?" {fhe} asked. {name} told {fhim} everything.')
+    for spot in s.rng.sample(SPOTS, 2):
+        s.say(f"They looked {spot}, but the {{obj}} was not there.",
+              f"They searched {spot}. No {{obj}}.")
+    s.say('Then {friend} pointed and shouted, "Look! There it is!"',
+          "Suddenly {name} heard a little sound. A {helper} was sitting right next to the {obj}!")
+    s.say('{name} picked up the {obj} and hugged it. "Thank you, {friend}!" {he} said.',
+          "{name} was so {good}. {He} held the {obj} tight and smiled.")
     s.para()
 
 
 def plot_sharing(s: Story) -> None:
     s.say("{name} had a new {color} {obj}.", "{adult_cap} bought {name} a {color} {obj}.")
-    s.say(
-        '{friend} wanted to play with it too. "Can I have a turn?" {fhe} asked.',
-        '{friend} saw the {obj} and said, "Wow! Can we play together?"',
-    )
-    s.say(
-        'But {name} held it close. "No! It is mine!" {he} said.',
-        '"No, you can\'t," said {name}. "You might break it."',
-    )
+    s.say('{friend} wanted to play with it too. "Can I have a turn?" {fhe} asked.',
+          '{friend} saw the {obj} and said, "Wow! Can we play together?"')
+    s.say('But {name} held it close. "No! It is mine!" {he} said.',
+          '"No, you can\'t," said {name}. "You might break it."')
     s.say("{friend} felt {bad} and walked away.", "{friend}'s face fell, and {fhe} sat down alone.")
     s.para()
-    s.say(
-        '{adult_cap} saw what happened. "{name}, how would you feel if {friend} "'
-        '"did not share with you?"',
-        "Later, {name} played alone. The {obj} was not as fun without a friend.",
-    )
-    s.say(
-        "{name} thought about it for a long time.", "{name} looked at {friend} and felt bad inside."
-    )
-    s.say(
-        '{He} walked over and said, "I am sorry. Let\'s play with the {obj} together."',
-        '"Here, {friend}," {name} said softly. "You can go first."',
-    )
-    s.say(
-        "{friend} smiled a big smile. They took turns, and it was much more fun.",
-        "They played all afternoon, laughing and running {at} {place}.",
-    )
+    s.say('{adult_cap} saw what happened. "{name}, how would you feel if {friend} '
+          'did not share with you?"',
+          "Later, {name} played alone. The {obj} was not as fun without a friend.")
+    s.say("{name} thought about it for a long time.",
+          "{name} looked at {friend} and felt bad inside.")
+    s.say('{He} walked over and said, "I am sorry. Let\'s play with the {obj} together."',
+          '"Here, {friend}," {name} said softly. "You can go first."')
+    s.say("{friend} smiled a big smile. They took turns, and it was much more fun.",
+          "They played all afternoon, laughing and running {at} {place}.")
     s.para()
 
 
@@ -316,207 +330,141 @@ def plot_fear(s: Story) -> None:
     s.say("{name} was afraid of {fear}.", "There was one thing {name} did not like: {fear}.")
     s.say('{He} said, "I can\'t! {Why}!"', '"I don\'t want to," {name} said. "{Why}."')
     s.para()
-    s.say(
-        '{friend} held {his} hand. "I will be right here with you," {fhe} said.',
-        '{adult_cap} knelt down and said, "Take a deep breath. You are braver than you think."',
-    )
-    s.say(
-        "{name} closed {his} eyes and counted to three.",
-        "{name} took one small step, then another.",
-    )
-    s.say(
-        "It was not so bad after all!",
-        "And then... it was fun!",
-        "{His} heart beat fast, but {he} did it!",
-    )
+    s.say('{friend} held {his} hand. "I will be right here with you," {fhe} said.',
+          '{adult_cap} knelt down and said, "Take a deep breath. You are braver than you think."')
+    s.say("{name} closed {his} eyes and counted to three.",
+          "{name} took one small step, then another.")
+    s.say("It was not so bad after all!",
+          "And then... it was fun!",
+          "{His} heart beat fast, but {he} did it!")
     s.say('"I did it! I really did it!" {name} shouted.', '{name} laughed. "Can we do it again?"')
     s.para()
 
 
 def plot_helping(s: Story) -> None:
     animal, trouble, sound = pick(s.rng, TROUBLES)
-    s.f.update(animal=animal, trouble=trouble, sound=sound)
-    s.say(
-        "{time}, {name} was walking {at} {place} with {friend}.",
-        "{time}, {name} and {friend} went to {place}.",
-    )
-    s.say(
-        "They heard a sad sound. It was {animal}, {trouble}, {sound}.",
-        "Suddenly they saw {animal}. It was {trouble}.",
-    )
+    s.f.update(animal=animal, trouble=trouble, sound=sound, animal_short=animal.split()[-1])
+    s.say("{time}, {name} was walking {at} {place} with {friend}.",
+          "{time}, {name} and {friend} went to {place}.")
+    s.say("They heard a sad sound. It was {animal}, {trouble}, {sound}.",
+          "Suddenly they saw {animal}. It was {trouble}.")
     s.say('"We have to help it!" said {name}.', '"Poor thing," said {friend}. "What can we do?"')
     s.para()
-    s.say(
-        "{name} had an idea. {He} used a {color} {obj} to help.",
-        "{name} thought hard. Then {he} ran to get {adult}.",
-        "They worked together, slowly and gently.",
-    )
+    s.say("{name} had an idea. {He} used a {color} {obj} to help.",
+          "{name} thought hard. Then {he} ran to get {adult}.",
+          "They worked together, slowly and gently.")
     s.say("At last the {animal_short} was safe.", "Soon the {animal_short} was free and happy.")
-    s.say(
-        "It looked at them as if to say thank you.",
-        "It made a happy little sound and hopped around them.",
-    )
-    s.maybe(
-        0.6,
-        "The next day, the {animal_short} came back to visit {name}.",
-        "{name} and {friend} felt {good}. Helping felt good.",
-    )
+    s.say("It looked at them as if to say thank you.",
+          "It made a happy little sound and hopped around them.")
+    s.maybe(0.6,
+            "The next day, the {animal_short} came back to visit {name}.",
+            "{name} and {friend} felt {good}. Helping felt good.")
     s.para()
 
 
 def plot_build(s: Story) -> None:
     thing, oops = pick(s.rng, BUILDS)
     s.f.update(thing=thing, oops=oops)
-    s.say(
-        "{time}, {name} and {friend} decided to make {thing}.",
-        '"Let\'s make {thing}!" said {name}. {friend} clapped {fhis} hands.',
-    )
-    s.say(
-        "They worked very hard. It looked wonderful.",
-        "They used all their best ideas. It was so pretty.",
-    )
+    s.say("{time}, {name} and {friend} decided to make {thing}.",
+          '"Let\'s make {thing}!" said {name}. {friend} clapped {fhis} hands.')
+    s.say("They worked very hard. It looked wonderful.",
+          "They used all their best ideas. It was so pretty.")
     s.say("But then {oops}.", "Just when they were done, {oops}.")
     s.say('{name} felt {bad}. "All our work is gone," {he} said.', "{friend} started to cry.")
     s.para()
-    s.say(
-        '"We can make it again," said {friend}. "And this time it will be even better."',
-        '{adult_cap} came to see. "Mistakes happen. Try again, and help each other."',
-    )
+    s.say('"We can make it again," said {friend}. "And this time it will be even better."',
+          '{adult_cap} came to see. "Mistakes happen. Try again, and help each other."')
     s.say("So they started again.", "They did not give up.")
-    s.say(
-        "The new one was bigger and better than before.",
-        "This time, they were careful, and it worked.",
-    )
+    s.say("The new one was bigger and better than before.",
+          "This time, they were careful, and it worked.")
     s.say("{name} and {friend} looked at it and cheered.", '"We did it together!" they shouted.')
     s.para()
 
 
 def plot_warning(s: Story) -> None:
-    s.say(
-        '{adult_cap} said, "{name}, please do not play near the mud today."',
-        '"Do not touch the hot stove," {adult} told {name}.',
-        '"Stay away from the deep puddle," said {adult}. "You will get all wet."',
-    )
-    s.say("But {name} was {trait} and did not listen.", "{name} nodded, but {he} was too curious.")
+    rule, oops = pick(s.rng, WARNINGS)
+    rule, oops = fill(rule, s.f), fill(oops, s.f)
+    s.f.update(rule=rule, oops=oops, Oops=cap(oops))
+    s.say('{adult_cap} said, "{name}, please {rule}."', '"Please {rule}," {adult} told {name}.')
+    s.say("But {name} was curious and did not listen.", "{name} nodded, but {he} forgot very soon.")
     s.para()
-    s.say(
-        "When nobody was looking, {he} went closer and closer.",
-        "{He} wanted to see what would happen.",
-    )
-    s.say(
-        "Splash! {name} slipped and fell.",
-        "Oops! {His} {color} {obj} got dirty and broken.",
-        "Then {he} tripped and hurt {his} knee.",
-    )
-    s.say(
-        "{name} began to cry. {He} felt {bad}.",
-        '"I should have listened," {name} said in a small voice.',
-    )
+    s.say("When nobody was looking, {he} went closer and closer.",
+          "{He} wanted to see what would happen.")
+    s.say("Then {oops}.", "Oh no! {Oops}.")
+    s.say("{name} began to cry. {He} felt {bad}.",
+          '"I should have listened," {name} said in a small voice.')
     s.para()
-    s.say(
-        '{adult_cap} gave {him} a big hug. "It\'s okay. Now you know why I said no."',
-        '{adult_cap} helped {him} clean up and said, "Rules keep you safe."',
-    )
+    s.say("{adult_cap} gave {him} a big hug. \"It's okay. Now you know why I said no.\"",
+          '{adult_cap} helped {him} clean up and said, "Rules keep you safe."')
     s.say("{name} said sorry.", "{name} promised to listen next time.")
     s.para()
 
 
 def plot_new_friend(s: Story) -> None:
-    s.say(
-        "{time}, a new {fdesc} came to {place}. {Fhe_cap} was very quiet.",
-        "One day, {name} saw {a_fdesc} sitting alone {at} {place}.",
-    )
-    s.say(
-        "Some of the others laughed because {fhe} looked different.",
-        "Nobody wanted to play with {fhim}.",
-    )
-    s.say(
-        '{name} walked over. "Hi! I\'m {name}. What is your name?"',
-        '{name} smiled and said, "Do you want to play with my {obj}?"',
-    )
+    s.say("{time}, a new {fdesc} came to {place}. {Fhe_cap} was very quiet.",
+          "One day, {name} saw {a_fdesc} sitting alone {at} {place}.")
+    s.say("Some of the others laughed because {fhe} looked different.",
+          "Nobody wanted to play with {fhim}.")
+    s.say('{name} walked over. "Hi! I\'m {name}. What is your name?"',
+          '{name} smiled and said, "Do you want to play with my {obj}?"')
     s.say('"I\'m {friend}," {fhe} said softly.', '"My name is {friend}," came a tiny voice.')
     s.para()
     s.say("They played with the {obj} and ran and laughed.", "{friend} was very good at games!")
-    s.say(
-        "Soon the other children wanted to play too.",
-        "{name} learned that {friend} knew many funny songs.",
-    )
+    s.say("Soon the other children wanted to play too.",
+          "{name} learned that {friend} knew many funny songs.")
     s.say("{friend} was not alone anymore.", '"You are my best friend," said {friend}.')
     s.para()
 
 
 def plot_surprise(s: Story) -> None:
     s.say("It was {adult}'s birthday soon.", "{name} wanted to make {adult} happy.")
-    s.say(
-        "{name} had a secret plan. {He} would make a surprise!",
-        '"Let\'s make a surprise," {name} whispered to {friend}.',
-    )
-    s.say(
-        "They made {food} and a card with a {color} heart.",
-        "They picked flowers {at} {place} and baked {food}.",
-    )
-    s.say(
-        "They hid behind the door and waited.",
-        "They put everything on the table and waited quietly.",
-    )
+    s.say("{name} had a secret plan. {He} would make a surprise!",
+          '"Let\'s make a surprise," {name} whispered to {friend}.')
+    s.say("They made {food} and a card with a {color} heart.",
+          "They picked flowers {at} {place} and got some {food}.")
+    s.say("They hid behind the door and waited.",
+          "They put everything on the table and waited quietly.")
     s.para()
-    s.say(
-        'When {adult} came in, they jumped up and shouted, "Surprise!"', '"Surprise!" they yelled.'
-    )
-    s.say(
-        "{adult_cap} was so happy that {ahe} had tears in {ahis} eyes.",
-        "{adult_cap} laughed and hugged them both.",
-    )
-    s.say(
-        '"This is the best surprise ever," {ahe} said.', "They ate {food} together and sang songs."
-    )
+    s.say('When {adult} came in, they jumped up and shouted, "Surprise!"',
+          '"Surprise!" they yelled.')
+    s.say("{adult_cap} was so happy that {ahe} had tears in {ahis} eyes.",
+          "{adult_cap} laughed and hugged them both.")
+    s.say('"This is the best surprise ever," {ahe} said.',
+          "They ate {food} together and sang songs.")
     s.para()
 
 
 def plot_discovery(s: Story) -> None:
     found, inside = pick(s.rng, FINDS)
     s.f.update(found=found, inside=inside)
-    s.say(
-        "{time}, {name} found {found} {at} {place}.",
-        "While playing {at} {place}, {name} saw {found}.",
-    )
-    s.say(
-        '"What is this?" {he} wondered.',
-        '{His} eyes grew big. "Wow! Come and see!" {he} called {friend}.',
-    )
-    s.say(
-        "{name} and {friend} decided to follow it.",
-        "They were a little scared, but they were curious too.",
-    )
+    s.say("{time}, {name} found {found} {at} {place}.",
+          "While playing {at} {place}, {name} saw {found}.")
+    s.say('"What is this?" {he} wondered.',
+          '{His} eyes grew big. "Wow! Come and see!" {he} called {friend}.')
+    s.say("{name} and {friend} decided to follow it.",
+          "They were a little scared, but they were curious too.")
     s.para()
     s.say("They walked and walked.", "They went past the trees and over a little bridge.")
     s.say("At the end, they found {inside}!", "Then, to their surprise, they found {inside}.")
     s.say('"This is amazing!" said {friend}.', "{name} could not believe {his} eyes.")
-    s.maybe(
-        0.5,
-        "They promised to keep it a secret, just for the two of them.",
-        "They ran home to tell {adult} everything.",
-    )
+    s.maybe(0.5,
+            "They promised to keep it a secret, just for the two of them.",
+            "They ran home to tell {adult} everything.")
     s.para()
 
 
 def plot_skill(s: Story) -> None:
     skill, done = pick(s.rng, SKILLS)
     s.f.update(skill=fill(skill, s.f), done=done)
-    s.say(
-        "{name} wanted to learn to {skill}.", "{name} really wanted to {skill}, just like {friend}."
-    )
-    s.say(
-        "{He} tried, but it was hard.",
-        "The first time, {he} fell down.",
-        "{He} tried once, and it did not work.",
-    )
+    s.say("{name} wanted to learn to {skill}.",
+          "{name} really wanted to {skill}, just like {friend}.")
+    s.say("{He} tried, but it was hard.",
+          "The first time, {he} fell down.",
+          "{He} tried once, and it did not work.")
     s.say('"I will never learn," {name} said sadly.', "{name} felt {bad} and wanted to stop.")
     s.para()
-    s.say(
-        '"Keep trying," said {adult}. "Everyone starts small."',
-        '{friend} said, "I fell down many times too. Try again!"',
-    )
+    s.say('"Keep trying," said {adult}. "Everyone starts small."',
+          '{friend} said, "I fell down many times too. Try again!"')
     s.say("So {name} practiced every day.", "{name} tried again. And again. And again.")
     s.say("Then one morning, {he} {done}!", "At last, {name} {done}.")
     s.say('"Look at me!" {he} shouted. Everyone clapped.', "{name} was so proud of {him}self.")
@@ -524,57 +472,144 @@ def plot_skill(s: Story) -> None:
 
 
 def plot_race(s: Story) -> None:
-    s.say(
-        "{time}, {name} and {friend} had a race {at} {place}.",
-        '"Let\'s race to the big tree!" said {friend}.',
-    )
-    s.say(
-        '"Ready, set, go!" They ran as fast as they could.',
-        "They ran and ran. The wind blew in their hair.",
-    )
-    s.say(
-        "{name} was winning. But then {friend} tripped and fell.",
-        "Halfway there, {friend} fell and hurt {fhis} knee.",
-    )
+    s.say("{time}, {name} and {friend} had a race {at} {place}.",
+          '"Let\'s race to the big tree!" said {friend}.')
+    s.say('"Ready, set, go!" They ran as fast as they could.',
+          "They ran and ran. The wind blew in their hair.")
+    s.say("{name} was winning. But then {friend} tripped and fell.",
+          "Halfway there, {friend} fell and hurt {fhis} knee.")
     s.para()
-    s.say(
-        "{name} stopped. {He} could win the race... or help {friend}.",
-        "{name} did not keep running.",
-    )
-    s.say(
-        "{He} went back and helped {fhim} up.",
-        '"Are you okay?" {name} asked, and held out {his} hand.',
-    )
-    s.say(
-        "They walked to the tree together, side by side.",
-        "They finished the race together, holding hands.",
-    )
+    s.say("{name} stopped. {He} could win the race... or help {friend}.",
+          "{name} did not keep running.")
+    s.say("{He} went back and helped {fhim} up.",
+          '"Are you okay?" {name} asked, and held out {his} hand.')
+    s.say("They walked to the tree together, side by side.",
+          "They finished the race together, holding hands.")
     s.say('"You are a true friend," said {friend}.', "Winning was not as important as being kind.")
     s.para()
 
 
 def plot_weather(s: Story) -> None:
-    s.say(
-        "{name} and {friend} wanted to have a picnic {at} {place}.",
-        "{name} planned to play outside all day with {friend}.",
-    )
-    s.say(
-        "But then dark clouds came, and it started to rain.",
-        "But the sky turned gray. Rain began to fall.",
-    )
+    s.say("{name} and {friend} wanted to have a picnic {at} {place}.",
+          "{name} planned to play outside all day with {friend}.")
+    s.say("But then dark clouds came, and it started to rain.",
+          "But the sky turned gray. Rain began to fall.")
     s.say('"Now our day is ruined," said {name}.', "{name} looked out the window and felt {bad}.")
     s.para()
-    s.say(
-        '"Let\'s have the picnic inside!" said {friend}.',
-        "{adult_cap} had an idea: a picnic on the floor!",
-    )
+    s.say('"Let\'s have the picnic inside!" said {friend}.',
+          "{adult_cap} had an idea: a picnic on the floor!")
     s.say("They put a blanket on the floor and ate {food}.", "They built a fort and told stories.")
-    s.say(
-        "When the rain stopped, they saw a big rainbow in the sky.",
-        "Soon the sun came back, and there were puddles to jump in!",
-    )
+    s.say("When the rain stopped, they saw a big rainbow in the sky.",
+          "Soon the sun came back, and there were puddles to jump in!")
     s.say('"Rainy days can be fun too," said {name}.', "It was a good day after all.")
     s.para()
+
+
+def plot_baking(s: Story) -> None:
+    s.f["baked"] = pick(s.rng, BAKED)
+    s.say("{time}, {adult} said, \"Would you like to help me bake {baked}?\"",
+          "{name} wanted to bake {baked} with {adult}.")
+    s.say("{name} put on a big apron. {He} was ready!", "\"Yes, please!\" {name} {said}.")
+    s.say("They mixed flour, eggs and milk in a big bowl.",
+          "{name} poured the sugar and stirred and stirred.")
+    s.say("Oops! Some flour went on {name}'s nose. Everyone laughed.",
+          "The kitchen was a big mess, but it smelled so good.")
+    s.para()
+    s.say("They waited and waited for the oven to be done.", "Soon the whole house smelled sweet.")
+    s.say("At last, the {baked} were ready. They were warm and yummy.",
+          "When they were done, {name} shared them with {friend}.")
+    s.say("\"This is the best thing I ever made,\" {name} {said}.",
+          "\"Thank you for helping me,\" {adult} {said}, and gave {him} a hug.")
+    s.para()
+
+
+def plot_lost_pet(s: Story) -> None:
+    s.say("{name} had a pet {pet} called {petname}.", "{petname} was {name}'s pet {pet}.")
+    s.say("{time}, the gate was open, and {petname} was gone!",
+          "One morning, {name} could not find {petname} anywhere.")
+    s.say("\"{petname}! Where are you?\" {name} {said}.",
+          "{name} felt {bad}. {He} called and called.")
+    s.para()
+    s.say("{name} and {friend} made signs and put them on the trees.",
+          "{friend} helped {him} look {at} {place}.")
+    s.say("They asked the neighbors, but nobody had seen {petname}.",
+          "They looked {spot}, but {petname} was not there.")
+    s.say("Then they heard a happy little sound. It was {petname}!",
+          "At last they found {petname} {spot}, fast asleep.")
+    s.say("{name} hugged {petname} tight. \"Never run away again,\" {he} {said}.",
+          "{petname} licked {name}'s face. {name} laughed and laughed.")
+    s.para()
+
+
+def plot_night(s: Story) -> None:
+    noise, cause = pick(s.rng, NOISES)
+    s.f.update(noise=noise, cause=cause)
+    s.say("That night, {name} could not sleep.", "It was late, and the house was dark.")
+    s.say("Then {he} heard {noise}.", "Suddenly there was {noise}.")
+    s.say("\"Who is there?\" {name} {said} in a small voice.",
+          "{name} pulled the blanket over {his} head.")
+    s.para()
+    s.say("{He} took {his} little lamp and went to look.", "{name} went to wake up {adult}.")
+    s.say("It was only {cause}!", "They looked together. It was just {cause}.")
+    s.say("{name} giggled. \"I was scared of nothing!\"", "{adult_cap} smiled and tucked {him} in.")
+    s.say("Soon {he} was fast asleep.", "{name} closed {his} eyes and slept until morning.")
+    s.para()
+
+
+def plot_wish(s: Story) -> None:
+    s.say("{time}, {name} found a small {color} star {at} {place}.",
+          "{time}, a tiny fairy flew down to {name}.")
+    s.say("A little voice said, \"You can make one wish.\"",
+          "\"I can give you one wish,\" it {said}.")
+    s.say("{name} thought hard. {He} could wish for toys, or {food}, or a castle.",
+          "{name} wanted a hundred toys. But then {he} thought of {friend}.")
+    s.para()
+    s.say("{friend} was sick and had to stay in bed.",
+          "{friend} was sad because {fhis} {obj} was broken.")
+    s.say("So {name} said, \"I wish {friend} could be happy again.\"",
+          "\"I wish for my friend to feel better,\" {name} {said}.")
+    s.say("The star glowed, and the wish came true.", "The fairy smiled and waved her little wand.")
+    s.say("{friend} ran outside to play, and {name} was the happiest of all.",
+          "The next day, {friend} was laughing again.")
+    s.para()
+
+
+def plot_garden(s: Story) -> None:
+    s.f["plant"] = pick(s.rng, PLANTS)
+    s.say("{adult_cap} gave {name} a tiny seed.",
+          "{name} found a seed and planted it in the garden.")
+    s.say("\"If you take care of it, it will grow into {plant},\" {adult} {said}.",
+          "{name} wanted it to grow into {plant}.")
+    s.say("Every day, {name} gave it water.", "{He} watered it and sang it a little song.")
+    s.para()
+    s.say("At first, nothing happened. {name} was {bad}.",
+          "Days went by, and the ground stayed brown.")
+    s.say("\"Be patient,\" {friend} {said}.", "But {name} did not give up.")
+    s.say("Then one morning, a little green leaf came up!", "Slowly, a tiny green sprout grew.")
+    s.say("By summer, it was {plant}, big and strong.", "Soon it grew into {plant}.")
+    s.say("{name} was so proud. Waiting was hard, but it was worth it.",
+          "{name} shared it with everyone on the street.")
+    s.para()
+
+
+def plot_trip(s: Story) -> None:
+    where, saw = pick(s.rng, TRIPS)
+    s.f.update(where=where, saw=saw)
+    s.say("{time}, {name}'s family went on a trip to {where}.",
+          "{adult_cap} said, \"Pack your bag! We are going to {where}!\"")
+    s.say("{name} was so {good} that {he} could not sit still.",
+          "{name} took {his} {color} {obj} and {friend} came too.")
+    s.say("The ride was long, so they sang songs.", "On the way, they counted cows and clouds.")
+    s.para()
+    s.say("At {where}, they saw {saw}.", "There were so many things to see: {saw}.")
+    s.say("\"Look at that!\" {name} {said}, pointing.", "{friend} took a picture of everything.")
+    s.maybe(0.5, "Then {name} dropped {his} {obj}, but a kind man gave it back.",
+            "They had a picnic with {food} under a big tree.")
+    s.say("On the way home, {name} fell asleep in the car.",
+          "It was a day {he} would never forget.")
+    s.para()
+
+# fmt: on
 
 
 PLOTS = [
@@ -590,6 +625,12 @@ PLOTS = [
     plot_skill,
     plot_race,
     plot_weather,
+    plot_baking,
+    plot_lost_pet,
+    plot_night,
+    plot_wish,
+    plot_garden,
+    plot_trip,
 ]
 
 # ----------------------------------------------------------------------------
@@ -603,31 +644,19 @@ def make_story(rng: random.Random) -> str:
     place, at = pick(rng, PLACES)
     animal = pick(rng, TROUBLES)[0]
     f = dict(hero)
+    # fmt: off
     f.update(
-        He=cap(hero["he"]),
-        His=cap(hero["his"]),
-        friend=friend["name"],
-        fhe=friend["he"],
-        fhis=friend["his"],
-        fhim=friend["him"],
-        Fhe_cap=cap(friend["he"]),
-        fdesc=friend["desc"],
-        a_fdesc=friend["a_desc"],
-        adult=adult,
-        adult_cap=cap(adult),
-        ahe=ahe,
-        ahis="her" if ahe == "she" else "his",
-        place=place,
-        at=at,
-        obj=pick(rng, OBJECTS),
-        color=pick(rng, COLORS),
-        time=pick(rng, TIMES),
-        good=pick(rng, FEELINGS_GOOD),
-        bad=pick(rng, FEELINGS_BAD),
-        food=pick(rng, FOODS),
-        helper=pick(rng, ANIMALS),
-        animal_short=animal.split()[-1],
+        He=cap(hero["he"]), His=cap(hero["his"]), friend=friend["name"], fhe=friend["he"],
+        fhis=friend["his"], fhim=friend["him"], Fhe_cap=cap(friend["he"]), fdesc=friend["desc"],
+        a_fdesc=friend["a_desc"], adult=adult, adult_cap=cap(adult), ahe=ahe,
+        ahis="her" if ahe == "she" else "his", place=place, at=at, obj=pick(rng, OBJECTS),
+        color=pick(rng, COLORS), time=pick(rng, TIMES), good=pick(rng, FEELINGS_GOOD),
+        bad=pick(rng, FEELINGS_BAD), food=pick(rng, FOODS), helper=pick(rng, ANIMALS),
+        animal_short=animal.split()[-1], pet=pick(rng, PETS),
+        petname=pick(rng, [n for n in PET_NAMES if n not in (hero["name"], friend["name"])]),
+        spot=pick(rng, SPOTS), said="said",
     )
+    # fmt: on
     s = Story(rng, f)
     s.say(*OPENERS)
     s.maybe(
@@ -651,9 +680,12 @@ def make_story(rng: random.Random) -> str:
             plots.append(second)
     for plot in plots:
         s.f.update(obj=pick(rng, OBJECTS), color=pick(rng, COLORS), time=pick(rng, TIMES))
+        s.maybe(0.4, *SCENES)
         plot(s)
-    if rng.random() < 0.35:
-        s.say(*MORALS)
+    last = plots[-1].__name__.removeprefix("plot_")
+    morals = [m for name, m in MORALS if name == last]
+    if morals and rng.random() < 0.5:
+        s.say(*morals)
     s.say(*ENDINGS)
     return s.text()
 
