@@ -5,6 +5,7 @@ IOSurface stub, and the mock framework of tests/mock). A plain Linux install nev
 so it needs no Objective-C toolchain (setup.py decides).
 """
 
+import os
 import shlex
 import subprocess
 import sys
@@ -24,6 +25,15 @@ def cdef_from(path: str) -> str:
     """The header minus preprocessor lines: the public header is the single source of the cdef."""
     with open(path, encoding="utf-8") as f:
         return "".join(line for line in f if not line.lstrip().startswith("#"))
+
+
+def sanitize_flags() -> list[str]:
+    """ANETRAIN_SANITIZE=address,undefined -> sanitizer flags for compile and link (§3.1)."""
+    kinds = os.environ.get("ANETRAIN_SANITIZE", "").strip()
+    if not kinds:
+        return []
+    return [f"-fsanitize={kinds}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
+            "-O1", "-g"]
 
 
 def gnustep(flag: str) -> list[str]:
@@ -56,6 +66,6 @@ ffi.set_source(
     sources=sources,
     source_extension=".m",  # the generated wrapper compiles as Objective-C too
     include_dirs=include_dirs,
-    extra_compile_args=cflags,
-    extra_link_args=ldflags,
+    extra_compile_args=cflags + sanitize_flags(),  # a later -O1 overrides -O2 when sanitizing
+    extra_link_args=ldflags + sanitize_flags(),
 )

@@ -115,13 +115,13 @@ static Class find_class(const char *name, const SEL *class_sels, const SEL *inst
     for (; class_sels != NULL && *class_sels != NULL; class_sels++)
         if (![(id)cls respondsToSelector:*class_sels]) {
             set_err(err, err_len, "ane_open: class %s has no class method +%s", name,
-                    sel_getName(*class_sels));
+                    cstr(NSStringFromSelector(*class_sels)));
             return Nil;
         }
     for (; inst_sels != NULL && *inst_sels != NULL; inst_sels++)
         if (![cls instancesRespondToSelector:*inst_sels]) {
             set_err(err, err_len, "ane_open: class %s has no instance method -%s", name,
-                    sel_getName(*inst_sels));
+                    cstr(NSStringFromSelector(*inst_sels)));
             return Nil;
         }
     return cls;
