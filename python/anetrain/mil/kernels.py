@@ -1,0 +1,425 @@
+"""The ten dynamic-weight training kernels (upstream.md §5.4): MIL text plus surface layouts.
+
+Every kernel has one fp16 input surface [1, C, 1, W] and one fp16 output surface [1, C, 1, S],
+channel-first: element (c, s) at c·W + s (upstream.md §2.3). A `Layout` names each packed part
+(channel range × spatial range); the packers in kernels_mil.py use exactly these objects.
+S = seq_len, D = dim, Q = q_dim, KV = kv_dim, F = hidden_dim, H = n_heads, HD = head_dim,
+g = kv_group. Weights are llama2.c W[out, in]. `T` below = the surface holds Wᵀ (the packer
+transposes the fp32 W[out, in]); `raw` = the surface holds W as is (upstream.md §5.3: the
+dyn-matmul computes Mᵀ·x, so forward kernels stage Wᵀ and backward kernels raw W).
+
+kernel      input segments, ch x sp (T / raw staging)        output segments (channels)
+sdpaFwd     xnorm DxS, wq_t DxQ T, wk_t DxKV T, wv_t DxKV T   attn Q, q_rope Q, k_rope KV, v KV
+woFwd       attn QxS, wo_t QxD T                             o D
+ffnFused    x2norm DxS, w1_t DxF T, w3_t DxF T, w2 DxF raw   ffn D, h1 F, h3 F, gate F
+ffnBwdW2t   dffn DxS, w2 DxF raw                             dgate F
+ffnBwdW13t  dh1 FxS, dh3 FxS, w1 FxD raw, w3 FxD raw         dx D
+wotBwd      dx2 DxS, wo DxQ raw                              dattn Q
+sdpaBwd1    q_rope, k_tiled, v_tiled, dattn: QxS on ch       dv_full Q, P H·S, dP H·S
+sdpaBwd2    P H·SxS, dP H·SxS, q_rope QxS, k_tiled QxS       dq Q, dk_full Q
+qBwd        dq QxS, wq QxD raw                               dx D
+kvBwd       dk KVxS, dv KVxS, wk KVxD raw, wv KVxD raw       dx D
+
+P/dP channel h·S + t = query t, spatial = key. q_rope/k_rope are the roped projections; dq and
+dk_full are gradients w.r.t. the roped q and k (the CPU applies RoPE' and the GQA reduction).
+
+Deviations from upstream's MIL (mil_dynamic.h @d91c984), each on purpose:
+1. No DeepNet α: ffnFused returns the FFN branch W2·(silu(W1x)⊙W3x) and takes no residual x2;
+   the CPU keeps the residual stream in fp32 (exact Llama-2 math, no per-layer fp16 rounding).
+2. sdpaFwd drops the xnorm pass-through output: the CPU already holds xnorm in fp32 and upstream
+   never reads it back; dropping it saves D·S·2 bytes per evaluation.
+3. GQA without tiling: query heads are grouped as [1, KV, g·S, HD] by a reshape (h = kv·g + r),
+   so query head h attends with kv head h // g (llama2.c), matching the CPU-tiled backward. The
+   causal mask blob is [1, 1, g·S, S] (g copies). Upstream tiles K/V with concat(interleave=false),
+   i.e. h mod KV, inconsistent with its own backward (upstream.md §8.2-2). MHA: as upstream.
+4. fp16 scalars are written as exact C99 hex floats (`fp16(0x1p-2)`), as coremlc prints them and as
+   maderix's int8 benchmark compiled them, instead of `%f` text (mil_reference.md §3.6).
+5. The final op of each kernel is named after the kernel (`"woFwd_out"`), so kernels with identical
+   math (woFwd/wotBwd/qBwd for stories) never share a hexStringIdentifier dir (upstream.md §1.8).
+6. Non-tensor parameters are deduplicated named consts (one `perm` const reused); arguments are
+   printed in alphabetical order as coremlc does (order is not significant, mil_reference.md §1.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from anetrain.config import ModelConfig
+from anetrain.mil.blob import write_blob
+from anetrain.mil.builder import Builder, Var
+from anetrain.mil.errors import MilError
+from anetrain.mil.ir import Program, format_program
+from anetrain.rope import rope_tables
+
+MASK_VALUE = -65504.0  # most negative finite fp16, not -inf (upstream.md §5.6)
+ALIGN_W, ALIGN_C = 64, 32  # surface widths multiple of 64 fp16, channels of 32 (upstream.md §2.5)
+KERNELS = ("sdpaFwd", "woFwd", "ffnFused", "ffnBwdW2t", "ffnBwdW13t", "wotBwd", "sdpaBwd1",
+           "sdpaBwd2", "qBwd", "kvBwd")  # fmt: skip
+WEIGHT = "@model_path/weights/{}.bin"
+
+# ----------------------------------------------------------------------------
+# layouts
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One packed part of a surface: channels [c0, c0+nch) × spatial [s0, s0+width)."""
+
+    name: str
+    c0: int
+    nch: int
+    s0: int
+    width: int
+    stage: str = ""  # weights: "T" = surface holds Wᵀ (packer transposes), "raw" = holds W
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.nch, self.width)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A [1, C, 1, W] fp16 surface and its named, non-overlapping segments (in packing order)."""
+
+    C: int
+    W: int
+    segments: tuple[Segment, ...]
+    _index: dict = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {s.name: s for s in self.segments})
+        if len(self._index) != len(self.segments):
+            raise MilError("layout: duplicate segment names")
+        for s in self.segments:
+            if s.c0 < 0 or s.s0 < 0 or s.nch < 1 or s.width < 1 or s.c0 + s.nch > self.C \
+                    or s.s0 + s.width > self.W:  # fmt: skip
+                raise MilError(f"layout: segment {s.name} outside [{self.C}, {self.W}]")
+        for i, a in enumerate(self.segments):
+            for b in self.segments[i + 1 :]:
+                if a.c0 < b.c0 + b.nch and b.c0 < a.c0 + a.nch and a.s0 < b.s0 + b.width \
+                        and b.s0 < a.s0 + a.width:  # fmt: skip
+                    raise MilError(f"layout: segments {a.name} and {b.name} overlap")
+
+    def __getitem__(self, name: str) -> Segment:
+        return self._index[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._index
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.segments]
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (1, self.C, 1, self.W)
+
+    @property
+    def nbytes(self) -> int:
+        return self.C * self.W * 2
+
+    def misaligned(self) -> list[str]:
+        """Every width/offset the ANE wants aligned but is not (empty = ANE-friendly)."""
+        bad = []
+        if self.W % ALIGN_W:
+            bad.append(f"surface width {self.W} % {ALIGN_W} != 0")
+        if self.C % ALIGN_C:
+            bad.append(f"surface channels {self.C} % {ALIGN_C} != 0")
+        for s in self.segments:
+            if s.s0 % ALIGN_W or s.width % ALIGN_W:
+                bad.append(f"{s.name}: spatial [{s.s0}, {s.s0 + s.width}) not {ALIGN_W}-aligned")
+        return bad
+
+    def pack(self, parts: dict[str, np.ndarray], dtype=np.float16) -> np.ndarray:
+        """Reference packer (tests): parts[name] is [nch, width] as staged -> [C, W] array."""
+        out = np.zeros((self.C, self.W), dtype=dtype)
+        for s in self.segments:
+            a = np.asarray(parts[s.name])
+            if a.shape != s.shape:
+                raise MilError(f"layout: {s.name} is {a.shape}, expected {s.shape}")
+            out[s.c0 : s.c0 + s.nch, s.s0 : s.s0 + s.width] = a
+        return out
+
+    def unpack(self, buf: np.ndarray) -> dict[str, np.ndarray]:
+        """[C, W] (or the flat surface) -> {name: [nch, width] view}."""
+        b = np.asarray(buf).reshape(self.C, self.W)
+        return {s.name: b[s.c0 : s.c0 + s.nch, s.s0 : s.s0 + s.width] for s in self.segments}
+
+
+def _spatial(C: int, parts: list[tuple[str, int, str]]) -> Layout:
+    """Segments side by side along W, all C channels (inputs of the weight-bearing kernels)."""
+    segs, s0 = [], 0
+    for name, w, stage in parts:
+        segs.append(Segment(name, 0, C, s0, w, stage))
+        s0 += w
+    return Layout(C, s0, tuple(segs))
+
+
+def _channels(W: int, parts: list[tuple[str, int]]) -> Layout:
+    """Segments stacked along C, full width W (outputs, and the weight-free inputs)."""
+    segs, c0 = [], 0
+    for name, c in parts:
+        segs.append(Segment(name, c0, c, 0, W))
+        c0 += c
+    return Layout(c0, W, tuple(segs))
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    name: str
+    mil: str  # the full program text
+    weights: dict[str, bytes]  # BLOBFILE path as written in the MIL -> blob file bytes
+    inp: Layout
+    out: Layout
+    graph: Program | None = field(default=None, compare=False, repr=False)  # builder's graph
+
+    def misaligned(self) -> list[str]:
+        return [f"{self.name} input: {m}" for m in self.inp.misaligned()] + [
+            f"{self.name} output: {m}" for m in self.out.misaligned()]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------
+# MIL building blocks
+
+
+class _K:
+    """Builder plus the idioms of upstream.md §4.4 for one kernel."""
+
+    def __init__(self, name: str, cfg: ModelConfig, inp: Layout):
+        self.name, self.cfg, self.inp = name, cfg, inp
+        self.b = Builder()
+        self.x = self.b.input("x", inp.shape)  # [1, C, 1, W] fp16
+        self.weights: dict[str, bytes] = {}
+
+    def act_t(self, seg: str, tag: str) -> Var:
+        """Activation segment [C, S] -> [1, 1, S, C] (the dyn-matmul's left operand)."""
+        s, b = self.inp[seg], self.b
+        a = b.slice(f"{tag}_s", self.x, [0, s.c0, 0, s.s0], [1, s.nch, 1, s.width])  # [1,C,1,S]
+        a = b.reshape(f"{tag}_r", a, [1, 1, s.nch, s.width])  # [1,1,C,S]
+        return b.transpose(f"{tag}_t", a)  # [1,1,S,C]
+
+    def block(self, seg: str, tag: str) -> Var:
+        """Weight segment [C, N] -> [1, 1, C, N]."""
+        s, b = self.inp[seg], self.b
+        w = b.slice(f"{tag}_s", self.x, [0, s.c0, 0, s.s0], [1, s.nch, 1, s.width])  # [1,C,1,N]
+        return b.reshape(f"{tag}_r", w, [1, 1, s.nch, s.width])  # [1,1,C,N]
+
+    def heads(self, seg: str, nh: int, tag: str) -> Var:
+        """Channel segment [nh·HD, S] -> [1, nh, S, HD]."""
+        s, b, hd = self.inp[seg], self.b, self.cfg.head_dim
+        a = b.slice(f"{tag}_s", self.x, [0, s.c0, 0, s.s0], [1, s.nch, 1, s.width])  # [1,nh·HD,1,S]
+        a = b.reshape(f"{tag}_r", a, [1, nh, hd, s.width])  # [1,nh,HD,S]
+        return b.transpose(f"{tag}_h", a)  # [1,nh,S,HD]
+
+    def to_chan(self, y: Var, tag: str) -> Var:
+        """[1, 1, S, N] -> [1, N, 1, S]."""
+        t = self.b.transpose(f"{tag}_t", y)  # [1,1,N,S]
+        return self.b.reshape(f"{tag}_c", t, [1, t.shape[2], 1, t.shape[3]])  # [1,N,1,S]
+
+    def heads_to_chan(self, y: Var, tag: str) -> Var:
+        """[1, nh, S, HD] -> [1, nh·HD, 1, S] (channel h·HD + d)."""
+        t = self.b.transpose(f"{tag}_t", y)  # [1,nh,HD,S]
+        return self.b.reshape(f"{tag}_c", t, [1, t.shape[1] * t.shape[2], 1, t.shape[3]])
+
+    def blob(self, name: str, arr: np.ndarray) -> Var:
+        path = WEIGHT.format(name)
+        self.weights[path] = write_blob(arr.astype(np.float16))
+        return self.b.blob(name, arr.shape, path)
+
+    def finish(self, out: Var, outl: Layout) -> KernelSpec:
+        if out.shape != outl.shape[:2] + (1, outl.W) or out.shape[1] != outl.C:
+            raise MilError(f"{self.name}: output {out.shape} does not match layout {outl.shape}")
+        prog = self.b.program(out)
+        return KernelSpec(self.name, format_program(prog), dict(self.weights), self.inp, outl, prog)
+
+    def pack_out(self, parts: list[Var], outl: Layout) -> KernelSpec:
+        """concat(axis=1) of the output taps, final op named after the kernel (unique MIL)."""
+        # one-output kernels keep the 1-value concat (upstream's MHA K/V "tiling" is one too) so
+        # that every kernel ends in an op named after it
+        out = self.b.concat("out", parts, axis=1, interleave=False, op_name=f"{self.name}_out")
+        return self.finish(out, outl)
+
+
+def _dyn(k: _K, act: str, w: str, tag: str) -> Var:
+    """y = Mᵀ·act as [1, 1, S, OC] (upstream.md §4.4 dynamic matmul, M = weight segment)."""
+    return k.b.matmul(f"{tag}_mm", k.act_t(act, f"{tag}_a"), k.block(w, f"{tag}_w"))
+
+
+def _causal(S: int, reps: int = 1) -> np.ndarray:
+    m = np.where(
+        np.arange(S)[None, :] <= np.arange(S)[:, None], 0.0, MASK_VALUE
+    )  # [S(query), S(key)]
+    return np.tile(m, (reps, 1)).reshape(1, 1, reps * S, S)  # [1,1,reps·S,S]
+
+
+def _rope(k: _K, h: Var, cos: Var, sin: Var, tag: str) -> Var:
+    """llama2.c interleaved-pair RoPE on [1, nh, S, HD] (upstream.md §5.6 MIL realisation)."""
+    b = k.b
+    _, nh, S, hd = h.shape
+    p = b.reshape(f"{tag}_p", h, [1, nh, S * hd // 2, 2])  # [1,nh,S·HD/2,2] pairs
+    ev = b.slice(f"{tag}_e", p, [0, 0, 0, 0], [1, nh, S * hd // 2, 1])  # [..,1] x[2i]
+    od = b.slice(f"{tag}_o", p, [0, 0, 0, 1], [1, nh, S * hd // 2, 1])  # [..,1] x[2i+1]
+    nod = b.op("mul", f"{tag}_n", x=od, y=-1.0)
+    rot = b.concat(f"{tag}_rot", [nod, ev], axis=3)  # (-x[2i+1], x[2i])
+    rot = b.reshape(f"{tag}_rr", rot, [1, nh, S, hd])  # [1,nh,S,HD]
+    return b.op("add", f"{tag}_y", x=b.op("mul", f"{tag}_c", x=h, y=cos),
+                y=b.op("mul", f"{tag}_sn", x=rot, y=sin))  # fmt: skip
+
+
+def _scale(cfg: ModelConfig) -> float:
+    return float(1.0 / np.sqrt(cfg.head_dim))
+
+
+# ----------------------------------------------------------------------------
+# the ten kernels
+
+
+def sdpa_fwd(cfg: ModelConfig) -> KernelSpec:
+    S, D, Q, KV, H, NK, HD, g = (cfg.seq_len, cfg.dim, cfg.q_dim, cfg.kv_dim, cfg.n_heads,
+                                 cfg.n_kv_heads, cfg.head_dim, cfg.kv_group)  # fmt: skip
+    k = _K("sdpaFwd", cfg, _spatial(D, [("xnorm", S, ""), ("wq_t", Q, "T"), ("wk_t", KV, "T"),
+                                        ("wv_t", KV, "T")]))  # fmt: skip
+    b = k.b
+    cos, sin = rope_tables(HD, S, cfg.rope_theta)  # [S, HD/2] each
+    cb = k.blob(
+        "rope_cos", np.repeat(cos, 2, axis=1).reshape(1, 1, S, HD)
+    )  # cos[p][2i]=cos[p][2i+1]
+    sb = k.blob("rope_sin", np.repeat(sin, 2, axis=1).reshape(1, 1, S, HD))
+    mask = k.blob("mask", _causal(S, g))  # [1,1,g·S,S]
+    xt = k.act_t("xnorm", "xn")  # [1,1,S,D]
+    proj = {}
+    for nm in ("q", "k", "v"):
+        w = k.block(f"w{nm}_t", f"w{nm}")  # [1,1,D,n]
+        m = b.matmul(f"{nm}_mm", xt, w)  # [1,1,S,n]
+        proj[nm] = b.transpose(f"{nm}_tT", m)  # [1,1,n,S]
+    q = b.transpose("q_h", b.reshape("q_r", proj["q"], [1, H, HD, S]))  # [1,H,S,HD]
+    kk = b.transpose("k_h", b.reshape("k_r", proj["k"], [1, NK, HD, S]))  # [1,KV,S,HD]
+    v = b.transpose("v_h", b.reshape("v_r", proj["v"], [1, NK, HD, S]))  # [1,KV,S,HD]
+    qr = _rope(k, q, cb, sb, "qrp")
+    kr = _rope(k, kk, cb, sb, "krp")
+    qg = qr if g == 1 else b.reshape("q_g", qr, [1, NK, g * S, HD])  # head h = kv·g + r
+    sc = b.matmul("sc", qg, kr, ty=True)  # [1,KV,g·S,S]
+    sc = b.op("mul", "sc_s", x=sc, y=_scale(cfg))
+    sc = b.op("add", "sc_m", x=sc, y=mask)
+    p = b.op("softmax", "p", x=sc, axis=-1)
+    a = b.matmul("a", p, v)  # [1,KV,g·S,HD]
+    if g > 1:
+        a = b.reshape("a_h", a, [1, H, S, HD])
+    outs = [k.heads_to_chan(a, "ao"), k.heads_to_chan(qr, "qo"), k.heads_to_chan(kr, "ko"),
+            b.reshape("vo", proj["v"], [1, KV, 1, S])]  # fmt: skip
+    return k.pack_out(outs, _channels(S, [("attn", Q), ("q_rope", Q), ("k_rope", KV), ("v", KV)]))
+
+
+def _matmul_kernel(name: str, cfg: ModelConfig, C: int, act: str, wname: str, stage: str, N: int,
+                   out: str) -> KernelSpec:  # fmt: skip
+    k = _K(name, cfg, _spatial(C, [(act, cfg.seq_len, ""), (wname, N, stage)]))
+    return k.pack_out(
+        [k.to_chan(_dyn(k, act, wname, "y"), "yo")], _channels(cfg.seq_len, [(out, N)])
+    )
+
+
+def wo_fwd(cfg: ModelConfig) -> KernelSpec:
+    return _matmul_kernel("woFwd", cfg, cfg.q_dim, "attn", "wo_t", "T", cfg.dim, "o")
+
+
+def ffn_bwd_w2t(cfg: ModelConfig) -> KernelSpec:
+    return _matmul_kernel("ffnBwdW2t", cfg, cfg.dim, "dffn", "w2", "raw", cfg.hidden_dim, "dgate")
+
+
+def wot_bwd(cfg: ModelConfig) -> KernelSpec:
+    return _matmul_kernel("wotBwd", cfg, cfg.dim, "dx2", "wo", "raw", cfg.q_dim, "dattn")
+
+
+def q_bwd(cfg: ModelConfig) -> KernelSpec:
+    return _matmul_kernel("qBwd", cfg, cfg.q_dim, "dq", "wq", "raw", cfg.dim, "dx")
+
+
+def ffn_fused(cfg: ModelConfig) -> KernelSpec:
+    S, D, F = cfg.seq_len, cfg.dim, cfg.hidden_dim
+    k = _K("ffnFused", cfg, _spatial(D, [("x2norm", S, ""), ("w1_t", F, "T"), ("w3_t", F, "T"),
+                                         ("w2", F, "raw")]))  # fmt: skip
+    b = k.b
+    xt = k.act_t("x2norm", "xn")  # [1,1,S,D]
+    h1 = b.matmul("h1", xt, k.block("w1_t", "w1"))  # [1,1,S,F]
+    h3 = b.matmul("h3", xt, k.block("w3_t", "w3"))  # [1,1,S,F]
+    sg = b.op("sigmoid", "sg", x=h1)
+    gate = b.op("mul", "gate", x=b.op("mul", "silu", x=h1, y=sg), y=h3)  # silu(h1)·h3
+    w2t = b.transpose("w2_T", k.block("w2", "w2"))  # [1,1,F,D] = W2ᵀ (W2 staged raw, §5.3)
+    f = b.matmul("ffn", gate, w2t)  # [1,1,S,D]
+    outs = [k.to_chan(f, "fo"), k.to_chan(h1, "h1o"), k.to_chan(h3, "h3o"), k.to_chan(gate, "go")]
+    return k.pack_out(outs, _channels(S, [("ffn", D), ("h1", F), ("h3", F), ("gate", F)]))
+
+
+def _two_matmul_kernel(name: str, cfg: ModelConfig, C: int, acts: tuple[str, str],
+                       ws: tuple[str, str]) -> KernelSpec:  # fmt: skip
+    S, D = cfg.seq_len, cfg.dim
+    k = _K(name, cfg, _spatial(C, [(acts[0], S, ""), (acts[1], S, ""), (ws[0], D, "raw"),
+                                   (ws[1], D, "raw")]))  # fmt: skip
+    y = k.b.op("add", "y", x=_dyn(k, acts[0], ws[0], "y0"), y=_dyn(k, acts[1], ws[1], "y1"))
+    return k.pack_out([k.to_chan(y, "yo")], _channels(S, [("dx", D)]))
+
+
+def ffn_bwd_w13t(cfg: ModelConfig) -> KernelSpec:
+    return _two_matmul_kernel("ffnBwdW13t", cfg, cfg.hidden_dim, ("dh1", "dh3"), ("w1", "w3"))
+
+
+def kv_bwd(cfg: ModelConfig) -> KernelSpec:
+    return _two_matmul_kernel("kvBwd", cfg, cfg.kv_dim, ("dk", "dv"), ("wk", "wv"))
+
+
+def sdpa_bwd1(cfg: ModelConfig) -> KernelSpec:
+    S, Q, H = cfg.seq_len, cfg.q_dim, cfg.n_heads
+    k = _K(
+        "sdpaBwd1", cfg, _channels(S, [("q_rope", Q), ("k_tiled", Q), ("v_tiled", Q), ("dattn", Q)])
+    )
+    b = k.b
+    mask = k.blob("mask", _causal(S))  # [1,1,S,S]
+    q, kk = k.heads("q_rope", H, "q"), k.heads("k_tiled", H, "k")  # [1,H,S,HD]
+    v, da = k.heads("v_tiled", H, "v"), k.heads("dattn", H, "da")
+    sc = b.op("mul", "sc_s", x=b.matmul("sc", q, kk, ty=True), y=_scale(cfg))  # [1,H,S,S]
+    p = b.op("softmax", "p", x=b.op("add", "sc_m", x=sc, y=mask), axis=-1)  # recomputed P
+    dv = b.matmul("dv", p, da, tx=True)  # Pᵀ·dA [1,H,S,HD]
+    dp = b.matmul("dp", da, v, ty=True)  # dA·Vᵀ [1,H,S,S]
+    outs = [k.heads_to_chan(dv, "dvo"), b.reshape("po", p, [1, H * S, 1, S]),
+            b.reshape("dpo", dp, [1, H * S, 1, S])]  # fmt: skip
+    return k.pack_out(outs, _channels(S, [("dv_full", Q), ("P", H * S), ("dP", H * S)]))
+
+
+def sdpa_bwd2(cfg: ModelConfig) -> KernelSpec:
+    S, Q, H = cfg.seq_len, cfg.q_dim, cfg.n_heads
+    k = _K(
+        "sdpaBwd2", cfg, _channels(S, [("P", H * S), ("dP", H * S), ("q_rope", Q), ("k_tiled", Q)])
+    )
+    b = k.b
+    p = b.reshape("p_r", b.slice("p_s", k.x, [0, 0, 0, 0], [1, H * S, 1, S]), [1, H, S, S])
+    dp = b.reshape("dp_r", b.slice("dp_s", k.x, [0, H * S, 0, 0], [1, H * S, 1, S]), [1, H, S, S])
+    q, kk = k.heads("q_rope", H, "q"), k.heads("k_tiled", H, "k")  # [1,H,S,HD]
+    rs = b.op("reduce_sum", "rs", x=b.op("mul", "pdp", x=p, y=dp), axes=[-1], keep_dims=True)
+    ds = b.op("mul", "ds0", x=p, y=b.op("sub", "dd", x=dp, y=rs))  # P⊙(dP − rowsum(P⊙dP))
+    ds = b.op("mul", "ds", x=ds, y=_scale(cfg))  # [1,H,S,S]
+    dq = b.matmul("dq", ds, kk)  # dS·K [1,H,S,HD]
+    dk = b.matmul("dk", ds, q, tx=True)  # dSᵀ·Q [1,H,S,HD]
+    outs = [k.heads_to_chan(dq, "dqo"), k.heads_to_chan(dk, "dko")]
+    return k.pack_out(outs, _channels(S, [("dq", Q), ("dk_full", Q)]))
+
+
+BUILDERS = {"sdpaFwd": sdpa_fwd, "woFwd": wo_fwd, "ffnFused": ffn_fused, "ffnBwdW2t": ffn_bwd_w2t,
+            "ffnBwdW13t": ffn_bwd_w13t, "wotBwd": wot_bwd, "sdpaBwd1": sdpa_bwd1,
+            "sdpaBwd2": sdpa_bwd2, "qBwd": q_bwd, "kvBwd": kv_bwd}  # fmt: skip
+
+
+def build_kernels(cfg: ModelConfig, *, strict: bool = False) -> dict[str, KernelSpec]:
+    """All ten kernels for `cfg`, keyed by upstream's names.
+
+    strict=True (what the real ANE runtime asks for) raises MilError naming every surface width,
+    channel count or segment offset that is not aligned (widths % 64, channels % 32); the
+    simulator runs misaligned kernels (e.g. the `tiny` preset's hidden 176) and only warns.
+    """
+    specs = {n: BUILDERS[n](cfg) for n in KERNELS}
+    if strict:
+        bad = [m for s in specs.values() for m in s.misaligned()]
+        if bad:
+            raise MilError("kernels not ANE-aligned for this config: " + "; ".join(bad))
+    return specs

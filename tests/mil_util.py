@@ -1,0 +1,37 @@
+"""Shared helpers for the MIL tests: random staged inputs for a kernel and the fp32 reference."""
+
+from __future__ import annotations
+
+import numpy as np
+from anetrain.mil.kernels import KernelSpec
+from anetrain.mil.reference import REFERENCE
+
+
+def f16(a: np.ndarray) -> np.ndarray:
+    """Round to fp16 and back: the values a surface write can hold."""
+    return np.asarray(a, dtype=np.float32).astype(np.float16).astype(np.float32)
+
+
+def random_case(spec: KernelSpec, cfg, rng: np.random.Generator):
+    """(packed input [C, W] fp16, logical reference arguments) with non-symmetric random data.
+
+    Weights are drawn as llama2.c W[out, in] (fan-in scaled) and staged as the layout says:
+    stage "T" packs Wᵀ, stage "raw" packs W. P/dP for sdpaBwd2 are a real softmax and gradient.
+    """
+    parts, logical = {}, {}
+    for s in spec.inp.segments:
+        if s.stage == "T":  # surface [in, out] holds Wᵀ of W[out, in]
+            w = f16(rng.standard_normal((s.width, s.nch)) / np.sqrt(s.nch))
+            parts[s.name], logical[s.name.removesuffix("_t")] = w.T, w
+        elif s.stage == "raw":  # surface [out, in] holds W
+            w = f16(rng.standard_normal((s.nch, s.width)) / np.sqrt(s.width))
+            parts[s.name], logical[s.name] = w, w
+        else:
+            a = f16(rng.standard_normal(s.shape))
+            parts[s.name], logical[s.name] = a, a
+    if spec.name == "sdpaBwd2":
+        q = [rng.standard_normal((cfg.q_dim, cfg.seq_len)).astype(np.float32) for _ in range(4)]
+        r = REFERENCE["sdpaBwd1"](cfg, *q)
+        for k in ("P", "dP"):
+            parts[k] = logical[k] = f16(r[k])
+    return spec.inp.pack(parts), logical

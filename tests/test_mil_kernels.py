@@ -1,0 +1,116 @@
+"""Each of the ten MIL kernels, simulated, against fp32 numpy math (MHA and GQA)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from anetrain.config import ModelConfig, preset
+from anetrain.mil import MilError
+from anetrain.mil.kernels import KERNELS, build_kernels
+from anetrain.mil.reference import REFERENCE
+from anetrain.mil.sim import Simulation
+from mil_util import random_case
+
+U = 2.0**-11  # fp16 unit roundoff (RNE): one rounding moves a value by at most U·|value|
+
+# Error budget per output, in units of U relative to max|reference|. The reference runs in fp32 on
+# the same fp16-exact inputs, so the only error is the simulator's per-op fp16 rounding (fp32
+# accumulation adds ~K·2^-24, negligible). Count = fp16 roundings on the output's longest path,
+# each worth at most U of its operand; scale factors ≤ 1 (cos, sin, P) keep the count additive:
+#  1: one matmul (o, dgate, dattn, qBwd dx, v, h1, h3, dP)
+#  3: two matmuls + add (kvBwd, ffnBwdW13t)
+#  4: scores, ·scale, +mask, softmax (P)             5: P then Pᵀ·dA (dv_full)
+#  6: projection, q·cos, rot·sin, add (+2 for |q| vs |rope(q)| maxima) (q_rope, k_rope)
+#  6: h1, sigmoid, silu, gate, W2·gate, round (ffn);  4: h1, σ, silu, gate (gate)
+#  6: P⊙dP, rowsum, dP−rs, P⊙, ·scale, matmul (dq, dk_full)
+#  10: rope (6) + scores/scale/mask/softmax (4) + P·V (attn)
+# Observed errors are 0.2–2 U (roundings are random); the budget is the first-order worst case,
+# times 1.25 for the fp32 reference's own rounding order.
+BUDGET = {"o": 1, "dgate": 1, "dattn": 1, "v": 1, "h1": 1, "h3": 1, "dP": 1, "dx": 3, "P": 4,
+          "dv_full": 5, "q_rope": 6, "k_rope": 6, "ffn": 6, "gate": 4, "dq": 6, "dk_full": 6,
+          "attn": 10}  # fmt: skip
+
+MHA = ModelConfig(dim=128, n_layers=1, n_heads=4, hidden_dim=320, seq_len=64)
+GQA = ModelConfig(dim=128, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=320, seq_len=64)
+GQA4 = ModelConfig(dim=128, n_layers=1, n_heads=8, n_kv_heads=2, hidden_dim=192, seq_len=64)
+CONFIGS = {"mha": MHA, "gqa": GQA, "gqa4": GQA4}
+_SPECS: dict[str, dict] = {}
+
+
+def specs(name: str):
+    if name not in _SPECS:
+        _SPECS[name] = build_kernels(CONFIGS[name])
+    return _SPECS[name]
+
+
+def simulate(spec, packed, **kw) -> dict[str, np.ndarray]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # small test shapes trip the ANE size warnings
+        y = Simulation(spec.mil, spec.weights, **kw)(packed)
+    return spec.out.unpack(y.astype(np.float32))
+
+
+@pytest.mark.parametrize("cfg_name", list(CONFIGS))
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_kernel_matches_fp32_reference(cfg_name, kernel):
+    cfg = CONFIGS[cfg_name]
+    spec = specs(cfg_name)[kernel]
+    rng = np.random.default_rng(abs(hash((cfg_name, kernel))) % 2**32)
+    packed, logical = random_case(spec, cfg, rng)
+    got = simulate(spec, packed)
+    ref = REFERENCE[kernel](cfg, **logical)
+    assert set(ref) == set(spec.out.names)
+    for name, r in ref.items():
+        err = float(np.abs(got[name] - r).max())
+        tol = 1.25 * BUDGET[name] * U * float(np.abs(r).max())
+        assert err <= tol, f"{kernel}.{name}: max error {err:.3g} > {tol:.3g}"
+
+
+def test_gqa_uses_llama2c_head_mapping():
+    """Query head h must attend with kv head h // kv_group, not h % n_kv_heads (upstream §8.2-2)."""
+    cfg, spec = GQA4, specs("gqa4")["sdpaFwd"]
+    packed, logical = random_case(spec, cfg, np.random.default_rng(7))
+    got = simulate(spec, packed)["attn"]
+    ref = REFERENCE["sdpaFwd"](cfg, **logical)["attn"]
+    upstream = REFERENCE["sdpaFwd"](cfg, **logical, kv_of=lambda h: h % cfg.n_kv_heads)["attn"]
+    scale = np.abs(ref).max()
+    assert np.abs(got - ref).max() < 10 * U * scale
+    assert np.abs(got - upstream).max() > 0.1 * scale
+
+
+def test_fp16_accumulation_is_worse_but_bounded():
+    spec = specs("mha")["ffnBwdW13t"]
+    packed, logical = random_case(spec, MHA, np.random.default_rng(3))
+    ref = REFERENCE["ffnBwdW13t"](MHA, **logical)["dx"]
+    e32 = np.abs(simulate(spec, packed)["dx"] - ref).max()
+    e16 = np.abs(simulate(spec, packed, accum="fp16")["dx"] - ref).max()
+    assert e16 > e32
+    # K/32 = 10 chunk roundings per matmul, two matmuls: ≤ 2·10 + 3 roundings
+    assert e16 <= 23 * U * np.abs(ref).max()
+
+
+def test_layouts_for_stories110m():
+    ks = build_kernels(preset("stories110m"), strict=True)  # all widths 64-aligned: no error
+    shapes = {n: (k.inp.C, k.inp.W, k.out.C, k.out.W) for n, k in ks.items()}
+    assert shapes == {
+        "sdpaFwd": (768, 2560, 3072, 256), "woFwd": (768, 1024, 768, 256),
+        "ffnFused": (768, 6400, 6912, 256), "ffnBwdW2t": (768, 2304, 2048, 256),
+        "ffnBwdW13t": (2048, 2048, 768, 256), "wotBwd": (768, 1024, 768, 256),
+        "sdpaBwd1": (3072, 256, 6912, 256), "sdpaBwd2": (7680, 256, 1536, 256),
+        "qBwd": (768, 1024, 768, 256), "kvBwd": (768, 2048, 768, 256),
+    }  # fmt: skip
+    assert ks["ffnFused"].inp["w2"].stage == "raw" and ks["sdpaFwd"].inp["wq_t"].stage == "T"
+    assert ks["sdpaFwd"].inp["wk_t"].s0 == 256 + 768
+
+
+def test_strict_alignment_names_the_offending_widths():
+    with pytest.raises(MilError, match=r"ffnFused input: surface width 592"):
+        build_kernels(preset("tiny"), strict=True)
+    assert build_kernels(preset("tiny"))["ffnFused"].misaligned()
+
+
+def test_kernel_programs_are_unique():
+    texts = [k.mil for k in build_kernels(preset("stories110m")).values()]
+    assert len(set(texts)) == len(texts)
