@@ -69,6 +69,15 @@ def temp_entries(kernel_dir: str) -> set[str]:
     return set(os.listdir(os.path.dirname(kernel_dir)))
 
 
+def open_in_fresh_process(path: str) -> str:
+    """The AneError text of AneDevice(path) in a new interpreter (classes are process-wide)."""
+    code = ("import sys, anetrain.ane as a\n"
+            "try:\n    a.AneDevice(sys.argv[1])\nexcept a.AneError as e:\n    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
+                       timeout=60)
+    return r.stdout + r.stderr
+
+
 # ---- framework ------------------------------------------------------------------------------
 
 
@@ -83,10 +92,8 @@ def test_real_framework_path_fails_cleanly():
 def test_missing_class_is_named():
     # A loadable .so without the private classes (the extension itself), in a fresh process: once
     # the mock is loaded its classes are registered process-wide, whichever file is opened.
-    code = ("import anetrain.ane as a\n"
-            "try:\n    a.AneDevice(a._ane.__file__)\nexcept a.AneError as e:\n    print(e)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert "ane_open: class _ANEInMemoryModelDescriptor not found in" in r.stdout, r.stderr
+    msg = open_in_fresh_process(ane._ane.__file__)
+    assert "ane_open: class _ANEInMemoryModelDescriptor not found in" in msg
 
 
 def test_env_var_points_default_at_mock(monkeypatch, mock):
@@ -257,8 +264,10 @@ def test_eval_callback_exception_becomes_ane_error(dev, mock):
     mock.set_eval_callback(boom)
     with dev.compile(mil_text("boom"), {}, 4, 4) as k, ane.Surface(4) as si, \
             ane.Surface(4) as so, k.request(si, so) as req:
-        with pytest.raises(ane.AneError, match="ValueError: kernel exploded"):
+        with pytest.raises(ane.AneError, match=rf"{DOMAIN} \(1\): program failed: "
+                                               "ValueError: kernel exploded"):
             k.eval(req)
+        assert mock.locked_surfaces() == 0
 
 
 def test_nil_descriptor(dev, mock):
@@ -441,3 +450,28 @@ def test_apple_dialect_lint_is_clean():
     # and the dialect guard fires under ARC
     r = subprocess.run(cmd + ["-fobjc-arc"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and "manual retain/release" in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("gnustep-config") is None,
+                    reason="gcc and gnustep-config are needed to build a broken framework")
+def test_missing_selector_is_named(tmp_path):
+    # A framework whose _ANEInMemoryModel lacks -unloadWithQoS:error: (as if Apple renamed it);
+    # opened in a fresh process, since class names are process-wide.
+    src = tmp_path / "broken.m"
+    src.write_text(
+        "#import <Foundation/Foundation.h>\n#include <IOSurface/IOSurface.h>\n"
+        "@interface _ANEInMemoryModelDescriptor : NSObject @end\n"
+        "@implementation _ANEInMemoryModelDescriptor\n"
+        "+ (id)modelWithMILText:(id)m weights:(id)w optionsPlist:(id)o { return nil; } @end\n"
+        "@interface _ANEInMemoryModel : NSObject @end\n@implementation _ANEInMemoryModel\n"
+        "+ (id)inMemoryModelWithDescriptor:(id)d { return nil; }\n"
+        "- (id)hexStringIdentifier { return nil; }\n"
+        "- (BOOL)compileWithQoS:(unsigned)q options:(id)o error:(id *)e { return NO; }\n"
+        "- (BOOL)loadWithQoS:(unsigned)q options:(id)o error:(id *)e { return NO; }\n"
+        "- (BOOL)evaluateWithQoS:(unsigned)q options:(id)o request:(id)r error:(id *)e "
+        "{ return NO; }\n@end\n")
+    so = tmp_path / "libbroken.so"
+    subprocess.run(["gcc", *_objc_flags(), "-std=gnu11", "-Icsrc/compat/linux", "-shared", "-o",
+                    str(so), str(src)], cwd=ROOT, check=True, capture_output=True)
+    assert ("class _ANEInMemoryModel has no instance method -unloadWithQoS:error:"
+            in open_in_fresh_process(str(so)))

@@ -217,9 +217,13 @@ static void kernel_unlist(ane_kernel *k) {
             break;
         }
     k->listed = 0;
-    if (!dir_in_use(k->ctx, k)) {
-        NSFileManager *fm = [[[NSFileManager alloc] init] autorelease];
-        [fm removeItemAtPath:k->dir error:NULL]; /* best effort: nothing to report from a free */
+    @try { /* never leave the mutex locked behind an exception */
+        if (!dir_in_use(k->ctx, k)) {
+            NSFileManager *fm = [[[NSFileManager alloc] init] autorelease];
+            [fm removeItemAtPath:k->dir error:NULL]; /* best effort: a free reports nothing */
+        }
+    } @catch (id ex) {
+        (void)ex;
     }
     pthread_mutex_unlock(&k->ctx->lock);
 }
