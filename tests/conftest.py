@@ -22,7 +22,7 @@ def tiny_cfg(**kw):
 
 def perturb_norms(params, rng) -> None:
     """Norm weights != 1 so RMSNorm backward bugs cannot hide (upstream.md §8.2)."""
-    for name, t in params.tensors.items():
+    for _name, t in params.tensors.items():
         if t.ndim == 1:
             t[...] = rng.uniform(0.5, 1.5, t.shape).astype(np.float32)
 

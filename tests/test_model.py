@@ -49,8 +49,18 @@ def test_grads_match_finite_differences(case, rng):
     micro_step(p, g, CpuKernels(cfg, p), x, y, accumulate=False)
     # directional derivative along random directions restricted to one tensor at a time, so a
     # wrong gradient in any single tensor (norm weights included) is caught
-    for name in ["embed", "layers.0.wq", "layers.1.wk", "layers.0.wo", "layers.1.w1",
-                 "layers.0.w2", "layers.1.w3", "layers.0.rms_att", "layers.1.rms_ffn", "rms_final"]:
+    for name in [
+        "embed",
+        "layers.0.wq",
+        "layers.1.wk",
+        "layers.0.wo",
+        "layers.1.w1",
+        "layers.0.w2",
+        "layers.1.w3",
+        "layers.0.rms_att",
+        "layers.1.rms_ffn",
+        "rms_final",
+    ]:
         d = Params(cfg)
         t = d.tensors[name]
         noise = rng.standard_normal(t.shape).astype(np.float32)
@@ -60,7 +70,7 @@ def test_grads_match_finite_differences(case, rng):
         t /= np.linalg.norm(t)  # unit direction: eps is the step length in parameter space
         eps = 3e-3
         pp, pm = Params(cfg, p.flat + eps * d.flat), Params(cfg, p.flat - eps * d.flat)
-        fd = (loss_only(pp, CpuKernels(cfg, pp), x, y) - loss_only(pm, CpuKernels(cfg, pm), x, y))
+        fd = loss_only(pp, CpuKernels(cfg, pp), x, y) - loss_only(pm, CpuKernels(cfg, pm), x, y)
         fd /= 2 * eps
         an = float(np.dot(g.flat.astype(np.float64), d.flat))
         # fp32 loss round-off (~5e-7 relative) over a 6e-3 step bounds the fd noise near 1e-3
@@ -87,7 +97,8 @@ def test_loss_only_equals_micro_step_loss(rng):
     cfg, p, x, y = _setup(rng)
     kern = CpuKernels(cfg, p)
     assert loss_only(p, kern, x, y) == pytest.approx(
-        micro_step(p, p.zeros_like(), kern, x, y, accumulate=False), rel=1e-6)
+        micro_step(p, p.zeros_like(), kern, x, y, accumulate=False), rel=1e-6
+    )
 
 
 def test_init_statistics(rng):

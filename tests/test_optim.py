@@ -19,9 +19,12 @@ def test_adamw_matches_torch(rng):
     ref = {n: torch.nn.Parameter(torch.tensor(np.array(t))) for n, t in p.tensors.items()}
     decay = [t for n, t in ref.items() if t.ndim >= 2]
     no_decay = [t for n, t in ref.items() if t.ndim < 2]
-    topt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                              {"params": no_decay, "weight_decay": 0.0}],
-                             lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
+    topt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=1e-3,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+    )
     opt = AdamW(p, 0.9, 0.95, 1e-8, 0.1)
     for it in range(5):
         g = p.zeros_like()
@@ -34,8 +37,9 @@ def test_adamw_matches_torch(rng):
         topt.step()
         opt.step(g, lr, grad_scale=scale)
     for n, t in ref.items():
-        np.testing.assert_allclose(p.tensors[n], t.detach().numpy(), rtol=1e-5, atol=1e-7,
-                                   err_msg=n)
+        np.testing.assert_allclose(
+            p.tensors[n], t.detach().numpy(), rtol=1e-5, atol=1e-7, err_msg=n
+        )
 
 
 def test_clip_matches_torch(rng):

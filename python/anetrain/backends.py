@@ -1,4 +1,4 @@
-"""Backend choice: cpu (fp32 numpy kernels), sim (MIL on the ANE simulator), ane (MIL on the ANE)."""
+"""Backend choice: cpu (fp32 numpy), sim (MIL on the ANE simulator), ane (MIL on the ANE)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,10 @@ def pick_backend(name: str, verbose: bool = True) -> str:
     if name == "cpu":
         return name
     if name in ("sim", "ane"):
-        raise ConfigError(f"--backend {name}: the MIL training kernels are not wired into "
-                          "training yet; use --backend cpu")
+        raise ConfigError(
+            f"--backend {name}: the MIL training kernels are not wired into "
+            "training yet; use --backend cpu"
+        )
     raise ConfigError(f"unknown backend {name!r} (choose from auto, cpu, sim, ane)")
 
 

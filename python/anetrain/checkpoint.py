@@ -1,4 +1,4 @@
-"""Training checkpoints: versioned, checksummed, written atomically; a bad file is refused, never half-loaded."""
+"""Training checkpoints: versioned, checksummed, atomic; a bad file is refused, not half-loaded."""
 
 from __future__ import annotations
 
@@ -107,7 +107,9 @@ def read_header(path: str | Path) -> tuple[dict, int, int, int]:
             if magic != MAGIC:
                 raise CheckpointError(f"{path}: not an anetrain checkpoint (bad magic)")
             if version != VERSION:
-                raise CheckpointError(f"{path}: checkpoint format version {version}, expected {VERSION}")
+                raise CheckpointError(
+                    f"{path}: checkpoint format version {version}, expected {VERSION}"
+                )
             hbytes = f.read(hlen)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None

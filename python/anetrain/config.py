@@ -34,14 +34,27 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
-        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "vocab_size", "seq_len"):
+        for name in (
+            "dim",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "hidden_dim",
+            "vocab_size",
+            "seq_len",
+        ):
             if int(getattr(self, name)) <= 0:
-                raise ConfigError(f"model config: {name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(
+                    f"model config: {name} must be positive, got {getattr(self, name)}"
+                )
         if self.dim % self.n_heads:
-            raise ConfigError(f"model config: dim {self.dim} is not divisible by n_heads {self.n_heads}")
+            raise ConfigError(
+                f"model config: dim {self.dim} is not divisible by n_heads {self.n_heads}"
+            )
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(
-                f"model config: n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}"
+                f"model config: n_heads {self.n_heads} is not divisible by "
+                f"n_kv_heads {self.n_kv_heads}"
             )
         if self.head_dim % 2:
             raise ConfigError(f"model config: head_dim {self.head_dim} must be even for RoPE")
@@ -95,12 +108,19 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+# Peak learning rate per preset when --lr is not given (one sequence per micro-step is a small
+# batch; smaller models tolerate larger steps). min_lr defaults to a tenth of it.
+DEFAULT_LR = {"tiny": 3e-3, "stories15m": 1e-3, "stories42m": 6e-4, "stories110m": 4e-4}
+
+
 def preset(name: str, **overrides) -> ModelConfig:
     """A named preset with optional field overrides, e.g. preset("tiny", vocab_size=512)."""
     try:
         base = PRESETS[name]
     except KeyError:
-        raise ConfigError(f"unknown model preset {name!r} (choose from {', '.join(PRESETS)})") from None
+        raise ConfigError(
+            f"unknown model preset {name!r} (choose from {', '.join(PRESETS)})"
+        ) from None
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return base.replace(**overrides) if overrides else base
 

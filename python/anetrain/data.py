@@ -20,7 +20,9 @@ def embedded_dataset() -> Path:
     for cand in (here / "datasets" / "stories", here.parents[1] / "data" / "stories"):
         if (cand / "meta.json").is_file():
             return cand
-    raise DataError("embedded dataset not found (expected data/stories/meta.json); pass --data PATH")
+    raise DataError(
+        "embedded dataset not found (expected data/stories/meta.json); pass --data PATH"
+    )
 
 
 def load_tokens(path: str | Path, vocab_size: int) -> np.ndarray:
@@ -40,7 +42,8 @@ def load_tokens(path: str | Path, vocab_size: int) -> np.ndarray:
         if top >= vocab_size:
             where = off + int(np.argmax(chunk >= vocab_size))
             raise DataError(
-                f"{path}: token id {int(toks[where])} at position {where} is >= vocab size {vocab_size}"
+                f"{path}: token id {int(toks[where])} at position {where} is >= "
+                f"vocab size {vocab_size}"
             )
     return toks
 
@@ -56,8 +59,9 @@ class Dataset:
     tokenizer: Path | None  # llama2.c tokenizer.bin of this dataset, if known
 
 
-def open_dataset(path: str | Path | None, vocab_size: int | None = None,
-                 val_path: str | Path | None = None) -> Dataset:
+def open_dataset(
+    path: str | Path | None, vocab_size: int | None = None, val_path: str | Path | None = None
+) -> Dataset:
     """A dataset directory (with meta.json), a single .bin token file, or None = embedded data."""
     path = embedded_dataset() if path is None else Path(path)
     tokenizer = None
@@ -66,14 +70,18 @@ def open_dataset(path: str | Path | None, vocab_size: int | None = None,
         try:
             meta = json.loads(meta_path.read_text())
         except FileNotFoundError:
-            raise DataError(f"{path}: directory has no meta.json (not an anetrain dataset)") from None
+            raise DataError(
+                f"{path}: directory has no meta.json (not an anetrain dataset)"
+            ) from None
         except (OSError, ValueError) as e:
             raise DataError(f"{meta_path}: unreadable meta.json ({e})") from None
         if meta.get("dtype", "uint16") != "uint16" or "vocab_size" not in meta:
             raise DataError(f"{meta_path}: expected a uint16 dataset with a vocab_size")
         meta_vocab = int(meta["vocab_size"])
         if vocab_size is not None and vocab_size != meta_vocab:
-            raise DataError(f"{meta_path}: dataset vocab is {meta_vocab}, not --vocab-size {vocab_size}")
+            raise DataError(
+                f"{meta_path}: dataset vocab is {meta_vocab}, not --vocab-size {vocab_size}"
+            )
         vocab_size = meta_vocab
         train = load_tokens(path / meta.get("train", "train.bin"), vocab_size)
         val_file = path / meta.get("val", "val.bin")
@@ -92,9 +100,7 @@ def open_dataset(path: str | Path | None, vocab_size: int | None = None,
 
 def check_length(tokens: np.ndarray, seq_len: int, what: str) -> None:
     if tokens.size < seq_len + 1:
-        raise DataError(
-            f"{what}: {tokens.size} tokens is shorter than seq_len + 1 = {seq_len + 1}"
-        )
+        raise DataError(f"{what}: {tokens.size} tokens is shorter than seq_len + 1 = {seq_len + 1}")
 
 
 class WindowSampler:

@@ -16,8 +16,11 @@ class CheckpointError(UserError):
 def user_error_types() -> tuple[type[BaseException], ...]:
     """UserError plus the error types of optional subsystems that are also the user's to fix."""
     types: list[type[BaseException]] = [UserError]
-    for mod, name in (("anetrain.mil", "MilError"), ("anetrain.ane", "AneError"),
-                      ("anetrain.tokenizer", "TokenizerError")):
+    for mod, name in (
+        ("anetrain.mil", "MilError"),
+        ("anetrain.ane", "AneError"),
+        ("anetrain.tokenizer", "TokenizerError"),
+    ):
         try:
             types.append(getattr(__import__(mod, fromlist=[name]), name))
         except (ImportError, AttributeError):

@@ -1,4 +1,4 @@
-"""CpuKernels: the ten training kernels in fp32 numpy — the oracle, and the backend where no ANE exists."""
+"""CpuKernels: the ten training kernels in fp32 numpy (the oracle, and the no-ANE backend)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ def tile_kv(x: np.ndarray, cfg: ModelConfig) -> np.ndarray:
     if cfg.kv_group == 1:
         return x
     hd, S = cfg.head_dim, x.shape[1]
-    return np.repeat(x.reshape(cfg.n_kv_heads, 1, hd, S), cfg.kv_group, axis=1).reshape(cfg.q_dim, S)
+    return np.repeat(x.reshape(cfg.n_kv_heads, 1, hd, S), cfg.kv_group, axis=1).reshape(
+        cfg.q_dim, S
+    )
 
 
 def reduce_kv(x: np.ndarray, cfg: ModelConfig) -> np.ndarray:
@@ -71,15 +73,24 @@ class CpuKernels:
         return x.reshape(self.cfg.n_heads, self.cfg.head_dim, self.S)  # [Q,S] -> (H, hd, S)
 
     def _probs(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
-        """Causal softmax attention probabilities (H, S_query, S_key) from roped q, tiled k [Q,S]."""
-        qh, kh = self._heads(q), self._heads(k)
-        scores = np.matmul(qh.transpose(0, 2, 1), kh)  # (H, S, hd) @ (H, hd, S) -> (H, S, S)
+        """Causal softmax probabilities (H, S_query, S_key) from roped q and tiled k [Q, S]."""
+        qh, kh = self._heads(q), self._heads(k)  # (H, hd, S)
+        scores = np.empty((self.cfg.n_heads, self.S, self.S), dtype=np.float32)  # (H, S, S)
+        for h in range(self.cfg.n_heads):  # 2-D products go straight to BLAS (stacked ones do not)
+            np.matmul(qh[h].T, kh[h], out=scores[h])
         scores *= self.scale
         scores += self.mask
         scores -= scores.max(axis=-1, keepdims=True)
         np.exp(scores, out=scores)
         scores /= scores.sum(axis=-1, keepdims=True)
         return scores
+
+    def _per_head(self, a: np.ndarray, b: np.ndarray, rows: int, cols: int) -> np.ndarray:
+        """(H, rows, cols) stack of 2-D products a[h] @ b[h] (a, b any per-head 2-D views)."""
+        out = np.empty((self.cfg.n_heads, rows, cols), dtype=np.float32)
+        for h in range(self.cfg.n_heads):
+            np.matmul(a[h], b[h], out=out[h])
+        return out
 
     # ---- forward ----------------------------------------------------------------------------
 
@@ -92,7 +103,8 @@ class CpuKernels:
         native.rope_fwd(k, self.cos, self.sin, cfg.n_kv_heads)
         p = self._probs(q, tile_kv(k, cfg))  # (H, S, S)
         vh = self._heads(tile_kv(v, cfg))  # (H, hd, S)
-        attn = np.matmul(vh, p.transpose(0, 2, 1))  # attn[d,t] = sum_t' v[d,t'] P[t,t'] -> (H, hd, S)
+        hd, S = cfg.head_dim, self.S
+        attn = self._per_head(vh, p.transpose(0, 2, 1), hd, S)  # attn[d,t] = sum_t' v[d,t'] P[t,t']
         return attn.reshape(cfg.q_dim, self.S), q, k, v
 
     def wo_fwd(self, layer: int, attn: np.ndarray) -> np.ndarray:
@@ -119,29 +131,34 @@ class CpuKernels:
     def wot_bwd(self, layer: int, dx2: np.ndarray) -> np.ndarray:
         return self.params.layers[layer].wo.T @ dx2  # [Q, S]
 
-    def sdpa_bwd1(self, layer: int, q: np.ndarray, k_tiled: np.ndarray, v_tiled: np.ndarray,
-                  dattn: np.ndarray):
+    def sdpa_bwd1(
+        self, layer: int, q: np.ndarray, k_tiled: np.ndarray, v_tiled: np.ndarray, dattn: np.ndarray
+    ):
         cfg, S = self.cfg, self.S
         p = self._probs(q, k_tiled)  # recomputed, as on the ANE: (H, S, S)
         dah, vh = self._heads(dattn), self._heads(v_tiled)  # (H, hd, S)
-        dv = np.matmul(dah, p)  # dv[d,t'] = sum_t dattn[d,t] P[t,t'] -> (H, hd, S)
-        dp = np.matmul(dah.transpose(0, 2, 1), vh)  # dP[t,t'] = sum_d dattn[d,t] v[d,t'] -> (H,S,S)
+        hd = cfg.head_dim
+        dv = self._per_head(dah, p, hd, S)  # dv[d,t'] = sum_t dattn[d,t] P[t,t'] -> (H, hd, S)
+        dp = self._per_head(dah.transpose(0, 2, 1), vh, S, S)  # dP[t,t'] = sum_d dattn[d,t] v[d,t']
         H = cfg.n_heads
         return dv.reshape(cfg.q_dim, S), p.reshape(H * S, S), dp.reshape(H * S, S)
 
-    def sdpa_bwd2(self, layer: int, p: np.ndarray, dp: np.ndarray, q: np.ndarray,
-                  k_tiled: np.ndarray):
+    def sdpa_bwd2(
+        self, layer: int, p: np.ndarray, dp: np.ndarray, q: np.ndarray, k_tiled: np.ndarray
+    ):
         cfg, S, H = self.cfg, self.S, self.cfg.n_heads
         p3, dp3 = p.reshape(H, S, S), dp.reshape(H, S, S)  # (H, S_query, S_key)
         ds = dp3 - (p3 * dp3).sum(axis=-1, keepdims=True)
         ds *= p3
         ds *= self.scale  # dL/dscores_raw (H, S, S)
-        dq = np.matmul(self._heads(k_tiled), ds.transpose(0, 2, 1))  # dq[d,t] = sum_t' dS k[d,t']
-        dk = np.matmul(self._heads(q), ds)  # dk[d,t'] = sum_t dS[t,t'] q[d,t] -> (H, hd, S)
+        hd = cfg.head_dim
+        dq = self._per_head(self._heads(k_tiled), ds.transpose(0, 2, 1), hd, S)  # sum_t' dS k[d,t']
+        dk = self._per_head(self._heads(q), ds, hd, S)  # dk[d,t'] = sum_t dS[t,t'] q[d,t]
         return dq.reshape(cfg.q_dim, S), dk.reshape(cfg.q_dim, S)
 
-    def sdpa_bwd(self, layer: int, q: np.ndarray, k_tiled: np.ndarray, v_tiled: np.ndarray,
-                 dattn: np.ndarray):
+    def sdpa_bwd(
+        self, layer: int, q: np.ndarray, k_tiled: np.ndarray, v_tiled: np.ndarray, dattn: np.ndarray
+    ):
         """sdpa_bwd1 then sdpa_bwd2 -> (dq, dk_full, dv_full), all [Q, S]."""
         dv, p, dp = self.sdpa_bwd1(layer, q, k_tiled, v_tiled, dattn)
         dq, dk = self.sdpa_bwd2(layer, p, dp, q, k_tiled)

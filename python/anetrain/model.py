@@ -72,8 +72,15 @@ def loss_only(params: Params, kern, tokens: np.ndarray, targets: np.ndarray) -> 
     return loss
 
 
-def micro_step(params: Params, grads: Params, kern, tokens: np.ndarray, targets: np.ndarray,
-               accumulate: bool, loss_scale: float = 1.0) -> float:
+def micro_step(
+    params: Params,
+    grads: Params,
+    kern,
+    tokens: np.ndarray,
+    targets: np.ndarray,
+    accumulate: bool,
+    loss_scale: float = 1.0,
+) -> float:
     """Forward + backward of one sequence; adds loss_scale * dLoss/dparams into `grads`.
 
     tokens, targets: int32 [S]. accumulate=False overwrites `grads` (first micro-step of an

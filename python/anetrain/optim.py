@@ -1,4 +1,4 @@
-"""LR schedule (warmup + cosine), global-norm clipping and AdamW over flat fp32 buffers (C, fused)."""
+"""LR schedule (warmup + cosine), global-norm clipping, and fused AdamW over flat fp32 buffers."""
 
 from __future__ import annotations
 
@@ -41,8 +41,15 @@ class AdamW:
     The moments are Params buffers (same flat layout), so checkpoints store them as-is.
     """
 
-    def __init__(self, params: Params, beta1: float = 0.9, beta2: float = 0.95,
-                 eps: float = 1e-8, weight_decay: float = 0.1, threads: int = 1):
+    def __init__(
+        self,
+        params: Params,
+        beta1: float = 0.9,
+        beta2: float = 0.95,
+        eps: float = 1e-8,
+        weight_decay: float = 0.1,
+        threads: int = 1,
+    ):
         self.params = params
         self.m = params.zeros_like()
         self.v = params.zeros_like()
@@ -55,7 +62,14 @@ class AdamW:
         self.t += 1
         n = self.params.n_decay
         p, m, v, g = self.params.flat, self.m.flat, self.v.flat, grads.flat
-        common = dict(lr=lr, beta1=self.beta1, beta2=self.beta2, eps=self.eps,
-                      grad_scale=grad_scale, step=self.t, threads=self.threads)
+        common = dict(
+            lr=lr,
+            beta1=self.beta1,
+            beta2=self.beta2,
+            eps=self.eps,
+            grad_scale=grad_scale,
+            step=self.t,
+            threads=self.threads,
+        )
         native.adamw(p[:n], m[:n], v[:n], g[:n], wd=self.wd, **common)  # matrices, embedding
         native.adamw(p[n:], m[n:], v[n:], g[n:], wd=0.0, **common)  # norm weights

@@ -35,8 +35,15 @@ def layout(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
     embed, [wcls], layers.{l}.{wq..w3}, layers.{l}.rms_att, layers.{l}.rms_ffn, rms_final.
     """
     d, f, q, kv, v = cfg.dim, cfg.hidden_dim, cfg.q_dim, cfg.kv_dim, cfg.vocab_size
-    shapes = {"wq": (q, d), "wk": (kv, d), "wv": (kv, d), "wo": (d, q),
-              "w1": (f, d), "w2": (d, f), "w3": (f, d)}
+    shapes = {
+        "wq": (q, d),
+        "wk": (kv, d),
+        "wv": (kv, d),
+        "wo": (d, q),
+        "w1": (f, d),
+        "w2": (d, f),
+        "w3": (f, d),
+    }
     out: list[tuple[str, tuple[int, ...]]] = [("embed", (v, d))]
     if not cfg.shared_classifier:
         out.append(("wcls", (v, d)))
@@ -91,7 +98,7 @@ class Params:
 
 
 def init_params(cfg: ModelConfig, rng: np.random.Generator) -> Params:
-    """llama2.c init: every Linear and the embedding N(0, 0.02); w3 and wo N(0, 0.02/sqrt(2L)); norms 1."""
+    """llama2.c init: Linears and embedding N(0, 0.02); w3, wo N(0, 0.02/sqrt(2L)); norms 1."""
     p = Params(cfg)
     small = 0.02 / np.sqrt(2 * cfg.n_layers)
     for name, t in p.tensors.items():

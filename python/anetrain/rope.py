@@ -1,4 +1,4 @@
-"""RoPE tables (llama2.c convention: interleaved pairs, theta base 10000): the one source for CPU and MIL."""
+"""RoPE tables (llama2.c: interleaved pairs, theta 10000): the one source for CPU and MIL."""
 
 from __future__ import annotations
 

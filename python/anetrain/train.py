@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from anetrain.config import PRESETS, ConfigError, TrainConfig, preset
+from anetrain.config import DEFAULT_LR, PRESETS, ConfigError, TrainConfig, preset
 from anetrain.errors import CheckpointError, UserError, run_cli
 
 BACKENDS = ("auto", "cpu", "sim", "ane")
@@ -27,49 +27,101 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=None, help=f"preset: {', '.join(PRESETS)} (default tiny)")
-    g.add_argument("--data", default=None,
-                   help="dataset directory with meta.json, or a raw uint16 token .bin "
-                        "(default: the embedded story dataset)")
+    g.add_argument(
+        "--data",
+        default=None,
+        help="dataset directory with meta.json, or a raw uint16 token .bin "
+        "(default: the embedded story dataset)",
+    )
     g.add_argument("--val-data", default=None, help="raw uint16 token .bin used for validation")
-    g.add_argument("--vocab-size", type=int, default=None,
-                   help="vocabulary of a raw .bin file (default 32000; datasets say their own)")
+    g.add_argument(
+        "--vocab-size",
+        type=int,
+        default=None,
+        help="vocabulary of a raw .bin file (default 32000; datasets say their own)",
+    )
     g.add_argument("--seq", type=int, default=None, help="sequence length (default: the preset's)")
     g = p.add_argument_group("optimisation (defaults in parentheses)")
     d = TrainConfig()
     g.add_argument("--steps", type=int, default=None, help=f"optimizer steps ({d.steps})")
-    g.add_argument("--accum", type=int, default=None, help=f"sequences per optimizer step ({d.accum})")
-    g.add_argument("--lr", type=float, default=None, help=f"peak learning rate ({d.lr})")
-    g.add_argument("--min-lr", type=float, default=None, help=f"final learning rate ({d.min_lr})")
-    g.add_argument("--warmup", type=int, default=None,
-                   help="linear warmup steps (min(100, steps/10))")
-    g.add_argument("--lr-decay-steps", type=int, default=None,
-                   help="cosine horizon in steps (--steps); set it to train in several sittings")
+    g.add_argument(
+        "--accum", type=int, default=None, help=f"sequences per optimizer step ({d.accum})"
+    )
+    g.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate (per preset: "
+        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
+        + ")",
+    )
+    g.add_argument("--min-lr", type=float, default=None, help="final learning rate (lr/10)")
+    g.add_argument(
+        "--warmup", type=int, default=None, help="linear warmup steps (min(100, steps/10))"
+    )
+    g.add_argument(
+        "--lr-decay-steps",
+        type=int,
+        default=None,
+        help="cosine horizon in steps (--steps); set it to train in several sittings",
+    )
     g.add_argument("--wd", type=float, default=None, help=f"AdamW weight decay ({d.weight_decay})")
-    g.add_argument("--clip", type=float, default=None,
-                   help=f"global gradient-norm clip, 0 disables ({d.clip})")
+    g.add_argument(
+        "--clip", type=float, default=None, help=f"global gradient-norm clip, 0 disables ({d.clip})"
+    )
     g.add_argument("--seed", type=int, default=None, help=f"init and data-sampling seed ({d.seed})")
     g = p.add_argument_group("run")
-    g.add_argument("--backend", default=None, choices=BACKENDS,
-                   help="auto (ane on Apple silicon when available, else cpu), cpu, sim, ane")
+    g.add_argument(
+        "--backend",
+        default=None,
+        choices=BACKENDS,
+        help="auto (ane on Apple silicon when available, else cpu), cpu, sim, ane",
+    )
     g.add_argument("--out", default="out", help="output directory (default out/)")
-    g.add_argument("--ckpt-every", type=int, default=None, help="checkpoint every N steps (end only)")
-    g.add_argument("--eval-every", type=int, default=None,
-                   help="validation every N steps (end only; needs validation data)")
+    g.add_argument(
+        "--ckpt-every", type=int, default=None, help="checkpoint every N steps (end only)"
+    )
+    g.add_argument(
+        "--eval-every",
+        type=int,
+        default=None,
+        help="validation every N steps (end only; needs validation data)",
+    )
     g.add_argument("--eval-batches", type=int, default=None, help="sequences per validation (8)")
-    g.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR",
-                   help="continue from DIR/checkpoint.bin (DIR defaults to --out)")
-    g.add_argument("--overwrite", action="store_true",
-                   help="start a fresh run even if --out already holds a checkpoint")
+    g.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DIR",
+        help="continue from DIR/checkpoint.bin (DIR defaults to --out)",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a fresh run even if --out already holds a checkpoint",
+    )
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     g.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     return p
 
 
 # Command-line flag -> TrainConfig field, for flags that override a resumed run's settings.
-_TRAIN_FLAGS = {"steps": "steps", "accum": "accum", "lr": "lr", "min_lr": "min_lr",
-                "warmup": "warmup", "lr_decay_steps": "lr_decay_steps", "wd": "weight_decay",
-                "clip": "clip", "seed": "seed", "ckpt_every": "ckpt_every",
-                "eval_every": "eval_every", "eval_batches": "eval_batches", "backend": "backend"}
+_TRAIN_FLAGS = {
+    "steps": "steps",
+    "accum": "accum",
+    "lr": "lr",
+    "min_lr": "min_lr",
+    "warmup": "warmup",
+    "lr_decay_steps": "lr_decay_steps",
+    "wd": "weight_decay",
+    "clip": "clip",
+    "seed": "seed",
+    "ckpt_every": "ckpt_every",
+    "eval_every": "eval_every",
+    "eval_batches": "eval_batches",
+    "backend": "backend",
+}
 
 
 def _set_threads(n: int | None) -> int:
@@ -78,8 +130,12 @@ def _set_threads(n: int | None) -> int:
     if n < 1:
         raise ConfigError(f"--threads must be >= 1, got {n}")
     if "numpy" not in sys.modules:
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                    "VECLIB_MAXIMUM_THREADS"):
+        for var in (
+            "OPENBLAS_NUM_THREADS",
+            "OMP_NUM_THREADS",
+            "MKL_NUM_THREADS",
+            "VECLIB_MAXIMUM_THREADS",
+        ):
             os.environ[var] = str(n)
     return n
 
@@ -129,23 +185,38 @@ def train(argv: list[str] | None) -> int:
             if want != cfg:
                 raise CheckpointError(
                     f"{rdir}: checkpoint model does not match --model {args.model} "
-                    f"(checkpoint: dim {cfg.dim}, {cfg.n_layers} layers, seq {cfg.seq_len})")
+                    f"(checkpoint: dim {cfg.dim}, {cfg.n_layers} layers, seq {cfg.seq_len})"
+                )
         if args.seq is not None and args.seq != cfg.seq_len:
-            raise CheckpointError(f"{rdir}: checkpoint seq_len is {cfg.seq_len}, not --seq {args.seq}")
-        data = open_dataset(args.data or resumed.meta.get("data"), args.vocab_size or cfg.vocab_size,
-                            args.val_data or resumed.meta.get("val_data"))
+            raise CheckpointError(
+                f"{rdir}: checkpoint seq_len is {cfg.seq_len}, not --seq {args.seq}"
+            )
+        data = open_dataset(
+            args.data or resumed.meta.get("data"),
+            args.vocab_size or cfg.vocab_size,
+            args.val_data or resumed.meta.get("val_data"),
+        )
         if data.vocab_size != cfg.vocab_size:
-            raise CheckpointError(f"{data.source}: data vocab {data.vocab_size} does not match the "
-                                  f"checkpoint's {cfg.vocab_size}")
+            raise CheckpointError(
+                f"{data.source}: data vocab {data.vocab_size} does not match the "
+                f"checkpoint's {cfg.vocab_size}"
+            )
     else:
+        model_name = args.model or "tiny"
+        if "lr" not in flags:
+            flags["lr"] = DEFAULT_LR.get(model_name, TrainConfig.lr)
+        if "min_lr" not in flags:
+            flags["min_lr"] = flags["lr"] / 10
         tc = TrainConfig(**{f: flags[a] for a, f in _TRAIN_FLAGS.items() if a in flags})
         if "warmup" not in flags:
             tc.warmup = min(100, tc.steps // 10)
         data = open_dataset(args.data, args.vocab_size, args.val_data)
-        cfg = preset(args.model or "tiny", vocab_size=data.vocab_size, seq_len=args.seq)
+        cfg = preset(model_name, vocab_size=data.vocab_size, seq_len=args.seq)
         if (out / CKPT_NAME).exists() and not args.overwrite:
-            raise UserError(f"{out / CKPT_NAME}: a checkpoint already exists; use --resume to "
-                            "continue it or --overwrite to start over")
+            raise UserError(
+                f"{out / CKPT_NAME}: a checkpoint already exists; use --resume to "
+                "continue it or --overwrite to start over"
+            )
     _check_out_dir(out)
     decay_steps = tc.lr_decay_steps or tc.steps
     S = cfg.seq_len
@@ -173,29 +244,45 @@ def train(argv: list[str] | None) -> int:
 
     metrics_path = out / METRICS_NAME
     if resumed is not None and metrics_path.exists():  # drop lines past the checkpoint's step
-        keep = [ln for ln in metrics_path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= step0]
+        keep = [
+            ln
+            for ln in metrics_path.read_text().splitlines()
+            if ln.strip() and json.loads(ln).get("step", 0) <= step0
+        ]
         metrics_path.write_text("".join(ln + "\n" for ln in keep))
     elif resumed is None:
         metrics_path.write_text("")
     metrics = open(metrics_path, "a")
 
     def save_checkpoint(step: int, sampler_state: dict) -> None:
-        meta = {"step": step, "adam_t": opt.t, "train": tc.to_dict(), "sampler": sampler_state,
-                "data": data.source, "val_data": args.val_data, "backend": backend,
-                "tokenizer": str(data.tokenizer) if data.tokenizer else None}
+        meta = {
+            "step": step,
+            "adam_t": opt.t,
+            "train": tc.to_dict(),
+            "sampler": sampler_state,
+            "data": data.source,
+            "val_data": args.val_data,
+            "backend": backend,
+            "tokenizer": str(data.tokenizer) if data.tokenizer else None,
+        }
         ckpt_io.save(out / CKPT_NAME, ckpt_io.Checkpoint(cfg, params, opt.m, opt.v, meta))
 
     def evaluate() -> float:
-        losses = [loss_only(params, kern, x, y) for x, y in eval_windows(data.val, S, tc.eval_batches)]
+        losses = [
+            loss_only(params, kern, x, y) for x, y in eval_windows(data.val, S, tc.eval_batches)
+        ]
         return float(np.mean(losses))
 
     if not args.quiet:
-        print(f"model: dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads "
-              f"({cfg.n_kv_heads} kv), hidden {cfg.hidden_dim}, vocab {cfg.vocab_size}, seq {S}: "
-              f"{cfg.n_params() / 1e6:.2f}M parameters; backend {backend}, {threads} threads")
-        print(f"data: {data.source} ({data.train.size:,} train tokens"
-              + (f", {data.val.size:,} val tokens)" if data.val is not None else ")"))
+        print(
+            f"model: dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads "
+            f"({cfg.n_kv_heads} kv), hidden {cfg.hidden_dim}, vocab {cfg.vocab_size}, seq {S}: "
+            f"{cfg.n_params() / 1e6:.2f}M parameters; backend {backend}, {threads} threads"
+        )
+        print(
+            f"data: {data.source} ({data.train.size:,} train tokens"
+            + (f", {data.val.size:,} val tokens)" if data.val is not None else ")")
+        )
         if resumed is not None:
             print(f"resuming from step {step0} of {tc.steps}")
 
@@ -203,8 +290,13 @@ def train(argv: list[str] | None) -> int:
     from tqdm import tqdm
 
     tokens_per_step = tc.accum * S
-    bar = tqdm(total=tc.steps, initial=step0, disable=args.quiet or not sys.stderr.isatty(),
-               unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=tc.steps,
+        initial=step0,
+        disable=args.quiet or not sys.stderr.isatty(),
+        unit="step",
+        dynamic_ncols=True,
+    )
     log_every = max(1, (tc.steps - step0) // 20)
     step_ms: list[float] = []
     t_start = time.perf_counter()
@@ -219,8 +311,10 @@ def train(argv: list[str] | None) -> int:
                 x, y = sampler.next()
                 loss = micro_step(params, grads, kern, x, y, accumulate=micro > 0)
                 if not math.isfinite(loss):
-                    raise UserError(f"{data.source}: loss is {loss} at step {step + 1} (micro-step "
-                                    f"{micro + 1}); stopping, the last checkpoint is kept as it was")
+                    raise UserError(
+                        f"{data.source}: loss is {loss} at step {step + 1} (micro-step "
+                        f"{micro + 1}); stopping, the last checkpoint is kept as it was"
+                    )
                 loss_sum += loss
             scale = 1.0 / tc.accum  # gradients averaged over the micro-steps
             norm = grad_norm(grads, scale, threads)
@@ -231,8 +325,14 @@ def train(argv: list[str] | None) -> int:
             sampler_state = sampler.state()
             ms = (time.perf_counter() - t0) * 1000.0
             step_ms.append(ms)
-            rec = {"step": step, "loss": loss_sum / tc.accum, "lr": lr,
-                   "tokens": step * tokens_per_step, "ms": round(ms, 3), "grad_norm": norm}
+            rec = {
+                "step": step,
+                "loss": loss_sum / tc.accum,
+                "lr": lr,
+                "tokens": step * tokens_per_step,
+                "ms": round(ms, 3),
+                "grad_norm": norm,
+            }
             if data.val is not None and (
                 (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps
             ):
@@ -242,12 +342,17 @@ def train(argv: list[str] | None) -> int:
             if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps:
                 save_checkpoint(step, sampler_state)
             bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.2e}",
-                            tok_s=f"{tokens_per_step / (ms / 1000):.0f}")
+            bar.set_postfix(
+                loss=f"{rec['loss']:.4f}",
+                lr=f"{lr:.2e}",
+                tok_s=f"{tokens_per_step / (ms / 1000):.0f}",
+            )
             if bar.disable and not args.quiet and (step % log_every == 0 or step == tc.steps):
                 extra = f" val_loss {rec['val_loss']:.4f}" if "val_loss" in rec else ""
-                print(f"step {step}/{tc.steps} loss {rec['loss']:.4f}{extra} lr {lr:.2e} "
-                      f"{ms:.0f} ms", flush=True)
+                print(
+                    f"step {step}/{tc.steps} loss {rec['loss']:.4f}{extra} lr {lr:.2e} {ms:.0f} ms",
+                    flush=True,
+                )
     except KeyboardInterrupt:
         bar.close()
         if step > step0:
@@ -270,8 +375,10 @@ def train(argv: list[str] | None) -> int:
         print("=== efficiency report ===")
         print(f"steps {n} ({step0 + 1}..{step}), wall {wall:.2f} s, median {med:.1f} ms/step")
         print(f"tokens/s {tok_s:,.0f} (median step), {n * tokens_per_step / wall:,.0f} (wall)")
-        print(f"achieved {flops_per_token * tok_s / 1e9:.1f} GFLOPS "
-              f"({flops_per_token / 1e6:.1f} MFLOP/token), peak RSS {peak_rss_mb():.0f} MB")
+        print(
+            f"achieved {flops_per_token * tok_s / 1e9:.1f} GFLOPS "
+            f"({flops_per_token / 1e6:.1f} MFLOP/token), peak RSS {peak_rss_mb():.0f} MB"
+        )
         print(f"checkpoint: {out / CKPT_NAME}, metrics: {metrics_path}")
     return 0
 

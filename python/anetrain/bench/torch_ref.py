@@ -1,4 +1,4 @@
-"""An independent PyTorch (eager, fp32) llama2.c model: the autograd oracle in tests and the bench rival."""
+"""An independent PyTorch (eager, fp32) llama2.c model: autograd oracle and benchmark rival."""
 
 from __future__ import annotations
 

@@ -1,0 +1,171 @@
+"""python -m anetrain.bench cpu: cpu-backend steps vs PyTorch eager; fp16 conversion speed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+
+from anetrain import native
+from anetrain.config import preset
+from anetrain.kernels_cpu import CpuKernels
+from anetrain.model import micro_step
+from anetrain.optim import AdamW, clip_factor, grad_norm
+from anetrain.params import init_params
+
+
+def _median_ms(times: list[float]) -> float:
+    return 1000.0 * statistics.median(times)
+
+
+def anetrain_stepper(cfg, seed: int, threads: int):
+    """A closure running one full optimizer step (1 sequence: fwd, bwd, clip, AdamW)."""
+    rng = np.random.default_rng(seed)
+    params = init_params(cfg, rng)
+    grads = params.zeros_like()
+    kern = CpuKernels(cfg, params)
+    opt = AdamW(params, threads=threads)
+    toks = rng.integers(0, cfg.vocab_size, (16, cfg.seq_len + 1)).astype(np.int32)
+    it = [0]
+
+    def step() -> float:
+        w = toks[it[0] % len(toks)]
+        it[0] += 1
+        loss = micro_step(params, grads, kern, w[:-1], w[1:], accumulate=False)
+        norm = grad_norm(grads, 1.0, threads)
+        opt.step(grads, 3e-4, grad_scale=clip_factor(norm, 1.0))
+        return loss
+
+    return step, params
+
+
+def torch_stepper(cfg, params, seed: int):
+    """The same model in PyTorch eager fp32 with AdamW(fused=True) and clip_grad_norm_."""
+    import torch
+
+    from anetrain.bench.torch_ref import TorchLlama
+
+    model = TorchLlama(cfg, params)
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    other = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
+        lr=3e-4,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+        fused=True,
+    )
+    g = torch.Generator().manual_seed(seed)
+    toks = torch.randint(0, cfg.vocab_size, (16, cfg.seq_len + 1), generator=g)
+    it = [0]
+
+    def step() -> float:
+        w = toks[it[0] % len(toks)]
+        it[0] += 1
+        opt.zero_grad(set_to_none=True)
+        loss = model(w[:-1], w[1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def bench_steps(name: str, reps: int, threads: int, use_torch: bool) -> dict:
+    cfg = preset(name, vocab_size=32000, seq_len=256)
+    ours, params = anetrain_stepper(cfg, 0, threads)
+    theirs = torch_stepper(cfg, params, 0) if use_torch else None
+    ours()  # warm-up (allocations, BLAS buffers)
+    if theirs:
+        theirs()
+    t_ours, t_torch = [], []
+    for _ in range(reps):  # alternate so both see the same machine load
+        t0 = time.perf_counter()
+        ours()
+        t_ours.append(time.perf_counter() - t0)
+        if theirs:
+            t0 = time.perf_counter()
+            theirs()
+            t_torch.append(time.perf_counter() - t0)
+    res = {
+        "model": name,
+        "params_m": round(cfg.n_params() / 1e6, 2),
+        "reps": reps,
+        "anetrain_ms": round(_median_ms(t_ours), 1),
+    }
+    if theirs:
+        res["torch_ms"] = round(_median_ms(t_torch), 1)
+        res["ratio"] = round(res["anetrain_ms"] / res["torch_ms"], 3)
+    return res
+
+
+def bench_fp16(n: int, reps: int, threads: int, use_torch: bool) -> dict:
+    """fp32 -> fp16 throughput in GB/s of fp32 input read, median over reps."""
+    x = np.random.default_rng(0).standard_normal(n, dtype=np.float32)
+    out = np.empty(n, dtype=np.uint16)
+    cases = {
+        "anetrain": lambda: native.f32_to_f16(x, out=out, threads=threads),
+        "numpy_astype": lambda: x.astype(np.float16),
+    }
+    if use_torch:
+        import torch
+
+        tx, th = torch.from_numpy(x), torch.empty(n, dtype=torch.float16)
+        cases["torch_copy"] = lambda: th.copy_(tx)
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for k in cases:
+        cases[k]()
+    for _ in range(reps):
+        for k, fn in cases.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    res = {"n": n, "impl": native.best_impl()}
+    for k, ts in times.items():
+        res[f"{k}_gbs"] = round(4 * n / statistics.median(ts) / 1e9, 2)
+    return res
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m anetrain.bench cpu", description=__doc__)
+    ap.add_argument("--models", default="stories110m,stories15m", help="comma-separated presets")
+    ap.add_argument("--reps", type=int, default=5, help="timed steps per model (after 1 warm-up)")
+    ap.add_argument("--threads", type=int, default=0, help="threads for C ops (0 = all cores)")
+    ap.add_argument("--fp16-n", type=int, default=1 << 26, help="values converted per fp16 trial")
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(argv)
+    import os
+
+    threads = args.threads or os.cpu_count() or 1
+    use_torch = not args.no_torch
+    if use_torch:
+        try:
+            import torch
+
+            torch.set_num_threads(threads)
+        except ImportError:
+            use_torch = False
+    report = {"threads": threads, "torch": use_torch, "steps": [], "fp16": None}
+    for name in [m for m in args.models.split(",") if m]:
+        r = bench_steps(name, args.reps, threads, use_torch)
+        report["steps"].append(r)
+        if not args.json:
+            line = f"{name:12s} {r['params_m']:7.2f}M  anetrain {r['anetrain_ms']:8.1f} ms/step"
+            if "torch_ms" in r:
+                line += f"  torch {r['torch_ms']:8.1f} ms/step  ratio {r['ratio']:.3f}"
+            print(line, flush=True)
+    report["fp16"] = f = bench_fp16(args.fp16_n, 7, threads, use_torch)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        line = f"fp32->fp16 ({f['n']:,} values, {f['impl']}): anetrain {f['anetrain_gbs']} GB/s, "
+        line += f"numpy astype {f['numpy_astype_gbs']} GB/s"
+        if "torch_copy_gbs" in f:
+            line += f", torch copy_ {f['torch_copy_gbs']} GB/s"
+        print(line)
+    return 0
