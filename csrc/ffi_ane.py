@@ -14,7 +14,7 @@ from cffi import FFI
 
 # setup.py runs this with cwd = project root; setuptools wants relative paths (ecosystem.md §1.3).
 HEADER = "csrc/ane/ane_runtime.h"
-SOURCES = ["csrc/ane/ane_runtime.m"]
+SOURCES = ["csrc/ane/ane_runtime.m", "csrc/ane/ane_surface.m"]
 CFLAGS = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"]
 
 # Linux stub only: live/locked surface counters for the leak tests.

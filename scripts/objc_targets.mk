@@ -5,8 +5,9 @@ OBJC_CC     ?= gcc
 OBJC_CFLAGS  = $(patsubst -I/%,-isystem/%,$(filter-out -MMD -MP -I.,$(shell gnustep-config --objc-flags))) \
                -std=gnu11 -Wall -Wextra -Wno-unused-parameter -Icsrc/ane -Icsrc/compat/linux
 OBJC_LIBS    = $(shell gnustep-config --base-libs)
-OBJC_SRCS    = csrc/ane/ane_runtime.m csrc/compat/linux/iosurface_stub.m
+OBJC_SRCS    = csrc/ane/ane_runtime.m csrc/ane/ane_surface.m csrc/compat/linux/iosurface_stub.m
 OBJC_HDRS    = csrc/ane/ane_private.h csrc/ane/objc_compat.h csrc/ane/ane_runtime.h \
+               csrc/ane/ane_internal.h \
                csrc/compat/linux/IOSurface/IOSurface.h
 MOCK_SO      = build/mock/libane_mock.so
 
@@ -30,4 +31,4 @@ test-objc: build-objc mock
 lint-objc:
 	clang -fobjc-runtime=macosx-13.0 -fsyntax-only -Wall -Wextra -Wno-unused-parameter \
 	  $(filter-out -std=gnu11,$(OBJC_CFLAGS)) -std=gnu11 -idirafter $$(gcc -print-file-name=include) \
-	  csrc/ane/ane_runtime.m csrc/compat/linux/iosurface_stub.m tests/mock/ane_mock.m
+	  $(OBJC_SRCS) tests/mock/ane_mock.m

@@ -443,7 +443,8 @@ def test_apple_dialect_lint_is_clean():
     cmd = (["clang", "-fobjc-runtime=macosx-13.0", "-fsyntax-only", "-Wall", "-Wextra",
             "-Wno-unused-parameter"] + _objc_flags() +
            ["-std=gnu11", "-Icsrc/ane", "-Icsrc/compat/linux", "-idirafter", gcc_inc,
-            "csrc/ane/ane_runtime.m", "csrc/compat/linux/iosurface_stub.m",
+            "csrc/ane/ane_runtime.m", "csrc/ane/ane_surface.m",
+            "csrc/compat/linux/iosurface_stub.m",
             "tests/mock/ane_mock.m"])
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and r.stderr == "", r.stderr

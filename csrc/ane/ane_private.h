@@ -1,6 +1,6 @@
 /* ane_private.h — the private AppleNeuralEngine.framework classes we call, as protocols
- * (upstream.md §1.2). Classes are found with NSClassFromString and typed Class<Proto>; a private class
- * is never named in code, so nothing links against the private framework (ecosystem.md §2.3).
+ * (upstream.md §1.2). Classes are found with NSClassFromString and typed Class<Proto>; a private
+ * class is never named in code, so nothing links against the private framework (ecosystem.md §2.3).
  * This header is the one place to update when Apple changes a selector: the mock in tests/mock
  * implements these same protocols, so the compiler checks both sides against it. */
 #ifndef ANE_PRIVATE_H
@@ -14,10 +14,12 @@
 
 /* _ANEInMemoryModelDescriptor: holds the MIL text and the weight blobs. */
 @protocol ANEInMemoryModelDescriptor <NSObject>
-/* milText: UTF-8 MIL as NSData. weights: {@"@model_path/weights/x.bin": {@"offset": @0, @"data": NSData}},
- * an empty dictionary (never nil) when there are none (upstream.md §1.5). optionsPlist: nil.
- * Returns nil on bad arguments. */
-+ (id)modelWithMILText:(NSData *)milText weights:(NSDictionary *)weights optionsPlist:(id)optionsPlist;
+/* milText: UTF-8 MIL as NSData. weights: {@"@model_path/weights/x.bin": {@"offset": @0, @"data":
+ * NSData}}, an empty dictionary (never nil) when there are none (upstream.md §1.5). optionsPlist:
+ * nil. Returns nil on bad arguments. */
++ (id)modelWithMILText:(NSData *)milText
+               weights:(NSDictionary *)weights
+          optionsPlist:(id)optionsPlist;
 @end
 
 /* _ANEInMemoryModel: compile / load / evaluate / unload one program. Every BOOL must be checked. */
@@ -39,9 +41,9 @@
 + (id)objectWithIOSurface:(IOSurfaceRef)surface;
 @end
 
-/* _ANERequest: binds input/output surfaces for evaluation; reusable. Indices are NSArrays of NSNumber
- * tensor ordinals; weightsBuffer and perfStats are nil; procedureIndex is an NSNumber object (@0),
- * not a C integer (upstream.md §1.2). */
+/* _ANERequest: binds input/output surfaces for evaluation; reusable. Indices are NSArrays of
+ * NSNumber tensor ordinals; weightsBuffer and perfStats are nil; procedureIndex is an NSNumber
+ * object (@0), not a C integer (upstream.md §1.2). */
 @protocol ANERequest <NSObject>
 + (id)requestWithInputs:(NSArray *)inputs
            inputIndices:(NSArray *)inputIndices

@@ -15,17 +15,17 @@ typedef struct ane_kernel ane_kernel;   /* one compiled and loaded MIL program *
 typedef struct ane_surface ane_surface; /* one IOSurface: a flat byte buffer */
 typedef struct ane_request ane_request; /* (kernel, input surface, output surface), reusable */
 
-/* ---- framework ------------------------------------------------------------------------------ */
+/* ---- framework ------------------------------------------------------------------------------- */
 /* dlopen(framework_path, RTLD_NOW) and look up _ANEInMemoryModelDescriptor, _ANEInMemoryModel,
  * _ANERequest and _ANEIOSurfaceObject. NULL path = the system AppleNeuralEngine.framework. */
 ane_ctx *ane_open(const char *framework_path, char *err, size_t err_len);
 /* Drops the caller's reference; the context lives on until its last kernel is freed. The framework
  * is never dlclose()d: its Objective-C classes stay registered for the life of the process. */
 void ane_close(ane_ctx *ctx);
-/* Successful compile+load pairs through this context (the ~119-per-process budget, upstream §1.7). */
+/* Successful compile+load pairs through this context (the ~119 per process budget, §1.7). */
 int ane_compile_count(const ane_ctx *ctx);
 
-/* ---- kernels -------------------------------------------------------------------------------- */
+/* ---- kernels --------------------------------------------------------------------------------- */
 /* Compile and load one MIL program (upstream.md §1.4): mil is UTF-8 text of mil_len bytes; weight i
  * is the blob file weight_data[i] of weight_sizes[i] bytes under the MIL BLOBFILE path
  * weight_names[i], which must start with "@model_path/". in_bytes/out_bytes are the exact byte
@@ -42,7 +42,7 @@ const char *ane_kernel_dir(const ane_kernel *k); /* NSTemporaryDirectory()/<hex>
 size_t ane_kernel_in_bytes(const ane_kernel *k);
 size_t ane_kernel_out_bytes(const ane_kernel *k);
 
-/* ---- surfaces ------------------------------------------------------------------------------- */
+/* ---- surfaces -------------------------------------------------------------------------------- */
 /* A flat IOSurface of exactly `bytes` bytes (upstream.md §2.1), zero-filled on Linux. */
 ane_surface *ane_surface_new(size_t bytes, char *err, size_t err_len);
 void ane_surface_free(ane_surface *s);
@@ -59,9 +59,9 @@ int ane_surface_read(ane_surface *s, size_t offset, void *dst, size_t n, char *e
 int ane_surface_copy(ane_surface *dst, size_t dst_off, ane_surface *src, size_t src_off, size_t n,
                      char *err, size_t err_len);
 
-/* ---- requests and evaluation ---------------------------------------------------------------- */
-/* Bind `in` and `out` for evaluations of k; sizes must equal k's in/out bytes. The request keeps its
- * own references to both surfaces, so freeing the surfaces first is safe. */
+/* ---- requests and evaluation ----------------------------------------------------------------- */
+/* Bind `in` and `out` for evaluations of k; sizes must equal k's in/out bytes. The request keeps
+ * its own references to both surfaces, so freeing the surfaces first is safe. */
 ane_request *ane_request_new(ane_kernel *k, ane_surface *in, ane_surface *out, char *err,
                              size_t err_len);
 void ane_request_free(ane_request *r);

@@ -4,6 +4,7 @@
 #include "objc_compat.h"
 #include "ane_private.h"
 #include "ane_runtime.h"
+#include "ane_internal.h"
 
 #include <dlfcn.h>
 #include <pthread.h>
@@ -13,12 +14,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#define ANE_DEFAULT_FRAMEWORK \
+#define ANE_DEFAULT_FRAMEWORK                                                                      \
     "/System/Library/PrivateFrameworks/AppleNeuralEngine.framework/AppleNeuralEngine"
 #define ANE_MODEL_PATH_PREFIX "@model_path/"
-#define ANE_LOAD_RETRY_US 100000 /* one retry after 100 ms "for ANE slot reclamation" (§1.4 step 7) */
+#define ANE_LOAD_RETRY_US                                                                          \
+    100000 /* one retry after 100 ms "for ANE slot reclamation" (§1.4 step 7) */
 
-// ---- structs ----------------------------------------------------------------------------------
+// ---- structs ------------------------------------------------------------------------------------
 
 struct ane_ctx {
     void *handle; /* dlopen handle; never closed (the classes stay registered) */
@@ -45,25 +47,17 @@ struct ane_kernel {
     ane_kernel *next;
 };
 
-struct ane_surface {
-    IOSurfaceRef ref; /* one reference owned */
-    size_t bytes;     /* requested size; the allocation may be larger */
-};
-
 struct ane_request {
-    id request;            /* retained _ANERequest */
-    IOSurfaceRef in, out;  /* CFRetain'ed, so surfaces may be freed before the request */
+    id request;           /* retained _ANERequest */
+    IOSurfaceRef in, out; /* CFRetain'ed, so surfaces may be freed before the request */
     uint64_t kernel_serial;
 };
 
 static uint64_t g_next_serial = 1; /* atomic; only a source of unique kernel ids */
 
-// ---- errors ---------------------------------------------------------------------------------
+// ---- errors -------------------------------------------------------------------------------------
 
-static void set_err(char *err, size_t err_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t err_len, const char *fmt, ...) {
+void ane_set_err(char *err, size_t err_len, const char *fmt, ...) {
     if (err == NULL || err_len == 0) return;
     va_list ap;
     va_start(ap, fmt);
@@ -71,7 +65,7 @@ static void set_err(char *err, size_t err_len, const char *fmt, ...) {
     va_end(ap);
 }
 
-static const char *cstr(id s) {
+const char *ane_cstr(id s) {
     const char *c = [s isKindOfClass:[NSString class]] ? [(NSString *)s UTF8String] : NULL;
     return c != NULL ? c : "";
 }
@@ -79,23 +73,23 @@ static const char *cstr(id s) {
 /* "<what>: <domain> (<code>): <localizedDescription>" */
 static void set_nserror(char *err, size_t err_len, const char *what, NSError *e) {
     if (e == nil) {
-        set_err(err, err_len, "%s: failed without an NSError", what);
+        ane_set_err(err, err_len, "%s: failed without an NSError", what);
         return;
     }
-    set_err(err, err_len, "%s: %s (%ld): %s", what, cstr([e domain]), (long)[e code],
-            cstr([e localizedDescription]));
+    ane_set_err(err, err_len, "%s: %s (%ld): %s", what, ane_cstr([e domain]), (long)[e code],
+                ane_cstr([e localizedDescription]));
 }
 
-static void set_exception(char *err, size_t err_len, const char *fn, id ex) {
+void ane_set_exception(char *err, size_t err_len, const char *fn, id ex) {
     if ([ex isKindOfClass:[NSException class]])
-        set_err(err, err_len, "%s: Objective-C exception %s: %s", fn, cstr([(NSException *)ex name]),
-                cstr([(NSException *)ex reason]));
+        ane_set_err(err, err_len, "%s: Objective-C exception %s: %s", fn,
+                    ane_cstr([(NSException *)ex name]), ane_cstr([(NSException *)ex reason]));
     else
-        set_err(err, err_len, "%s: Objective-C exception of class %s", fn,
-                cstr(NSStringFromClass([ex class])));
+        ane_set_err(err, err_len, "%s: Objective-C exception of class %s", fn,
+                    ane_cstr(NSStringFromClass([ex class])));
 }
 
-// ---- framework --------------------------------------------------------------------------------
+// ---- framework ----------------------------------------------------------------------------------
 
 static void ctx_unref(ane_ctx *ctx) {
     if (ctx == NULL || __atomic_sub_fetch(&ctx->refs, 1, __ATOMIC_ACQ_REL) > 0) return;
@@ -109,19 +103,19 @@ static Class find_class(const char *name, const SEL *class_sels, const SEL *inst
                         const char *path, char *err, size_t err_len) {
     Class cls = NSClassFromString([NSString stringWithUTF8String:name]);
     if (cls == Nil) {
-        set_err(err, err_len, "ane_open: class %s not found in %s", name, path);
+        ane_set_err(err, err_len, "ane_open: class %s not found in %s", name, path);
         return Nil;
     }
     for (; class_sels != NULL && *class_sels != NULL; class_sels++)
         if (![(id)cls respondsToSelector:*class_sels]) {
-            set_err(err, err_len, "ane_open: class %s has no class method +%s", name,
-                    cstr(NSStringFromSelector(*class_sels)));
+            ane_set_err(err, err_len, "ane_open: class %s has no class method +%s", name,
+                        ane_cstr(NSStringFromSelector(*class_sels)));
             return Nil;
         }
     for (; inst_sels != NULL && *inst_sels != NULL; inst_sels++)
         if (![cls instancesRespondToSelector:*inst_sels]) {
-            set_err(err, err_len, "ane_open: class %s has no instance method -%s", name,
-                    cstr(NSStringFromSelector(*inst_sels)));
+            ane_set_err(err, err_len, "ane_open: class %s has no instance method -%s", name,
+                        ane_cstr(NSStringFromSelector(*inst_sels)));
             return Nil;
         }
     return cls;
@@ -132,21 +126,28 @@ static int open_impl(ane_ctx *ctx, const char *path, char *err, size_t err_len) 
     ctx->handle = dlopen(path, RTLD_NOW);
     if (ctx->handle == NULL) {
         const char *why = dlerror();
-        set_err(err, err_len, "ane_open: dlopen(%s): %s", path, why ? why : "unknown error");
+        ane_set_err(err, err_len, "ane_open: dlopen(%s): %s", path, why ? why : "unknown error");
         return -1;
     }
-    SEL desc_cls[] = {@selector(modelWithMILText:weights:optionsPlist:), NULL};
-    SEL model_cls[] = {@selector(inMemoryModelWithDescriptor:), NULL};
-    SEL model_inst[] = {@selector(hexStringIdentifier), @selector(compileWithQoS:options:error:),
-                        @selector(loadWithQoS:options:error:),
-                        @selector(evaluateWithQoS:options:request:error:),
-                        @selector(unloadWithQoS:error:), NULL};
-    SEL req_cls[] = {@selector(requestWithInputs:inputIndices:outputs:outputIndices:weightsBuffer:
-                                   perfStats:procedureIndex:),
-                     NULL};
-    SEL surf_cls[] = {@selector(objectWithIOSurface:), NULL};
+    SEL desc_cls[] = { @selector(modelWithMILText:weights:optionsPlist:), NULL };
+    SEL model_cls[] = { @selector(inMemoryModelWithDescriptor:), NULL };
+    SEL model_inst[] = {
+        @selector(hexStringIdentifier),
+        @selector(compileWithQoS:options:error:),
+        @selector(loadWithQoS:options:error:),
+        @selector(evaluateWithQoS:options:request:error:),
+        @selector(unloadWithQoS:error:),
+        NULL
+    };
+    SEL req_cls[] = {
+        @selector(requestWithInputs:
+                       inputIndices:outputs:outputIndices:weightsBuffer:perfStats:procedureIndex:),
+        NULL
+    };
+    SEL surf_cls[] = { @selector(objectWithIOSurface:), NULL };
     Class c;
-    if ((c = find_class(ANE_CLASS_DESCRIPTOR, desc_cls, NULL, path, err, err_len)) == Nil) return -1;
+    if ((c = find_class(ANE_CLASS_DESCRIPTOR, desc_cls, NULL, path, err, err_len)) == Nil)
+        return -1;
     ctx->descriptor_class = (Class<ANEInMemoryModelDescriptor>)c;
     if ((c = find_class(ANE_CLASS_MODEL, model_cls, model_inst, path, err, err_len)) == Nil)
         return -1;
@@ -162,7 +163,7 @@ static int open_impl(ane_ctx *ctx, const char *path, char *err, size_t err_len) 
 ane_ctx *ane_open(const char *framework_path, char *err, size_t err_len) {
     ane_ctx *ctx = calloc(1, sizeof *ctx);
     if (ctx == NULL) {
-        set_err(err, err_len, "ane_open: out of memory");
+        ane_set_err(err, err_len, "ane_open: out of memory");
         return NULL;
     }
     ctx->refs = 1;
@@ -172,7 +173,7 @@ ane_ctx *ane_open(const char *framework_path, char *err, size_t err_len) {
     @try {
         rc = open_impl(ctx, framework_path, err, err_len);
     } @catch (id ex) {
-        set_exception(err, err_len, "ane_open", ex);
+        ane_set_exception(err, err_len, "ane_open", ex);
         rc = -1;
     }
     ANE_POOL_END;
@@ -183,7 +184,9 @@ ane_ctx *ane_open(const char *framework_path, char *err, size_t err_len) {
     return ctx;
 }
 
-void ane_close(ane_ctx *ctx) { ctx_unref(ctx); }
+void ane_close(ane_ctx *ctx) {
+    ctx_unref(ctx);
+}
 
 int ane_compile_count(const ane_ctx *ctx) {
     return ctx ? __atomic_load_n(&ctx->compiles, __ATOMIC_ACQUIRE) : 0;
@@ -191,8 +194,8 @@ int ane_compile_count(const ane_ctx *ctx) {
 
 // ---- temp dir bookkeeping -----------------------------------------------------------------------
 
-/* Identical MIL + weights give the same hex and so the same dir (upstream.md §1.8): a dir is removed
- * only when no other listed kernel uses it. Called with ctx->lock held. */
+/* Identical MIL + weights give the same hex and so the same dir (upstream.md §1.8): a dir is
+ * removed only when no other listed kernel uses it. Called with ctx->lock held. */
 static int dir_in_use(const ane_ctx *ctx, const ane_kernel *self) {
     for (const ane_kernel *o = ctx->kernels; o != NULL; o = o->next)
         if (o != self && [o->dir isEqualToString:self->dir]) return 1;
@@ -260,7 +263,8 @@ static const char *weight_rel_path(const char *name) {
     for (const char *c = rel;;) {
         const char *slash = strchr(c, '/');
         size_t n = slash ? (size_t)(slash - c) : strlen(c);
-        if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.')) return NULL;
+        if (n == 0 || (n == 1 && c[0] == '.') || (n == 2 && c[0] == '.' && c[1] == '.'))
+            return NULL;
         if (slash == NULL) break;
         c = slash + 1;
     }
@@ -280,13 +284,16 @@ static int hex_is_safe(const char *hex) {
 static int write_file(NSFileManager *fm, NSString *path, NSData *data, char *err, size_t err_len) {
     NSError *e = nil;
     NSString *parent = [path stringByDeletingLastPathComponent];
-    if (![fm createDirectoryAtPath:parent withIntermediateDirectories:YES attributes:nil error:&e]) {
-        set_nserror(err, err_len, [[@"ane_compile: mkdir " stringByAppendingString:parent] UTF8String],
-                    e);
+    if (![fm createDirectoryAtPath:parent
+            withIntermediateDirectories:YES
+                             attributes:nil
+                                  error:&e]) {
+        set_nserror(err, err_len,
+                    [[@"ane_compile: mkdir " stringByAppendingString:parent] UTF8String], e);
         return -1;
     }
     if (![data writeToFile:path atomically:YES]) {
-        set_err(err, err_len, "ane_compile: cannot write %s", cstr(path));
+        ane_set_err(err, err_len, "ane_compile: cannot write %s", ane_cstr(path));
         return -1;
     }
     return 0;
@@ -297,35 +304,37 @@ static int compile_impl(ane_kernel *k, const char *mil, size_t mil_len, int n_we
                         char *err, size_t err_len) {
     ane_ctx *ctx = k->ctx;
     if (mil == NULL || mil_len == 0) {
-        set_err(err, err_len, "ane_compile: empty MIL text");
+        ane_set_err(err, err_len, "ane_compile: empty MIL text");
         return -1;
     }
     if (n_weights < 0 || (n_weights > 0 && (names == NULL || data == NULL || sizes == NULL))) {
-        set_err(err, err_len, "ane_compile: bad weight arrays");
+        ane_set_err(err, err_len, "ane_compile: bad weight arrays");
         return -1;
     }
     if (k->in_bytes == 0 || k->out_bytes == 0) {
-        set_err(err, err_len, "ane_compile: in_bytes and out_bytes must be > 0");
+        ane_set_err(err, err_len, "ane_compile: in_bytes and out_bytes must be > 0");
         return -1;
     }
 
     /* 1. MIL as UTF-8 NSData; weights {key: {"offset": 0, "data": blob}}, empty not nil (§1.5) */
     NSData *mil_data = [NSData dataWithBytes:mil length:mil_len];
-    NSMutableDictionary *weights = [NSMutableDictionary dictionaryWithCapacity:(NSUInteger)n_weights];
+    NSMutableDictionary *weights =
+        [NSMutableDictionary dictionaryWithCapacity:(NSUInteger)n_weights];
     for (int i = 0; i < n_weights; i++) {
         if (weight_rel_path(names[i]) == NULL) {
-            set_err(err, err_len,
-                    "ane_compile: weight name '%s' is not \"@model_path/<relative path>\"",
-                    names[i] ? names[i] : "(null)");
+            ane_set_err(err, err_len,
+                        "ane_compile: weight name '%s' is not \"@model_path/<relative path>\"",
+                        names[i] ? names[i] : "(null)");
             return -1;
         }
         NSString *key = [NSString stringWithUTF8String:names[i]];
         if (key == nil || [weights objectForKey:key] != nil) {
-            set_err(err, err_len, "ane_compile: weight name '%s' is not UTF-8 or repeated", names[i]);
+            ane_set_err(err, err_len, "ane_compile: weight name '%s' is not UTF-8 or repeated",
+                        names[i]);
             return -1;
         }
         if (data[i] == NULL && sizes[i] > 0) {
-            set_err(err, err_len, "ane_compile: weight '%s' has no data", names[i]);
+            ane_set_err(err, err_len, "ane_compile: weight '%s' has no data", names[i]);
             return -1;
         }
         NSData *blob = [NSData dataWithBytes:data[i] length:sizes[i]];
@@ -337,27 +346,28 @@ static int compile_impl(ane_kernel *k, const char *mil, size_t mil_len, int n_we
     /* 2-3. descriptor, model */
     id desc = [ctx->descriptor_class modelWithMILText:mil_data weights:weights optionsPlist:nil];
     if (desc == nil) {
-        set_err(err, err_len, "ane_compile: modelWithMILText:weights:optionsPlist: returned nil");
+        ane_set_err(err, err_len,
+                    "ane_compile: modelWithMILText:weights:optionsPlist: returned nil");
         return -1;
     }
     id<ANEInMemoryModel> model = [ctx->model_class inMemoryModelWithDescriptor:desc];
     if (model == nil) {
-        set_err(err, err_len, "ane_compile: inMemoryModelWithDescriptor: returned nil");
+        ane_set_err(err, err_len, "ane_compile: inMemoryModelWithDescriptor: returned nil");
         return -1;
     }
     k->model = [model retain];
 
     /* 4. hex id and temp dir */
     NSString *hex = [model hexStringIdentifier];
-    if (!hex_is_safe(cstr(hex))) {
-        set_err(err, err_len, "ane_compile: unusable hexStringIdentifier '%s'", cstr(hex));
+    if (!hex_is_safe(ane_cstr(hex))) {
+        ane_set_err(err, err_len, "ane_compile: unusable hexStringIdentifier '%s'", ane_cstr(hex));
         return -1;
     }
     k->dir = [[NSTemporaryDirectory() stringByAppendingPathComponent:hex] retain];
-    k->hex = strdup(cstr(hex));
-    k->dir_c = strdup(cstr(k->dir));
+    k->hex = strdup(ane_cstr(hex));
+    k->dir_c = strdup(ane_cstr(k->dir));
     if (k->hex == NULL || k->dir_c == NULL) {
-        set_err(err, err_len, "ane_compile: out of memory");
+        ane_set_err(err, err_len, "ane_compile: out of memory");
         return -1;
     }
     kernel_list(k); /* from here on a failure removes the dir (unless another kernel shares it) */
@@ -377,8 +387,8 @@ static int compile_impl(ane_kernel *k, const char *mil, size_t mil_len, int n_we
         return -1;
     for (int i = 0; i < n_weights; i++) {
         NSString *rel = [NSString stringWithUTF8String:weight_rel_path(names[i])];
-        NSData *blob = [[weights objectForKey:[NSString stringWithUTF8String:names[i]]]
-            objectForKey:@"data"];
+        NSData *blob =
+            [[weights objectForKey:[NSString stringWithUTF8String:names[i]]] objectForKey:@"data"];
         if (write_file(fm, [k->dir stringByAppendingPathComponent:rel], blob, err, err_len) != 0)
             return -1;
     }
@@ -410,12 +420,12 @@ ane_kernel *ane_compile(ane_ctx *ctx, const char *mil, size_t mil_len, int n_wei
                         const size_t *weight_sizes, size_t in_bytes, size_t out_bytes, char *err,
                         size_t err_len) {
     if (ctx == NULL) {
-        set_err(err, err_len, "ane_compile: NULL context");
+        ane_set_err(err, err_len, "ane_compile: NULL context");
         return NULL;
     }
     ane_kernel *k = calloc(1, sizeof *k);
     if (k == NULL) {
-        set_err(err, err_len, "ane_compile: out of memory");
+        ane_set_err(err, err_len, "ane_compile: out of memory");
         return NULL;
     }
     __atomic_add_fetch(&ctx->refs, 1, __ATOMIC_ACQ_REL);
@@ -429,7 +439,7 @@ ane_kernel *ane_compile(ane_ctx *ctx, const char *mil, size_t mil_len, int n_wei
         rc = compile_impl(k, mil, mil_len, n_weights, weight_names, weight_data, weight_sizes, err,
                           err_len);
     } @catch (id ex) {
-        set_exception(err, err_len, "ane_compile", ex);
+        ane_set_exception(err, err_len, "ane_compile", ex);
         rc = -1;
     }
     if (rc != 0) {
@@ -455,160 +465,17 @@ void ane_free(ane_kernel *k) {
     ANE_POOL_END;
 }
 
-const char *ane_kernel_hex(const ane_kernel *k) { return k ? k->hex : NULL; }
-const char *ane_kernel_dir(const ane_kernel *k) { return k ? k->dir_c : NULL; }
-size_t ane_kernel_in_bytes(const ane_kernel *k) { return k ? k->in_bytes : 0; }
-size_t ane_kernel_out_bytes(const ane_kernel *k) { return k ? k->out_bytes : 0; }
-
-// ---- surfaces -----------------------------------------------------------------------------------
-
-static int surface_new_impl(ane_surface *s, size_t bytes, char *err, size_t err_len) {
-    /* a flat byte buffer: width = bytes, height 1, 1 byte per element (upstream.md §2.1) */
-    NSDictionary *props = [NSDictionary
-        dictionaryWithObjectsAndKeys:ANE_NUM_UINT(bytes), (id)kIOSurfaceWidth, ANE_NUM_INT(1),
-                                     (id)kIOSurfaceHeight, ANE_NUM_INT(1),
-                                     (id)kIOSurfaceBytesPerElement, ANE_NUM_UINT(bytes),
-                                     (id)kIOSurfaceBytesPerRow, ANE_NUM_UINT(bytes),
-                                     (id)kIOSurfaceAllocSize, ANE_NUM_INT(0),
-                                     (id)kIOSurfacePixelFormat, nil];
-    s->ref = IOSurfaceCreate((__bridge CFDictionaryRef)props);
-    if (s->ref == NULL) {
-        set_err(err, err_len, "ane_surface_new: IOSurfaceCreate(%zu bytes) failed", bytes);
-        return -1;
-    }
-    if (IOSurfaceGetAllocSize(s->ref) < bytes) {
-        set_err(err, err_len, "ane_surface_new: allocated %zu < %zu bytes",
-                (size_t)IOSurfaceGetAllocSize(s->ref), bytes);
-        return -1;
-    }
-    s->bytes = bytes;
-    return 0;
+const char *ane_kernel_hex(const ane_kernel *k) {
+    return k ? k->hex : NULL;
 }
-
-ane_surface *ane_surface_new(size_t bytes, char *err, size_t err_len) {
-    if (bytes == 0) {
-        set_err(err, err_len, "ane_surface_new: size must be > 0");
-        return NULL;
-    }
-    ane_surface *s = calloc(1, sizeof *s);
-    if (s == NULL) {
-        set_err(err, err_len, "ane_surface_new: out of memory");
-        return NULL;
-    }
-    int rc = -1;
-    ANE_POOL_BEGIN;
-    @try {
-        rc = surface_new_impl(s, bytes, err, err_len);
-    } @catch (id ex) {
-        set_exception(err, err_len, "ane_surface_new", ex);
-        rc = -1;
-    }
-    ANE_POOL_END;
-    if (rc != 0) {
-        ane_surface_free(s);
-        return NULL;
-    }
-    return s;
+const char *ane_kernel_dir(const ane_kernel *k) {
+    return k ? k->dir_c : NULL;
 }
-
-/* Plain C calls only below (IOSurface is a C API), so no pool or @try is needed. */
-void ane_surface_free(ane_surface *s) {
-    if (s == NULL) return;
-    if (s->ref != NULL) CFRelease(s->ref);
-    free(s);
+size_t ane_kernel_in_bytes(const ane_kernel *k) {
+    return k ? k->in_bytes : 0;
 }
-
-size_t ane_surface_size(const ane_surface *s) { return s ? s->bytes : 0; }
-
-static IOSurfaceLockOptions lock_opts(int read_only) {
-    return read_only ? kIOSurfaceLockReadOnly : 0;
-}
-
-void *ane_surface_lock(ane_surface *s, int read_only, char *err, size_t err_len) {
-    if (s == NULL) {
-        set_err(err, err_len, "ane_surface_lock: NULL surface");
-        return NULL;
-    }
-    IOReturn r = IOSurfaceLock(s->ref, lock_opts(read_only), NULL);
-    if (r != 0) {
-        set_err(err, err_len, "ane_surface_lock: IOSurfaceLock returned 0x%x", (unsigned)r);
-        return NULL;
-    }
-    void *base = IOSurfaceGetBaseAddress(s->ref);
-    if (base == NULL) {
-        IOSurfaceUnlock(s->ref, lock_opts(read_only), NULL);
-        set_err(err, err_len, "ane_surface_lock: no base address");
-    }
-    return base;
-}
-
-int ane_surface_unlock(ane_surface *s, int read_only, char *err, size_t err_len) {
-    if (s == NULL) {
-        set_err(err, err_len, "ane_surface_unlock: NULL surface");
-        return -1;
-    }
-    IOReturn r = IOSurfaceUnlock(s->ref, lock_opts(read_only), NULL);
-    if (r != 0) {
-        set_err(err, err_len, "ane_surface_unlock: IOSurfaceUnlock returned 0x%x", (unsigned)r);
-        return -1;
-    }
-    return 0;
-}
-
-static int in_bounds(const ane_surface *s, size_t offset, size_t n, const char *fn, char *err,
-                     size_t err_len) {
-    if (s == NULL) {
-        set_err(err, err_len, "%s: NULL surface", fn);
-        return 0;
-    }
-    if (offset > s->bytes || n > s->bytes - offset) {
-        set_err(err, err_len, "%s: [%zu, %zu+%zu) is outside the %zu-byte surface", fn, offset,
-                offset, n, s->bytes);
-        return 0;
-    }
-    return 1;
-}
-
-int ane_surface_write(ane_surface *s, size_t offset, const void *src, size_t n, char *err,
-                      size_t err_len) {
-    if (!in_bounds(s, offset, n, "ane_surface_write", err, err_len)) return -1;
-    if (n == 0) return 0;
-    uint8_t *base = ane_surface_lock(s, 0, err, err_len);
-    if (base == NULL) return -1;
-    memcpy(base + offset, src, n);
-    return ane_surface_unlock(s, 0, err, err_len);
-}
-
-int ane_surface_read(ane_surface *s, size_t offset, void *dst, size_t n, char *err, size_t err_len) {
-    if (!in_bounds(s, offset, n, "ane_surface_read", err, err_len)) return -1;
-    if (n == 0) return 0;
-    const uint8_t *base = ane_surface_lock(s, 1, err, err_len);
-    if (base == NULL) return -1;
-    memcpy(dst, base + offset, n);
-    return ane_surface_unlock(s, 1, err, err_len);
-}
-
-int ane_surface_copy(ane_surface *dst, size_t dst_off, ane_surface *src, size_t src_off, size_t n,
-                     char *err, size_t err_len) {
-    if (!in_bounds(dst, dst_off, n, "ane_surface_copy (dst)", err, err_len) ||
-        !in_bounds(src, src_off, n, "ane_surface_copy (src)", err, err_len))
-        return -1;
-    if (n == 0) return 0;
-    /* destination read-write, then source read-only; unlock in reverse (upstream.md §2.2) */
-    uint8_t *d = ane_surface_lock(dst, 0, err, err_len);
-    if (d == NULL) return -1;
-    if (src == dst) {
-        memmove(d + dst_off, d + src_off, n);
-        return ane_surface_unlock(dst, 0, err, err_len);
-    }
-    const uint8_t *s = ane_surface_lock(src, 1, err, err_len);
-    if (s == NULL) {
-        ane_surface_unlock(dst, 0, NULL, 0);
-        return -1;
-    }
-    memcpy(d + dst_off, s + src_off, n);
-    int rc = ane_surface_unlock(src, 1, err, err_len);
-    return ane_surface_unlock(dst, 0, err, err_len) != 0 ? -1 : rc;
+size_t ane_kernel_out_bytes(const ane_kernel *k) {
+    return k ? k->out_bytes : 0;
 }
 
 // ---- requests and evaluation --------------------------------------------------------------------
@@ -624,16 +491,16 @@ static void request_destroy(ane_request *r) {
 static int request_new_impl(ane_request *r, ane_kernel *k, ane_surface *in, ane_surface *out,
                             char *err, size_t err_len) {
     if (in->bytes != k->in_bytes || out->bytes != k->out_bytes) {
-        set_err(err, err_len,
-                "ane_request_new: surfaces are %zu -> %zu bytes, kernel %s is %zu -> %zu bytes",
-                in->bytes, out->bytes, k->hex, k->in_bytes, k->out_bytes);
+        ane_set_err(err, err_len,
+                    "ane_request_new: surfaces are %zu -> %zu bytes, kernel %s is %zu -> %zu bytes",
+                    in->bytes, out->bytes, k->hex, k->in_bytes, k->out_bytes);
         return -1;
     }
     ane_ctx *ctx = k->ctx;
     id win = [ctx->surface_object_class objectWithIOSurface:in->ref];
     id wout = [ctx->surface_object_class objectWithIOSurface:out->ref];
     if (win == nil || wout == nil) {
-        set_err(err, err_len, "ane_request_new: objectWithIOSurface: returned nil");
+        ane_set_err(err, err_len, "ane_request_new: objectWithIOSurface: returned nil");
         return -1;
     }
     /* one input and one output tensor, ordinal 0 each (upstream.md §1.9); procedureIndex @0 */
@@ -646,7 +513,7 @@ static int request_new_impl(ane_request *r, ane_kernel *k, ane_surface *in, ane_
                                          perfStats:nil
                                     procedureIndex:ANE_NUM_INT(0)];
     if (req == nil) {
-        set_err(err, err_len, "ane_request_new: requestWithInputs:... returned nil");
+        ane_set_err(err, err_len, "ane_request_new: requestWithInputs:... returned nil");
         return -1;
     }
     r->request = [req retain];
@@ -659,12 +526,12 @@ static int request_new_impl(ane_request *r, ane_kernel *k, ane_surface *in, ane_
 ane_request *ane_request_new(ane_kernel *k, ane_surface *in, ane_surface *out, char *err,
                              size_t err_len) {
     if (k == NULL || in == NULL || out == NULL) {
-        set_err(err, err_len, "ane_request_new: NULL kernel or surface");
+        ane_set_err(err, err_len, "ane_request_new: NULL kernel or surface");
         return NULL;
     }
     ane_request *r = calloc(1, sizeof *r);
     if (r == NULL) {
-        set_err(err, err_len, "ane_request_new: out of memory");
+        ane_set_err(err, err_len, "ane_request_new: out of memory");
         return NULL;
     }
     int rc = -1;
@@ -672,7 +539,7 @@ ane_request *ane_request_new(ane_kernel *k, ane_surface *in, ane_surface *out, c
     @try {
         rc = request_new_impl(r, k, in, out, err, err_len);
     } @catch (id ex) {
-        set_exception(err, err_len, "ane_request_new", ex);
+        ane_set_exception(err, err_len, "ane_request_new", ex);
         rc = -1;
     }
     if (rc != 0) {
@@ -696,7 +563,7 @@ void ane_request_free(ane_request *r) {
 
 static int eval_impl(ane_kernel *k, ane_request *r, char *err, size_t err_len) {
     if (r->kernel_serial != k->serial) {
-        set_err(err, err_len, "ane_eval: request was made for another kernel");
+        ane_set_err(err, err_len, "ane_eval: request was made for another kernel");
         return -1;
     }
     NSError *e = nil;
@@ -709,7 +576,7 @@ static int eval_impl(ane_kernel *k, ane_request *r, char *err, size_t err_len) {
 
 int ane_eval(ane_kernel *k, ane_request *r, char *err, size_t err_len) {
     if (k == NULL || r == NULL) {
-        set_err(err, err_len, "ane_eval: NULL kernel or request");
+        ane_set_err(err, err_len, "ane_eval: NULL kernel or request");
         return -1;
     }
     int rc = -1;
@@ -717,7 +584,7 @@ int ane_eval(ane_kernel *k, ane_request *r, char *err, size_t err_len) {
     @try {
         rc = eval_impl(k, r, err, err_len);
     } @catch (id ex) {
-        set_exception(err, err_len, "ane_eval", ex);
+        ane_set_exception(err, err_len, "ane_eval", ex);
         rc = -1;
     }
     ANE_POOL_END;

@@ -5,7 +5,7 @@
 
 #import <Foundation/Foundation.h>
 
-/* ---- manual retain/release only ------------------------------------------------------------ */
+/* ---- manual retain/release only -------------------------------------------------------------- */
 #ifndef __has_feature
 #define __has_feature(x) 0
 #endif

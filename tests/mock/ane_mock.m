@@ -1,8 +1,8 @@
 /* ane_mock.m — test-only stand-in for AppleNeuralEngine.framework: the four private classes under
  * their real names, implementing the protocols of ane_private.h, plus C control functions (eval
  * callback, fault injection, counters) that tests reach through cffi's dlopen of the same .so.
- * Built by `make mock` into build/mock/libane_mock.so; IOSurface symbols are left undefined and bind
- * to the single stub inside anetrain._ane (see csrc/compat/linux/IOSurface/IOSurface.h). */
+ * Built by `make mock` into build/mock/libane_mock.so; IOSurface symbols are left undefined and
+ * bind to the single stub inside anetrain._ane (see csrc/compat/linux/IOSurface/IOSurface.h). */
 #include "objc_compat.h"
 #include "ane_private.h"
 
@@ -94,9 +94,15 @@ static int read_counter(const int *c) {
     return v;
 }
 
-MOCK_API int ane_mock_live_objects(void) { return read_counter(&g.live_objects); }
-MOCK_API int ane_mock_loaded_models(void) { return read_counter(&g.loaded); }
-MOCK_API int ane_mock_compiles(void) { return read_counter(&g.compiles); }
+MOCK_API int ane_mock_live_objects(void) {
+    return read_counter(&g.live_objects);
+}
+MOCK_API int ane_mock_loaded_models(void) {
+    return read_counter(&g.loaded);
+}
+MOCK_API int ane_mock_compiles(void) {
+    return read_counter(&g.compiles);
+}
 MOCK_API int ane_mock_calls(int stage) {
     return stage >= 0 && stage < MOCK_STAGES ? read_counter(&g.calls[stage]) : -1;
 }
@@ -114,7 +120,8 @@ static NSError *mock_error(long code, NSString *desc) {
                                                                 forKey:NSLocalizedDescriptionKey]];
 }
 
-/* Count the call and apply an injected fault: raises, or returns an NSError (autoreleased), or nil. */
+/* Count the call and apply an injected fault: raises, or returns an NSError (autoreleased), or nil.
+ */
 static NSError *take_fault(int stage) {
     int raise = 0;
     NSError *e = nil;
@@ -139,7 +146,8 @@ static BOOL fail_with(NSError **error, NSError *e) {
     return NO;
 }
 
-// ---- base class: live-object counting ------------------------------------------------------------
+// ---- base class: live-object counting
+// ------------------------------------------------------------
 
 @interface ANEMockBase : NSObject
 @end
@@ -156,7 +164,8 @@ static BOOL fail_with(NSError **error, NSError *e) {
 }
 @end
 
-// ---- _ANEInMemoryModelDescriptor -------------------------------------------------------------------
+// ---- _ANEInMemoryModelDescriptor
+// -------------------------------------------------------------------
 
 @interface _ANEInMemoryModelDescriptor : ANEMockBase <ANEInMemoryModelDescriptor> {
     NSData *_milText;
@@ -167,7 +176,9 @@ static BOOL fail_with(NSError **error, NSError *e) {
 @end
 
 @implementation _ANEInMemoryModelDescriptor
-+ (id)modelWithMILText:(NSData *)milText weights:(NSDictionary *)weights optionsPlist:(id)optionsPlist {
++ (id)modelWithMILText:(NSData *)milText
+               weights:(NSDictionary *)weights
+          optionsPlist:(id)optionsPlist {
     if (take_fault(MOCK_DESCRIPTOR) != nil) return nil;
     if (![milText isKindOfClass:[NSData class]] || [milText length] == 0) return nil;
     /* nil weights are accepted here and fail at compile: the real framework's "silent compile
@@ -198,7 +209,8 @@ static BOOL fail_with(NSError **error, NSError *e) {
 }
 @end
 
-// ---- _ANEIOSurfaceObject ---------------------------------------------------------------------------
+// ---- _ANEIOSurfaceObject
+// ---------------------------------------------------------------------------
 
 @interface _ANEIOSurfaceObject : ANEMockBase <ANEIOSurfaceObject> {
     IOSurfaceRef _surface;
@@ -222,7 +234,8 @@ static BOOL fail_with(NSError **error, NSError *e) {
 }
 @end
 
-// ---- _ANERequest ----------------------------------------------------------------------------------
+// ---- _ANERequest
+// ----------------------------------------------------------------------------------
 
 @interface _ANERequest : ANEMockBase <ANERequest> {
     NSArray *_inputs, *_outputs, *_inputIndices, *_outputIndices;
@@ -269,12 +282,14 @@ static BOOL fail_with(NSError **error, NSError *e) {
 }
 @end
 
-// ---- _ANEInMemoryModel ------------------------------------------------------------------------------
+// ---- _ANEInMemoryModel
+// ------------------------------------------------------------------------------
 
 /* FNV-1a, 64-bit */
 static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
     const uint8_t *b = p;
-    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001b3ull;
     return h;
 }
 
@@ -302,15 +317,16 @@ static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
         NSData *mil = [_descriptor milText];
         uint64_t h = fnv1a(0xcbf29ce484222325ull, [mil bytes], [mil length]);
         uint64_t h2 = fnv1a(0x84222325cbf29ce4ull, [mil bytes], [mil length]);
-        NSArray *keys = [[[_descriptor weights] allKeys] sortedArrayUsingSelector:@selector(compare:)];
+        NSArray *keys =
+            [[[_descriptor weights] allKeys] sortedArrayUsingSelector:@selector(compare:)];
         for (NSString *key in keys) {
             NSData *blob = [[[_descriptor weights] objectForKey:key] objectForKey:@"data"];
             h = fnv1a(fnv1a(h, [key UTF8String], strlen([key UTF8String]) + 1), [blob bytes],
                       [blob length]);
             h2 = fnv1a(h2 ^ h, [blob bytes], [blob length]);
         }
-        _hex = [[NSString alloc] initWithFormat:@"%016llx%016llx", (unsigned long long)h,
-                                                (unsigned long long)h2];
+        _hex = [[NSString alloc]
+            initWithFormat:@"%016llx%016llx", (unsigned long long)h, (unsigned long long)h2];
     }
     return _hex;
 }
@@ -329,30 +345,32 @@ static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
     int limit = g.compile_limit;
     pthread_mutex_unlock(&g_lock);
     if (over)
-        return fail_with(error, mock_error(11, [NSString stringWithFormat:
-                                                             @"ANECCompile() FAILED: compiler "
+        return fail_with(
+            error, mock_error(11, [NSString stringWithFormat:@"ANECCompile() FAILED: compiler "
                                                              @"resources exhausted after %d "
                                                              @"compiles in this process",
                                                              limit]));
 
-    NSString *dir = [NSTemporaryDirectory() stringByAppendingPathComponent:[self hexStringIdentifier]];
+    NSString *dir =
+        [NSTemporaryDirectory() stringByAppendingPathComponent:[self hexStringIdentifier]];
     NSData *mil = [NSData dataWithContentsOfFile:[dir stringByAppendingPathComponent:@"model.mil"]];
     if (mil == nil)
-        return fail_with(error, mock_error(4, [NSString stringWithFormat:@"%@/model.mil not found",
-                                                                         dir]));
+        return fail_with(error,
+                         mock_error(4, [NSString stringWithFormat:@"%@/model.mil not found", dir]));
     if (![mil isEqualToData:[_descriptor milText]])
         return fail_with(error, mock_error(5, @"model.mil differs from the descriptor's MIL"));
     NSArray *keys = [[[_descriptor weights] allKeys] sortedArrayUsingSelector:@selector(compare:)];
     NSMutableArray *files = [NSMutableArray arrayWithCapacity:[keys count]];
     for (NSString *key in keys) {
         if (![key hasPrefix:@"@model_path/"])
-            return fail_with(error, mock_error(6, [NSString stringWithFormat:
-                                                                @"weight key %@ lacks @model_path/",
+            return fail_with(
+                error, mock_error(6, [NSString stringWithFormat:@"weight key %@ lacks @model_path/",
                                                                 key]));
         NSString *path = [dir stringByAppendingPathComponent:[key substringFromIndex:12]];
         NSData *blob = [NSData dataWithContentsOfFile:path];
         if (blob == nil)
-            return fail_with(error, mock_error(7, [NSString stringWithFormat:@"%@ not found", path]));
+            return fail_with(error,
+                             mock_error(7, [NSString stringWithFormat:@"%@ not found", path]));
         [files addObject:blob];
     }
     [_mil release];
@@ -430,8 +448,10 @@ static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
     free(data);
     free(sizes);
     if (rc != 0)
-        return fail_with(error, mock_error(rc, [NSString stringWithFormat:@"program failed: %s",
-                                                                          msg[0] ? msg : "eval callback failed"]));
+        return fail_with(
+            error,
+            mock_error(rc, [NSString stringWithFormat:@"program failed: %s",
+                                                      msg[0] ? msg : "eval callback failed"]));
     return YES;
 }
 

@@ -11,10 +11,11 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-# imported before any dlopen of the mock: it promotes the IOSurface stub to RTLD_GLOBAL
-import anetrain.ane as ane
 import cffi
 import numpy as np
+
+# imported before any dlopen of the mock: it promotes the IOSurface stub to RTLD_GLOBAL
+import anetrain.ane as ane
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "build" / "mock" / "libane_mock.so"
 

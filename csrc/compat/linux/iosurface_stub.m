@@ -1,4 +1,5 @@
-/* iosurface_stub.m — heap-backed IOSurface for Linux builds and the mock framework (never on macOS). */
+/* iosurface_stub.m — heap-backed IOSurface for Linux builds and the mock framework (never on
+ * macOS). */
 #include "objc_compat.h"
 #include <IOSurface/IOSurface.h>
 #include <stdlib.h>
@@ -12,7 +13,7 @@ const CFStringRef kIOSurfaceBytesPerRow = (CFStringRef) @"IOSurfaceBytesPerRow";
 const CFStringRef kIOSurfaceAllocSize = (CFStringRef) @"IOSurfaceAllocSize";
 const CFStringRef kIOSurfacePixelFormat = (CFStringRef) @"IOSurfacePixelFormat";
 
-/* ---- the surface ------------------------------------------------------------------------------ */
+/* ---- the surface ----------------------------------------------------------------------------- */
 /* The magic is a non-canonical x86-64/arm64 address, so it can never equal an object's isa pointer:
  * CFRetain/CFRelease use it to tell a surface from an NSObject. */
 #define IOSFC_MAGIC 0x5346434f53554641ull
@@ -28,8 +29,12 @@ struct __IOSurface {
 static int g_live;   /* atomic */
 static int g_locked; /* atomic */
 
-int iosurface_stub_live(void) { return __atomic_load_n(&g_live, __ATOMIC_SEQ_CST); }
-int iosurface_stub_locked(void) { return __atomic_load_n(&g_locked, __ATOMIC_SEQ_CST); }
+int iosurface_stub_live(void) {
+    return __atomic_load_n(&g_live, __ATOMIC_SEQ_CST);
+}
+int iosurface_stub_locked(void) {
+    return __atomic_load_n(&g_locked, __ATOMIC_SEQ_CST);
+}
 
 static int is_surface(CFTypeRef cf) {
     return cf != NULL && ((const struct __IOSurface *)cf)->magic == IOSFC_MAGIC;
@@ -37,14 +42,16 @@ static int is_surface(CFTypeRef cf) {
 
 static size_t prop_size(NSDictionary *props, CFStringRef key) {
     id v = [props objectForKey:(id)key];
-    return [v respondsToSelector:@selector(unsignedLongLongValue)] ? (size_t)[v unsignedLongLongValue]
-                                                                   : 0;
+    return [v respondsToSelector:@selector(unsignedLongLongValue)]
+               ? (size_t)[v unsignedLongLongValue]
+               : 0;
 }
 
 IOSurfaceRef IOSurfaceCreate(CFDictionaryRef properties) {
     NSDictionary *props = (NSDictionary *)properties;
     size_t size = prop_size(props, kIOSurfaceAllocSize);
-    if (size == 0) size = prop_size(props, kIOSurfaceBytesPerRow) * prop_size(props, kIOSurfaceHeight);
+    if (size == 0)
+        size = prop_size(props, kIOSurfaceBytesPerRow) * prop_size(props, kIOSurfaceHeight);
     if (size == 0) return NULL;
     struct __IOSurface *s = calloc(1, sizeof *s);
     if (s == NULL) return NULL;
@@ -76,11 +83,15 @@ IOReturn IOSurfaceUnlock(IOSurfaceRef buffer, IOSurfaceLockOptions options, uint
     return 0;
 }
 
-void *IOSurfaceGetBaseAddress(IOSurfaceRef buffer) { return is_surface(buffer) ? buffer->base : NULL; }
+void *IOSurfaceGetBaseAddress(IOSurfaceRef buffer) {
+    return is_surface(buffer) ? buffer->base : NULL;
+}
 
-size_t IOSurfaceGetAllocSize(IOSurfaceRef buffer) { return is_surface(buffer) ? buffer->size : 0; }
+size_t IOSurfaceGetAllocSize(IOSurfaceRef buffer) {
+    return is_surface(buffer) ? buffer->size : 0;
+}
 
-/* ---- CFRetain / CFRelease: surfaces, or any NSObject ------------------------------------------ */
+/* ---- CFRetain / CFRelease: surfaces, or any NSObject ----------------------------------------- */
 CFTypeRef CFRetain(CFTypeRef cf) {
     if (is_surface(cf))
         __atomic_add_fetch(&((struct __IOSurface *)cf)->refs, 1, __ATOMIC_SEQ_CST);

@@ -1,5 +1,6 @@
-/* IOSurface.h — Linux-only stand-in for <IOSurface/IOSurface.h> with the SDK's names and signatures,
- * backed by heap memory (iosurface_stub.m). Only what anetrain and the mock use. Never on macOS. */
+/* IOSurface.h — Linux-only stand-in for <IOSurface/IOSurface.h> with the SDK's names and
+ * signatures, backed by heap memory (iosurface_stub.m). Only what anetrain and the mock use. Never
+ * on macOS. */
 #ifndef ANE_LINUX_IOSURFACE_H
 #define ANE_LINUX_IOSURFACE_H
 
@@ -39,7 +40,8 @@ IOSFC_API extern const CFStringRef kIOSurfacePixelFormat;
 /* Returns a surface with retain count 1 (release with CFRelease), or NULL. */
 IOSFC_API IOSurfaceRef IOSurfaceCreate(CFDictionaryRef properties);
 IOSFC_API IOReturn IOSurfaceLock(IOSurfaceRef buffer, IOSurfaceLockOptions options, uint32_t *seed);
-IOSFC_API IOReturn IOSurfaceUnlock(IOSurfaceRef buffer, IOSurfaceLockOptions options, uint32_t *seed);
+IOSFC_API IOReturn IOSurfaceUnlock(IOSurfaceRef buffer, IOSurfaceLockOptions options,
+                                   uint32_t *seed);
 IOSFC_API void *IOSurfaceGetBaseAddress(IOSurfaceRef buffer);
 IOSFC_API size_t IOSurfaceGetAllocSize(IOSurfaceRef buffer);
 
