@@ -111,3 +111,17 @@ def test_init_statistics(rng):
     assert np.all(p.rms_final == 1.0) and np.all(p.layers[1].rms_att == 1.0)
     assert len(p) == cfg.n_params()
     assert p.wcls is p.embed
+
+
+def test_dw_on_worker_thread_is_identical(rng):
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg, p, x, y = _setup(rng, n_kv_heads=2)
+    kern = CpuKernels(cfg, p)
+    g1, g2 = p.zeros_like(), p.zeros_like()
+    micro_step(p, g1, kern, x, y, accumulate=False)
+    micro_step(p, g1, kern, y, x, accumulate=True)
+    with ThreadPoolExecutor(1) as pool:
+        micro_step(p, g2, kern, x, y, accumulate=False, dw_pool=pool)
+        micro_step(p, g2, kern, y, x, accumulate=True, dw_pool=pool)
+    np.testing.assert_array_equal(g1.flat, g2.flat)

@@ -46,6 +46,29 @@ def _matmul_into(g: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool) 
         np.matmul(a, b, out=g)
 
 
+class _DwQueue:
+    """Runs the dW sgemms inline, or on a worker thread so they overlap kernel evaluations.
+
+    numpy releases the GIL inside BLAS, so while an ANE (or simulator) kernel evaluates, the
+    worker accumulates weight gradients. Jobs run in submission order on one thread, so two jobs
+    never write the same gradient buffer at once; `wait` re-raises a worker error.
+    """
+
+    def __init__(self, pool):
+        self.pool, self.jobs = pool, []
+
+    def add(self, g: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool) -> None:
+        if self.pool is None:
+            _matmul_into(g, a, b, accumulate)
+        else:
+            self.jobs.append(self.pool.submit(_matmul_into, g, a, b, accumulate))
+
+    def wait(self) -> None:
+        jobs, self.jobs = self.jobs, []
+        for j in jobs:
+            j.result()
+
+
 def forward(params: Params, kern, tokens: np.ndarray, keep: bool = True):
     """Forward pass to the final hidden state. Returns (x_pre_final [D,S], acts list or None)."""
     cfg = params.cfg
@@ -80,13 +103,17 @@ def micro_step(
     targets: np.ndarray,
     accumulate: bool,
     loss_scale: float = 1.0,
+    dw_pool=None,
 ) -> float:
     """Forward + backward of one sequence; adds loss_scale * dLoss/dparams into `grads`.
 
     tokens, targets: int32 [S]. accumulate=False overwrites `grads` (first micro-step of an
-    optimizer step), True adds to them. Returns the (unscaled) mean cross-entropy loss.
+    optimizer step), True adds to them. dw_pool: an executor with one worker to overlap the dW
+    sgemms with kernel evaluations (ANE/sim backends), or None to run them inline. Returns the
+    (unscaled) mean cross-entropy loss.
     """
     cfg = params.cfg
+    dw = _DwQueue(dw_pool)
     if not accumulate:  # the C backward of RMSNorm and the embedding scatter only add
         grads.flat[grads.n_decay :] = 0.0
         if not cfg.shared_classifier:
@@ -99,7 +126,7 @@ def micro_step(
     loss, dlogits = native.cross_entropy(logits, targets, scale=loss_scale, out=logits)
 
     # ---- classifier and final norm (the tied classifier gradient lands in grads.embed first)
-    _matmul_into(grads.wcls, dlogits, xf.T, accumulate)  # [V, D]
+    dw.add(grads.wcls, dlogits, xf.T, accumulate)  # [V, D]
     dxf = params.wcls.T @ dlogits  # [D, S]
     del logits, dlogits
     dy = native.rmsnorm_bwd(dxf, x, params.rms_final, r_fin, grads.rms_final, out=dxf)
@@ -109,29 +136,30 @@ def micro_step(
         a, lp, gp = acts[layer], params.layers[layer], grads.layers[layer]
         # FFN branch: x_out = x2 + W2 (silu(W1 x2n) * W3 x2n)
         dgate = kern.ffn_bwd_w2t(layer, dy)  # [F, S]
-        _matmul_into(gp.w2, dy, a.gate.T, accumulate)
+        dw.add(gp.w2, dy, a.gate.T, accumulate)
         dh1, dh3 = native.swiglu_bwd(dgate, a.h1, a.h3, dh1=dgate)  # [F, S] each
-        _matmul_into(gp.w1, dh1, a.x2n.T, accumulate)
-        _matmul_into(gp.w3, dh3, a.x2n.T, accumulate)
+        dw.add(gp.w1, dh1, a.x2n.T, accumulate)
+        dw.add(gp.w3, dh3, a.x2n.T, accumulate)
         dx2n = kern.ffn_bwd_w13t(layer, dh1, dh3)  # [D, S]
         dx2 = native.rmsnorm_bwd(dx2n, a.x2, lp.rms_ffn, a.r_ffn, gp.rms_ffn, out=dx2n)
         dx2 += dy
         # attention branch: x2 = x + Wo attn(RoPE(Wq xn), RoPE(Wk xn), Wv xn)
         dattn = kern.wot_bwd(layer, dx2)  # [Q, S]
-        _matmul_into(gp.wo, dx2, a.attn.T, accumulate)
+        dw.add(gp.wo, dx2, a.attn.T, accumulate)
         k_t, v_t = tile_kv(a.k, cfg), tile_kv(a.v, cfg)  # [Q, S]
         dq, dk_full, dv_full = kern.sdpa_bwd(layer, a.q, k_t, v_t, dattn)
         dk, dv = reduce_kv(dk_full, cfg), reduce_kv(dv_full, cfg)  # [KV, S]
         native.rope_bwd(dq, kern.cos, kern.sin, cfg.n_heads)
         native.rope_bwd(dk, kern.cos, kern.sin, cfg.n_kv_heads)
-        _matmul_into(gp.wq, dq, a.xn.T, accumulate)
-        _matmul_into(gp.wk, dk, a.xn.T, accumulate)
-        _matmul_into(gp.wv, dv, a.xn.T, accumulate)
+        dw.add(gp.wq, dq, a.xn.T, accumulate)
+        dw.add(gp.wk, dk, a.xn.T, accumulate)
+        dw.add(gp.wv, dv, a.xn.T, accumulate)
         dxn = kern.q_bwd(layer, dq)  # [D, S]
         dxn += kern.kv_bwd(layer, dk, dv)
         dy = native.rmsnorm_bwd(dxn, a.x, lp.rms_att, a.r_att, gp.rms_att, out=dxn)
         dy += dx2
         acts[layer] = None  # free this layer's activations early (peak memory)
 
+    dw.wait()  # the tied embedding gradient (classifier part) must be complete before the scatter
     native.embed_bwd(grads.embed, dy, tokens)
     return loss

@@ -73,3 +73,42 @@ class AdamW:
         )
         native.adamw(p[:n], m[:n], v[:n], g[:n], wd=self.wd, **common)  # matrices, embedding
         native.adamw(p[n:], m[n:], v[n:], g[n:], wd=0.0, **common)  # norm weights
+
+
+class LossScaler:
+    """Dynamic loss scaling for fp16 kernels (upstream.md §8.1: tiny gradient products vanish).
+
+    The loss gradient is multiplied by `scale` before the backward; on inf/NaN in any gradient
+    the optimizer step is skipped and the scale halved; after `interval` clean steps it doubles.
+    `scale` 1 with dynamic=False is the fp32 cpu backend (no scaling, never skips).
+    """
+
+    def __init__(self, scale: float = 2.0**12, dynamic: bool = True, interval: int = 1000):
+        self.scale, self.dynamic, self.interval = float(scale), dynamic, interval
+        self.clean = 0  # consecutive clean steps since the last change
+        self.skipped = 0  # total skipped steps
+
+    def update(self, finite: bool) -> bool:
+        """Record one step's gradient health; True means skip this optimizer step."""
+        if not self.dynamic:
+            return False
+        if not finite:
+            self.scale = max(self.scale / 2.0, 2.0**-24)
+            self.clean = 0
+            self.skipped += 1
+            return True
+        self.clean += 1
+        if self.clean >= self.interval:
+            self.scale *= 2.0
+            self.clean = 0
+        return False
+
+    def state(self) -> dict:
+        return {"scale": self.scale, "clean": self.clean, "skipped": self.skipped}
+
+    def set_state(self, st: dict) -> None:
+        self.scale, self.clean, self.skipped = (
+            float(st["scale"]),
+            int(st["clean"]),
+            int(st["skipped"]),
+        )

@@ -165,7 +165,7 @@ def train(argv: list[str] | None) -> int:
     from anetrain.backends import make_kernels, pick_backend
     from anetrain.data import WindowSampler, check_length, eval_windows, open_dataset
     from anetrain.model import loss_only, micro_step
-    from anetrain.optim import AdamW, clip_factor, get_lr, grad_norm
+    from anetrain.optim import AdamW, LossScaler, clip_factor, get_lr, grad_norm
     from anetrain.params import init_params
 
     out = Path(args.out)
@@ -241,6 +241,16 @@ def train(argv: list[str] | None) -> int:
         sampler.set_state(resumed.meta["sampler"])
     backend = pick_backend(tc.backend, verbose=not args.quiet)
     kern = make_kernels(backend, cfg, params)
+    # fp16 kernels need loss scaling; the fp32 cpu kernels do not (scale 1, never skips)
+    fp16 = getattr(kern, "fp16", False)
+    scaler = LossScaler(2.0**12 if fp16 else 1.0, dynamic=fp16)
+    if resumed is not None and "scaler" in resumed.meta:
+        scaler.set_state(resumed.meta["scaler"])
+    dw_pool = None
+    if getattr(kern, "overlap_dw", False):  # dW sgemms on a worker thread, behind kernel evals
+        from concurrent.futures import ThreadPoolExecutor
+
+        dw_pool = ThreadPoolExecutor(1, thread_name_prefix="anetrain-dw")
 
     metrics_path = out / METRICS_NAME
     if resumed is not None and metrics_path.exists():  # drop lines past the checkpoint's step
@@ -256,6 +266,7 @@ def train(argv: list[str] | None) -> int:
 
     def save_checkpoint(step: int, sampler_state: dict) -> None:
         meta = {
+            "scaler": scaler.state(),
             "step": step,
             "adam_t": opt.t,
             "train": tc.to_dict(),
@@ -309,18 +320,29 @@ def train(argv: list[str] | None) -> int:
             loss_sum = 0.0
             for micro in range(tc.accum):
                 x, y = sampler.next()
-                loss = micro_step(params, grads, kern, x, y, accumulate=micro > 0)
+                loss = micro_step(
+                    params,
+                    grads,
+                    kern,
+                    x,
+                    y,
+                    accumulate=micro > 0,
+                    loss_scale=scaler.scale,
+                    dw_pool=dw_pool,
+                )
                 if not math.isfinite(loss):
                     raise UserError(
                         f"{data.source}: loss is {loss} at step {step + 1} (micro-step "
                         f"{micro + 1}); stopping, the last checkpoint is kept as it was"
                     )
                 loss_sum += loss
-            scale = 1.0 / tc.accum  # gradients averaged over the micro-steps
+            scale = 1.0 / (tc.accum * scaler.scale)  # unscale, average over micro-steps
             norm = grad_norm(grads, scale, threads)
-            scale *= clip_factor(norm, tc.clip)
-            opt.step(grads, lr, grad_scale=scale)
-            kern.update_weights()
+            skipped = scaler.update(math.isfinite(norm))
+            if not skipped:
+                scale *= clip_factor(norm, tc.clip)
+                opt.step(grads, lr, grad_scale=scale)
+                kern.update_weights()
             step += 1
             sampler_state = sampler.state()
             ms = (time.perf_counter() - t0) * 1000.0
@@ -333,6 +355,9 @@ def train(argv: list[str] | None) -> int:
                 "ms": round(ms, 3),
                 "grad_norm": norm,
             }
+            if scaler.dynamic:
+                rec["loss_scale"] = scaler.scale
+                rec["skipped"] = scaler.skipped
             if data.val is not None and (
                 (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps
             ):
@@ -363,6 +388,8 @@ def train(argv: list[str] | None) -> int:
         return 130
     finally:
         metrics.close()
+        if dw_pool is not None:
+            dw_pool.shutdown()
     bar.close()
 
     # ---- efficiency report
@@ -379,6 +406,10 @@ def train(argv: list[str] | None) -> int:
             f"achieved {flops_per_token * tok_s / 1e9:.1f} GFLOPS "
             f"({flops_per_token / 1e6:.1f} MFLOP/token), peak RSS {peak_rss_mb():.0f} MB"
         )
+        if scaler.dynamic:
+            print(f"loss scale {scaler.scale:g}, skipped steps {scaler.skipped}")
+        for key, val in getattr(kern, "stats", dict)().items():  # backend figures (sim/ane)
+            print(f"{key}: {val}")
         print(f"checkpoint: {out / CKPT_NAME}, metrics: {metrics_path}")
     return 0
 
