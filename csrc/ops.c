@@ -1,14 +1,14 @@
-/* ops.c — CPU kernels over channel-first [C, S] fp32 activations: RMSNorm, cross-entropy, SwiGLU, RoPE, embedding, AdamW. */
+/* ops.c — CPU kernels on channel-first [C, S] fp32: RMSNorm, CE, SwiGLU, RoPE, embedding, AdamW. */
 #include <math.h>
 #include <stdlib.h>
 
 #include "anet.h"
 
 /* Positions are processed in blocks of TB so per-position accumulators live on the stack while the
- * inner loops stream contiguous row segments of TB floats (channel-first: row c is x[c*S .. +S)). */
+ * inner loops stream contiguous row segments of TB floats (channel-first: row c is x[c*S, +S)). */
 #define TB 256
 
-// ---- RMSNorm -----------------------------------------------------------------------------------
+// ---- RMSNorm ------------------------------------------------------------------------------------
 
 void anet_rmsnorm_fwd(float *y, float *rrms, const float *x, const float *w, int D, int S,
                       float eps) {
@@ -44,7 +44,7 @@ void anet_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, con
         int tn = S - t0 < TB ? S - t0 : TB;
         const float *r = rrms + t0;
         for (int t = 0; t < tn; t++) c[t] = 0.0;
-        for (int d = 0; d < D; d++) {  /* c[t] = sum_d w*dy*x; dw[d] += sum_t dy*x*r (dy still intact) */
+        for (int d = 0; d < D; d++) {  /* c[t] = sum_d w*dy*x; dw[d] += sum_t dy*x*r (dy intact) */
             const float *dyr = dy + (size_t)d * S + t0, *xr = x + (size_t)d * S + t0;
             const double wd = w[d];
             double acc = 0.0;
@@ -65,7 +65,7 @@ void anet_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, con
     }
 }
 
-// ---- softmax cross-entropy over [V, S] -----------------------------------------------------------
+// ---- softmax cross-entropy over [V, S] ----------------------------------------------------------
 
 double anet_cross_entropy(float *dlogits, const float *logits, const int32_t *targets, int V, int S,
                           float scale) {
@@ -113,7 +113,7 @@ double anet_cross_entropy(float *dlogits, const float *logits, const int32_t *ta
     return S > 0 ? loss / S : 0.0;
 }
 
-// ---- SwiGLU --------------------------------------------------------------------------------------
+// ---- SwiGLU -------------------------------------------------------------------------------------
 
 void anet_swiglu_fwd(float *gate, const float *h1, const float *h3, size_t n) {
     /* gate, h1, h3: [n] (gate may alias either input) */
@@ -136,7 +136,7 @@ void anet_swiglu_bwd(float *dh1, float *dh3, const float *dgate, const float *h1
     }
 }
 
-// ---- RoPE ----------------------------------------------------------------------------------------
+// ---- RoPE ---------------------------------------------------------------------------------------
 
 /* Rotate every pair by +angle (dir = 1, forward) or -angle (dir = -1, the transpose / backward). */
 static void rope(float *x, const float *cos_t, const float *sin_t, int n_heads, int hd, int S,
@@ -186,7 +186,7 @@ void anet_rope_bwd(float *x, const float *cos_t, const float *sin_t, int n_heads
     rope(x, cos_t, sin_t, n_heads, head_dim, S, -1.0f);
 }
 
-// ---- embedding -----------------------------------------------------------------------------------
+// ---- embedding ----------------------------------------------------------------------------------
 
 static int tokens_ok(const int32_t *tok, int V, int S) {
     for (int t = 0; t < S; t++)
@@ -220,30 +220,96 @@ int anet_embed_bwd(float *demb, const float *dx, const int32_t *tok, int V, int 
     return 0;
 }
 
-// ---- AdamW and the global norm -------------------------------------------------------------------
+// ---- AdamW and the global norm ------------------------------------------------------------------
 
-void anet_adamw(float *restrict p, float *restrict m, float *restrict v, const float *restrict g,
-                size_t n, double lr, double beta1, double beta2, double eps, double wd,
-                double grad_scale, int step) {
-    /* p, m, v, g: [n]. The fp32 constants below are exactly the scalars torch's single-tensor
-     * AdamW hands its fp32 kernels (Python floats combined in double, then cast once). */
-    const float decay = (float)(1.0 - lr * wd);
-    const float w1 = (float)(1.0 - beta1);            /* m.lerp_(g, 1-b1): m + w1*(g-m) */
-    const float b2 = (float)beta2, w2 = (float)(1.0 - beta2);
-    const double bc1 = 1.0 - pow(beta1, step), bc2 = 1.0 - pow(beta2, step);
-    const float neg_step = (float)(-(lr / bc1));
-    const float bc2_sqrt = (float)sqrt(bc2);
-    const float epsf = (float)eps, gs = (float)grad_scale;
-    for (size_t i = 0; i < n; i++) {
-        float gi = g[i] * gs;
-        float pi = p[i] * decay;
-        float mi = m[i] + w1 * (gi - m[i]);
-        float vi = v[i] * b2 + (w2 * gi) * gi;
-        float denom = sqrtf(vi) / bc2_sqrt + epsf;
-        p[i] = pi + (neg_step * mi) / denom;
-        m[i] = mi;
-        v[i] = vi;
+/* The fp32 constants of one AdamW step: exactly the scalars torch's single-tensor AdamW hands its
+ * fp32 kernels (Python floats combined in double, then cast once). */
+typedef struct {
+    float decay, w1, b2, w2, neg_step, bc2_sqrt, eps, gs;
+} adamw_k;
+
+static inline float adamw_one(float *p, float *m, float *v, float g, const adamw_k *k) {
+    float gi = g * k->gs;
+    float pi = *p * k->decay;                          /* p.mul_(1 - lr*wd) */
+    float mi = *m + k->w1 * (gi - *m);                 /* m.lerp_(g, 1-b1) */
+    float vi = *v * k->b2 + (k->w2 * gi) * gi;         /* v.mul_(b2).addcmul_(g, g, 1-b2) */
+    float denom = sqrtf(vi) / k->bc2_sqrt + k->eps;    /* (v.sqrt() / sqrt(bc2)).add_(eps) */
+    *m = mi;
+    *v = vi;
+    return pi + (k->neg_step * mi) / denom;            /* p.addcdiv_(m, denom, -lr/bc1) */
+}
+
+/* The same operations 4 lanes at a time. sqrtf() keeps gcc from vectorising the C loop (errno),
+ * so use the ISA's IEEE sqrt/div directly: results are bit-identical to adamw_one. */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+static size_t adamw_simd(float *p, float *m, float *v, const float *g, size_t n,
+                         const adamw_k *k) {
+    const __m128 gs = _mm_set1_ps(k->gs), decay = _mm_set1_ps(k->decay), w1 = _mm_set1_ps(k->w1);
+    const __m128 b2 = _mm_set1_ps(k->b2), w2 = _mm_set1_ps(k->w2), ns = _mm_set1_ps(k->neg_step);
+    const __m128 bc = _mm_set1_ps(k->bc2_sqrt), eps = _mm_set1_ps(k->eps);
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        __m128 gi = _mm_mul_ps(_mm_loadu_ps(g + i), gs);
+        __m128 pi = _mm_mul_ps(_mm_loadu_ps(p + i), decay);
+        __m128 mo = _mm_loadu_ps(m + i);
+        __m128 mi = _mm_add_ps(mo, _mm_mul_ps(w1, _mm_sub_ps(gi, mo)));
+        __m128 vi = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(v + i), b2),
+                               _mm_mul_ps(_mm_mul_ps(w2, gi), gi));
+        __m128 den = _mm_add_ps(_mm_div_ps(_mm_sqrt_ps(vi), bc), eps);
+        _mm_storeu_ps(m + i, mi);
+        _mm_storeu_ps(v + i, vi);
+        _mm_storeu_ps(p + i, _mm_add_ps(pi, _mm_div_ps(_mm_mul_ps(ns, mi), den)));
     }
+    return i;
+}
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+static size_t adamw_simd(float *p, float *m, float *v, const float *g, size_t n,
+                         const adamw_k *k) {
+    const float32x4_t gs = vdupq_n_f32(k->gs), decay = vdupq_n_f32(k->decay);
+    const float32x4_t w1 = vdupq_n_f32(k->w1), b2 = vdupq_n_f32(k->b2), w2 = vdupq_n_f32(k->w2);
+    const float32x4_t ns = vdupq_n_f32(k->neg_step), bc = vdupq_n_f32(k->bc2_sqrt);
+    const float32x4_t eps = vdupq_n_f32(k->eps);
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {   /* vmulq/vaddq, never vfmaq: same rounding as the scalar code */
+        float32x4_t gi = vmulq_f32(vld1q_f32(g + i), gs);
+        float32x4_t pi = vmulq_f32(vld1q_f32(p + i), decay);
+        float32x4_t mo = vld1q_f32(m + i);
+        float32x4_t mi = vaddq_f32(mo, vmulq_f32(w1, vsubq_f32(gi, mo)));
+        float32x4_t vi = vaddq_f32(vmulq_f32(vld1q_f32(v + i), b2),
+                                   vmulq_f32(vmulq_f32(w2, gi), gi));
+        float32x4_t den = vaddq_f32(vdivq_f32(vsqrtq_f32(vi), bc), eps);
+        vst1q_f32(m + i, mi);
+        vst1q_f32(v + i, vi);
+        vst1q_f32(p + i, vaddq_f32(pi, vdivq_f32(vmulq_f32(ns, mi), den)));
+    }
+    return i;
+}
+#else
+static size_t adamw_simd(float *p, float *m, float *v, const float *g, size_t n,
+                         const adamw_k *k) {
+    (void)p; (void)m; (void)v; (void)g; (void)n; (void)k;
+    return 0;
+}
+#endif
+
+void anet_adamw(float *p, float *m, float *v, const float *g, size_t n, double lr, double beta1,
+                double beta2, double eps, double wd, double grad_scale, int step) {
+    /* p, m, v, g: [n] */
+    const double bc1 = 1.0 - pow(beta1, step), bc2 = 1.0 - pow(beta2, step);
+    const adamw_k k = {
+        .decay = (float)(1.0 - lr * wd),
+        .w1 = (float)(1.0 - beta1),
+        .b2 = (float)beta2,
+        .w2 = (float)(1.0 - beta2),
+        .neg_step = (float)(-(lr / bc1)),
+        .bc2_sqrt = (float)sqrt(bc2),
+        .eps = (float)eps,
+        .gs = (float)grad_scale,
+    };
+    for (size_t i = adamw_simd(p, m, v, g, n, &k); i < n; i++)
+        p[i] = adamw_one(p + i, m + i, v + i, g[i], &k);
 }
 
 double anet_sumsq(const float *x, size_t n) {

@@ -1,4 +1,4 @@
-/* test_fp16.c — C-only exhaustive check: every fast fp16 path equals the scalar reference bit-for-bit. */
+/* test_fp16.c — C-only exhaustive check: every fast fp16 path equals the scalar reference. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,7 +53,7 @@ static void test_encode(int impl) {
         float a, b;
         anet_f16_to_f32(&a, &h, 1, 0);
         anet_f16_to_f32(&b, &h1, 1, 0);
-        float mid = (float)(((double)a + (double)b) / 2);  /* exact for neighbouring finite halves */
+        float mid = (float)(((double)a + (double)b) / 2);  /* exact for finite neighbours */
         x[k++] = a;
         x[k++] = -a;
         x[k++] = mid;
