@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from anetrain.mil.kernels import KernelSpec
 from anetrain.mil.reference import REFERENCE
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from anetrain.config import preset
 from anetrain.mil.ir import format_program
 from anetrain.mil.kernels import KERNELS, build_kernels

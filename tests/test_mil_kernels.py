@@ -6,12 +6,13 @@ import warnings
 
 import numpy as np
 import pytest
+from mil_util import random_case
+
 from anetrain.config import ModelConfig, preset
 from anetrain.mil import MilError
 from anetrain.mil.kernels import KERNELS, build_kernels
 from anetrain.mil.reference import REFERENCE
 from anetrain.mil.sim import Simulation
-from mil_util import random_case
 
 U = 2.0**-11  # fp16 unit roundoff (RNE): one rounding moves a value by at most U·|value|
 
