@@ -57,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--min-lr", type=float, default=None, help="final learning rate (lr/10)")
     g.add_argument(
-        "--warmup", type=int, default=None, help="linear warmup steps (min(100, steps/10))"
+        "--warmup",
+        type=int,
+        default=None,
+        help="linear warmup steps (10%% of the schedule, at most 100)",
     )
     g.add_argument(
         "--lr-decay-steps",
@@ -77,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=BACKENDS,
         help="auto (ane on Apple silicon when available, else cpu), cpu, sim, ane",
     )
-    g.add_argument("--out", default="out", help="output directory (default out/)")
+    g.add_argument(
+        "--out", default=None, help="output directory (default out/, or the --resume DIR)"
+    )
     g.add_argument(
         "--ckpt-every", type=int, default=None, help="checkpoint every N steps (end only)"
     )
@@ -168,13 +173,14 @@ def train(argv: list[str] | None) -> int:
     from anetrain.optim import AdamW, LossScaler, clip_factor, get_lr, grad_norm
     from anetrain.params import init_params
 
-    out = Path(args.out)
+    # --resume DIR keeps writing into DIR unless --out says otherwise
+    out = Path(args.out if args.out is not None else (args.resume or "out"))
     flags = {k: v for k, v in vars(args).items() if v is not None}
 
     # ---- resume or fresh start
     resumed = None
     if args.resume is not None:
-        rdir = Path(args.resume or args.out)
+        rdir = Path(args.resume or out)
         resumed = ckpt_io.load(rdir / CKPT_NAME if rdir.is_dir() or not rdir.exists() else rdir)
         saved = dict(resumed.meta.get("train", {}))
         tc_dict = {**saved, **{f: flags[a] for a, f in _TRAIN_FLAGS.items() if a in flags}}
@@ -208,8 +214,8 @@ def train(argv: list[str] | None) -> int:
         if "min_lr" not in flags:
             flags["min_lr"] = flags["lr"] / 10
         tc = TrainConfig(**{f: flags[a] for a, f in _TRAIN_FLAGS.items() if a in flags})
-        if "warmup" not in flags:
-            tc.warmup = min(100, tc.steps // 10)
+        if "warmup" not in flags:  # 10% of the schedule, at most 100 steps
+            tc.warmup = min(100, (tc.lr_decay_steps or tc.steps) // 10)
         data = open_dataset(args.data, args.vocab_size, args.val_data)
         cfg = preset(model_name, vocab_size=data.vocab_size, seq_len=args.seq)
         if (out / CKPT_NAME).exists() and not args.overwrite:

@@ -1,0 +1,154 @@
+"""The training CLI end to end: it trains, resumes bit-identically, refuses bad input cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import write_tokens
+
+from anetrain import checkpoint
+from anetrain.train import main
+
+TINY = ["--model", "tiny", "--quiet", "--threads", "2"]
+
+
+def _metrics(d):
+    return [json.loads(ln) for ln in (d / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_trains_on_embedded_data(tmp_path):
+    out = tmp_path / "D"
+    assert main([*TINY, "--steps", "30", "--out", str(out)]) == 0
+    m = _metrics(out)
+    assert [r["step"] for r in m] == list(range(1, 31))
+    assert {"step", "loss", "lr", "tokens", "ms"} <= set(m[0])
+    assert m[-1]["tokens"] == 30 * 64
+    assert "val_loss" in m[-1]  # the embedded dataset has a val split: evaluated at the end
+    assert m[-1]["loss"] < m[0]["loss"] - 0.5, (m[0]["loss"], m[-1]["loss"])
+    ck = checkpoint.load(out / "checkpoint.bin")
+    assert ck.meta["step"] == 30 and ck.meta["adam_t"] == 30
+
+
+def test_resume_is_bit_identical(tmp_path):
+    a, b = tmp_path / "A", tmp_path / "B"
+    common = [*TINY, "--seed", "7", "--accum", "2", "--eval-every", "5"]
+    assert main([*common, "--steps", "20", "--out", str(a)]) == 0
+    # the same 20-step schedule, interrupted after 10 steps and resumed
+    assert main([*common, "--steps", "10", "--lr-decay-steps", "20", "--out", str(b)]) == 0
+    assert main(["--quiet", "--threads", "2", "--resume", str(b), "--steps", "20"]) == 0
+    ca, cb = checkpoint.load(a / "checkpoint.bin"), checkpoint.load(b / "checkpoint.bin")
+    np.testing.assert_array_equal(ca.params.flat, cb.params.flat)
+    np.testing.assert_array_equal(ca.m.flat, cb.m.flat)
+    np.testing.assert_array_equal(ca.v.flat, cb.v.flat)
+    ma, mb = _metrics(a), _metrics(b)
+    assert len(mb) == 20
+    for ra, rb in zip(ma, mb):
+        assert (ra["step"], ra["loss"], ra["lr"], ra.get("val_loss")) == (
+            rb["step"],
+            rb["loss"],
+            rb["lr"],
+            rb.get("val_loss"),
+        )
+
+
+def test_interrupted_run_metrics_are_trimmed_on_resume(tmp_path):
+    out = tmp_path / "R"
+    assert main([*TINY, "--steps", "4", "--ckpt-every", "2", "--out", str(out)]) == 0
+    # pretend the run died after step 3: checkpoint at 2, a stale metrics line for step 3
+    ck = checkpoint.load(out / "checkpoint.bin")
+    ck.meta["step"] = 2
+    checkpoint.save(out / "checkpoint.bin", ck)
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    (out / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    assert main(["--quiet", "--resume", str(out), "--steps", "5"]) == 0
+    assert [r["step"] for r in _metrics(out)] == [1, 2, 3, 4, 5]
+
+
+# ---- bad input: one line naming the file and the problem, exit 2, nothing saved is touched
+
+
+def _err(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("anetrain.train: error: "), err
+    return err
+
+
+def test_bad_data_files(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "o")]
+    missing = tmp_path / "nope.bin"
+    assert str(missing) in _err(capsys, [*TINY, "--data", str(missing), *out])
+    odd = tmp_path / "odd.bin"
+    odd.write_bytes(b"\x01\x00\x02")
+    assert "odd byte count" in _err(capsys, [*TINY, "--data", str(odd), *out])
+    big = tmp_path / "big.bin"
+    write_tokens(big, [1, 2, 3, 40000, 5] * 40)
+    e = _err(capsys, [*TINY, "--data", str(big), *out])
+    assert "40000" in e and "vocab" in e and str(big) in e
+    short = tmp_path / "short.bin"
+    write_tokens(short, np.arange(64) % 100)  # tiny's seq is 64: needs >= 65 tokens
+    e = _err(capsys, [*TINY, "--data", str(short), "--vocab-size", "100", *out])
+    assert "shorter than seq_len + 1" in e and str(short) in e
+    empty = tmp_path / "d"
+    empty.mkdir()
+    assert "meta.json" in _err(capsys, [*TINY, "--data", str(empty), *out])
+
+
+def test_bad_flags(tmp_path, capsys):
+    assert "unknown model preset" in _err(capsys, ["--model", "huge", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:  # argparse: usage line + one error line, exit 2
+        main(["--backend", "gpu"])
+    assert e.value.code == 2
+    assert "invalid choice: 'gpu'" in capsys.readouterr().err
+    assert "--accum" in _err(capsys, [*TINY, "--accum", "0", "--out", str(tmp_path)])
+
+
+def test_unwritable_output_dir(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    e = _err(capsys, [*TINY, "--steps", "1", "--out", str(blocker / "sub")])
+    assert "not writable" in e and "sub" in e
+
+
+def test_existing_checkpoint_is_never_clobbered(tmp_path, capsys):
+    out = tmp_path / "C"
+    assert main([*TINY, "--steps", "2", "--out", str(out)]) == 0
+    before = (out / "checkpoint.bin").read_bytes()
+    # a fresh run into the same directory is refused
+    assert "already exists" in _err(capsys, [*TINY, "--steps", "2", "--out", str(out)])
+    # resume with a different model is refused
+    e = _err(capsys, ["--quiet", "--resume", str(out), "--model", "stories15m", "--steps", "3"])
+    assert "does not match" in e
+    # a run whose loss turns NaN stops without writing a checkpoint
+    ck = checkpoint.load(out / "checkpoint.bin")
+    ck.params.layers[0].wq[0, 0] = np.nan
+    checkpoint.save(out / "checkpoint.bin", ck)
+    poisoned = (out / "checkpoint.bin").read_bytes()
+    e = _err(capsys, ["--quiet", "--resume", str(out), "--steps", "5", "--ckpt-every", "1"])
+    assert "loss is nan" in e
+    assert (out / "checkpoint.bin").read_bytes() == poisoned
+    # a truncated checkpoint is refused on resume, and left as it is
+    (out / "checkpoint.bin").write_bytes(before[: len(before) // 2])
+    e = _err(capsys, ["--quiet", "--resume", str(out), "--steps", "5"])
+    assert "truncated" in e and "checkpoint.bin" in e
+    assert (out / "checkpoint.bin").read_bytes() == before[: len(before) // 2]
+
+
+def test_cli_subprocess_no_traceback(tmp_path):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    r = subprocess.run(
+        [sys.executable, "-m", "anetrain.train", "--data", str(tmp_path / "x.bin")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    want = f"anetrain.train: error: {tmp_path / 'x.bin'}: no such file or dataset directory"
+    assert r.stderr.strip() == want
