@@ -100,6 +100,13 @@ static void f32_to_f16_f16c(uint16_t *out, const float *in, size_t n) {
 __attribute__((target("avx,f16c")))
 static void f16_to_f32_f16c(float *out, const uint16_t *in, size_t n) {
     size_t i = 0;
+    if (n >= STREAM_MIN && (uintptr_t)out % 4u == 0) {
+        size_t head = ((32u - ((uintptr_t)out & 31u)) & 31u) / 4u;     /* floats until 32B-aligned */
+        f16_to_f32_scalar(out, in, head);
+        for (i = head; i + 8 <= n; i += 8)
+            _mm256_stream_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(in + i))));
+        _mm_sfence();
+    }
     for (; i + 16 <= n; i += 16) {
         __m256 a = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(in + i)));
         __m256 b = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(in + i + 8)));

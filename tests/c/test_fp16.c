@@ -40,6 +40,20 @@ static void test_decode(int impl) {
         if (f2u(ref[i]) != f2u(got[i]) && !bad++) first = i;
     report("decode all halves", impl, bad, first);
     free(h); free(ref); free(got);
+
+    /* every half 40 times over at an odd offset: the large-buffer (streaming store) paths */
+    size_t big = 40 * 65536;
+    h = malloc((big + 1) * sizeof *h);
+    ref = malloc((big + 1) * sizeof *ref);
+    got = malloc((big + 1) * sizeof *got);
+    for (size_t i = 0; i <= big; i++) h[i] = (uint16_t)(i * 40503u);
+    anet_f16_to_f32(ref + 1, h + 1, big, 0);
+    anet_f16_to_f32(got + 1, h + 1, big, impl);
+    bad = 0;
+    for (size_t i = 1; i <= big; i++)
+        if (f2u(ref[i]) != f2u(got[i]) && !bad++) first = i;
+    report("decode large, unaligned", impl, bad, first);
+    free(h); free(ref); free(got);
 }
 
 /* Encode: every half's exact value, every midpoint between neighbours and one ulp either side,
@@ -78,6 +92,11 @@ static void test_encode(int impl) {
     for (size_t i = 0; i < n; i++)
         if (ref[i] != got[i] && !bad++) first = i;
     report("encode ties+random", impl, bad, first);
+    anet_f32_to_f16(got + 1, x + 1, n - 1, impl);         /* odd output address, large n */
+    bad = 0;
+    for (size_t i = 1; i < n; i++)
+        if (ref[i] != got[i] && !bad++) first = i;
+    report("encode large, unaligned", impl, bad, first);
 
     /* tails: every length 0..67 at unaligned offsets, guard element after the end untouched */
     bad = 0;
