@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from anetrain import native
 
 AVAILABLE = [name for name, ok in native.fp16_impls().items() if ok]

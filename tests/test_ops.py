@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from anetrain import native
 from anetrain.rope import rope_tables
 
