@@ -28,6 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=None, help=f"preset: {', '.join(PRESETS)} (default tiny)")
     g.add_argument(
+        "--init",
+        default=None,
+        metavar="MODEL_BIN",
+        help="fine-tune a llama2.c model.bin (v0/v1/v2); its header sets the architecture, "
+        "--seq may only lower its seq_len",
+    )
+    g.add_argument(
         "--data",
         default=None,
         help="dataset directory with meta.json, or a raw uint16 token .bin "
@@ -168,6 +175,7 @@ def train(argv: list[str] | None) -> int:
 
     from anetrain import checkpoint as ckpt_io
     from anetrain.backends import make_kernels, pick_backend
+    from anetrain.convert import load_init
     from anetrain.data import WindowSampler, check_length, eval_windows, open_dataset
     from anetrain.model import loss_only, micro_step
     from anetrain.optim import AdamW, LossScaler, clip_factor, get_lr, grad_norm
@@ -180,6 +188,8 @@ def train(argv: list[str] | None) -> int:
     # ---- resume or fresh start
     resumed = None
     if args.resume is not None:
+        if args.init is not None:
+            raise UserError("--init starts a new run from a model; it cannot be used with --resume")
         rdir = Path(args.resume or out)
         resumed = ckpt_io.load(rdir / CKPT_NAME if rdir.is_dir() or not rdir.exists() else rdir)
         saved = dict(resumed.meta.get("train", {}))
@@ -208,7 +218,8 @@ def train(argv: list[str] | None) -> int:
                 f"checkpoint's {cfg.vocab_size}"
             )
     else:
-        model_name = args.model or "tiny"
+        init = load_init(args.init, args.model, args.seq) if args.init is not None else None
+        model_name = args.model or (init.preset if init else "tiny") or "llama2c"
         if "lr" not in flags:
             flags["lr"] = DEFAULT_LR.get(model_name, TrainConfig.lr)
         if "min_lr" not in flags:
@@ -217,7 +228,15 @@ def train(argv: list[str] | None) -> int:
         if "warmup" not in flags:  # 10% of the schedule, at most 100 steps
             tc.warmup = min(100, (tc.lr_decay_steps or tc.steps) // 10)
         data = open_dataset(args.data, args.vocab_size, args.val_data)
-        cfg = preset(model_name, vocab_size=data.vocab_size, seq_len=args.seq)
+        if init is not None:
+            cfg = init.cfg
+            if data.vocab_size != cfg.vocab_size:
+                raise UserError(
+                    f"{data.source}: data vocab {data.vocab_size} does not match the vocab "
+                    f"{cfg.vocab_size} of --init {args.init}"
+                )
+        else:
+            cfg = preset(model_name, vocab_size=data.vocab_size, seq_len=args.seq)
         if (out / CKPT_NAME).exists() and not args.overwrite:
             raise UserError(
                 f"{out / CKPT_NAME}: a checkpoint already exists; use --resume to "
@@ -233,6 +252,8 @@ def train(argv: list[str] | None) -> int:
     # ---- model, optimizer, data sampler
     if resumed is not None:
         params = resumed.params
+    elif init is not None:
+        params = init.params
     else:
         params = init_params(cfg, np.random.Generator(np.random.PCG64(tc.seed)))
     grads = params.zeros_like()
