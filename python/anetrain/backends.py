@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 
@@ -20,6 +21,25 @@ def ane_supported() -> bool:
     return bool(getattr(ane, "available", lambda: False)())
 
 
+def _ane_unavailable_reason() -> str | None:
+    """Why --backend ane cannot run here (None: it can). ANETRAIN_ANE_FRAMEWORK (tests) names
+    a replacement framework, e.g. the Linux mock, and lifts the macOS arm64 requirement."""
+    try:
+        from anetrain import ane
+    except ImportError as e:  # pragma: no cover - the module imports without its extension
+        return f"anetrain.ane does not import ({e})"
+    override = os.environ.get(ane.FRAMEWORK_ENV)
+    if not override and (sys.platform != "darwin" or platform.machine() != "arm64"):
+        return (f"the Apple Neural Engine needs macOS on Apple silicon (this is {sys.platform} "
+                f"{platform.machine()})")
+    if not ane.built():
+        return "anetrain._ane is not built (reinstall on macOS: pip install -e .)"
+    path = ane.resolve_framework_path()
+    if not ane.available(path):
+        return f"the ANE framework {path} does not load"
+    return None
+
+
 def pick_backend(name: str, verbose: bool = True) -> str:
     """Resolve `auto` and reject backends this machine cannot run, with a clear reason."""
     if name == "auto":
@@ -28,20 +48,32 @@ def pick_backend(name: str, verbose: bool = True) -> str:
             why = "Apple Neural Engine found" if choice == "ane" else "no Apple Neural Engine here"
             print(f"backend auto: using {choice} ({why})")
         return choice
-    if name == "cpu":
+    if name in ("cpu", "sim"):
         return name
-    if name in ("sim", "ane"):
-        raise ConfigError(
-            f"--backend {name}: the MIL training kernels are not wired into "
-            "training yet; use --backend cpu"
-        )
+    if name == "ane":
+        why = _ane_unavailable_reason()
+        if why is not None:
+            raise ConfigError(f"--backend ane: {why}; use --backend cpu (or sim to run the "
+                              "ANE programs in the simulator)")
+        return name
     raise ConfigError(f"unknown backend {name!r} (choose from auto, cpu, sim, ane)")
 
 
 def make_kernels(backend: str, cfg: ModelConfig, params: Params):
-    """A Kernels object (see kernels_cpu.py for the interface) for a resolved backend name."""
+    """A Kernels object (see kernels_cpu.py for the interface) for a resolved backend name.
+
+    sim and ane compile the ten MIL kernels once (kernels_mil.MilKernels). The real ANE refuses
+    sizes that are not 64/32-aligned with a ConfigError; the simulator and the test-only mock
+    (ANETRAIN_ANE_FRAMEWORK) run them anyway, e.g. the tiny preset's hidden 176.
+    """
     if backend == "cpu":
         from anetrain.kernels_cpu import CpuKernels
 
         return CpuKernels(cfg, params)
+    if backend in ("sim", "ane"):
+        from anetrain.kernels_mil import MilKernels
+        from anetrain.runtime import AneRuntime, SimRuntime
+
+        runtime = SimRuntime() if backend == "sim" else AneRuntime()
+        return MilKernels(cfg, params, runtime)
     raise ConfigError(f"backend {backend!r} is not available")

@@ -1,0 +1,259 @@
+"""MilKernels: the ten training kernels as compiled MIL programs on a Runtime (sim or ANE)."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+from anetrain import native
+from anetrain.config import ConfigError, ModelConfig
+from anetrain.mil.errors import MilError
+from anetrain.mil.kernels import KERNELS, KernelSpec, Layout, build_kernels
+from anetrain.params import Params
+from anetrain.rope import rope_tables
+from anetrain.runtime import Kernel, Runtime, Surface
+
+# Same interface as CpuKernels (kernels_cpu.py): channel-first fp32 [C, S] in and out. Each
+# kernel is compiled once; every surface layout comes from mil/kernels.py (KernelSpec.inp/.out).
+#
+#   weight-bearing kernels   one input surface per layer [C_in, W]: weight segments staged after
+#                            init and after every optimizer step (stage "T" packs Wᵀ, "raw" packs
+#                            W, upstream.md §5.3); a call writes only its activation segments
+#   sdpaBwd1, sdpaBwd2       no weights: one input surface each, shared by all layers
+#   outputs                  one surface per kernel [C_out, S], read right after the evaluation
+#
+# Staging runs on a helper thread: update_weights() queues one job per (kernel, layer) in the
+# order the next micro-step uses them, and a kernel call waits only for its own surface, so
+# re-staging overlaps the forward pass instead of preceding it.
+
+# Kernels in the order one micro-step first uses them (the staging order).
+FORWARD = ("sdpaFwd", "woFwd", "ffnFused")
+BACKWARD = ("ffnBwdW2t", "ffnBwdW13t", "wotBwd", "qBwd", "kvBwd")
+
+
+def weight_name(segment: str) -> str:
+    """Segment name -> LayerParams attribute: "wq_t" (holds Wqᵀ) -> "wq", "w2" -> "w2"."""
+    return segment.removesuffix("_t")
+
+
+def stage_weights(dst: np.ndarray, layout: Layout, lp) -> None:
+    """Pack every weight segment of `layout` from the fp32 masters of one layer (lp).
+
+    dst: locked input surface, uint16 [C, W]. A "T" segment [in, out] receives Wᵀ of
+    W[out, in] (the packer transposes); a "raw" segment [out, in] receives W as is.
+    """
+    for s in layout.segments:
+        if not s.stage:
+            continue
+        w = getattr(lp, weight_name(s.name))  # fp32 [out, in]
+        want = (s.width, s.nch) if s.stage == "T" else s.shape
+        if w.shape != want:
+            raise MilError(f"staging {s.name}: weight {w.shape}, segment wants W of {want}")
+        native.pack(dst, s.c0, s.s0, w, transpose=s.stage == "T")
+
+
+class MilKernels:
+    """The Kernels interface over compiled MIL programs; fp16 on the device, fp32 at the edges."""
+
+    fp16 = True  # train.py: dynamic loss scaling
+    overlap_dw = True  # model.py: dW sgemms on a worker thread, behind kernel evaluations
+
+    def __init__(self, cfg: ModelConfig, params: Params, runtime: Runtime,
+                 async_staging: bool = True) -> None:  # fmt: skip
+        self.cfg, self.params, self.rt = cfg, params, runtime
+        self.name = runtime.name
+        self.S = cfg.seq_len
+        self.cos, self.sin = rope_tables(cfg.head_dim, self.S, cfg.rope_theta)  # [S, hd/2] each
+        try:
+            specs = build_kernels(cfg, strict=runtime.strict)
+        except MilError as e:
+            raise ConfigError(
+                f"--backend {runtime.name}: model dim {cfg.dim}, hidden {cfg.hidden_dim}, "
+                f"seq {cfg.seq_len} cannot run on the ANE ({e}); widths must be multiples of "
+                "64 and channels of 32 - use --backend sim or cpu for this size"
+            ) from None
+        self.specs: dict[str, KernelSpec] = specs
+        self.kernels: dict[str, Kernel] = {}
+        self.inputs: dict[str, list[Surface]] = {}  # kernel -> per-layer (or one) input surface
+        t0 = time.perf_counter()
+        for name in KERNELS:
+            k = self.kernels[name] = runtime.compile(specs[name])
+            per_layer = any(s.stage for s in specs[name].inp.segments)
+            self.inputs[name] = [k.new_input() for _ in range(cfg.n_layers if per_layer else 1)]
+        self.setup_seconds = time.perf_counter() - t0
+        self.t_start = time.perf_counter()
+        self.stage_seconds = 0.0  # packing the weights (on the staging thread when async)
+        self.io_seconds = 0.0  # packing activations and unpacking outputs (caller's thread)
+        self.calls = dict.fromkeys(KERNELS, 0)
+        self.stagings = 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="anetrain-stage") \
+            if async_staging else None  # fmt: skip
+        self._pending: dict[tuple[str, int], Future] = {}
+        self.update_weights()
+
+    # ---- weights ----------------------------------------------------------------------------
+
+    def _stage(self, name: str, layer: int) -> None:
+        t = time.perf_counter()
+        with self.inputs[name][layer].lock() as dst:
+            stage_weights(dst, self.specs[name].inp, self.params.layers[layer])
+        self.stage_seconds += time.perf_counter() - t
+
+    def update_weights(self) -> None:
+        """Re-stage every layer's weight segments from the fp32 masters (after each Adam step)."""
+        self.sync()
+        L = self.cfg.n_layers
+        order = [(n, i) for i in range(L) for n in FORWARD] + \
+                [(n, i) for i in reversed(range(L)) for n in BACKWARD]  # fmt: skip
+        for key in order:
+            if self._pool is None:
+                self._stage(*key)
+            else:
+                self._pending[key] = self._pool.submit(self._stage, *key)
+        self.stagings += 1
+
+    def sync(self) -> None:
+        """Wait until all queued staging is done (re-raises a staging error)."""
+        pending, self._pending = self._pending, {}
+        for f in pending.values():
+            f.result()
+
+    def _input(self, name: str, layer: int) -> Surface:
+        f = self._pending.pop((name, layer), None)
+        if f is not None:
+            f.result()
+        surfaces = self.inputs[name]
+        return surfaces[layer] if len(surfaces) > 1 else surfaces[0]
+
+    # ---- one evaluation ---------------------------------------------------------------------
+
+    def _write(self, name: str, surface: Surface, acts: dict[str, np.ndarray]) -> None:
+        """fp32 activations [nch, width] -> fp16 into their segments of the input surface."""
+        layout = self.specs[name].inp
+        with surface.lock() as dst:  # [C_in, W]
+            for seg_name, a in acts.items():
+                s = layout[seg_name]
+                if a.shape != s.shape:
+                    raise ValueError(f"{name}.{seg_name}: got {a.shape}, layout wants {s.shape}")
+                native.pack(dst, s.c0, s.s0, np.ascontiguousarray(a, dtype=np.float32))
+
+    def _read(self, name: str, seg_names: tuple[str, ...]) -> list[np.ndarray]:
+        """Output segments of `name` as fresh fp32 arrays [nch, width]."""
+        layout = self.specs[name].out
+        with self.kernels[name].out.lock(read_only=True) as src:  # [C_out, S]
+            return [native.unpack(src, s.c0, s.s0, s.nch, s.width)
+                    for s in (layout[n] for n in seg_names)]  # fmt: skip
+
+    def _run(self, name: str, layer: int, outs: tuple[str, ...], **acts: np.ndarray):
+        t = time.perf_counter()
+        e0 = self.rt.eval_seconds
+        surface = self._input(name, layer)
+        self._write(name, surface, acts)
+        self.kernels[name].eval(surface)
+        self.calls[name] += 1
+        res = self._read(name, outs)
+        self.io_seconds += time.perf_counter() - t - (self.rt.eval_seconds - e0)
+        return res
+
+    # ---- forward ----------------------------------------------------------------------------
+
+    def sdpa_fwd(self, layer: int, xnorm: np.ndarray):
+        attn, q, k, v = self._run("sdpaFwd", layer, ("attn", "q_rope", "k_rope", "v"),
+                                  xnorm=xnorm)  # fmt: skip
+        return attn, q, k, v  # [Q,S], [Q,S], [KV,S], [KV,S]
+
+    def wo_fwd(self, layer: int, attn: np.ndarray) -> np.ndarray:
+        return self._run("woFwd", layer, ("o",), attn=attn)[0]  # [D, S]
+
+    def ffn_fused(self, layer: int, x2norm: np.ndarray):
+        ffn, h1, h3, gate = self._run("ffnFused", layer, ("ffn", "h1", "h3", "gate"),
+                                      x2norm=x2norm)  # fmt: skip
+        return ffn, h1, h3, gate  # [D,S], [F,S] x3
+
+    # ---- backward ---------------------------------------------------------------------------
+
+    def ffn_bwd_w2t(self, layer: int, dffn: np.ndarray) -> np.ndarray:
+        return self._run("ffnBwdW2t", layer, ("dgate",), dffn=dffn)[0]  # [F, S]
+
+    def ffn_bwd_w13t(self, layer: int, dh1: np.ndarray, dh3: np.ndarray) -> np.ndarray:
+        return self._run("ffnBwdW13t", layer, ("dx",), dh1=dh1, dh3=dh3)[0]  # [D, S]
+
+    def wot_bwd(self, layer: int, dx2: np.ndarray) -> np.ndarray:
+        return self._run("wotBwd", layer, ("dattn",), dx2=dx2)[0]  # [Q, S]
+
+    def sdpa_bwd1(self, layer: int, q: np.ndarray, k_tiled: np.ndarray, v_tiled: np.ndarray,
+                  dattn: np.ndarray):  # fmt: skip
+        dv, p, dp = self._run("sdpaBwd1", layer, ("dv_full", "P", "dP"), q_rope=q,
+                              k_tiled=k_tiled, v_tiled=v_tiled, dattn=dattn)  # fmt: skip
+        return dv, p, dp  # [Q,S], [H·S,S], [H·S,S]
+
+    def sdpa_bwd2(self, layer: int, p: np.ndarray, dp: np.ndarray, q: np.ndarray,
+                  k_tiled: np.ndarray):  # fmt: skip
+        dq, dk = self._run("sdpaBwd2", layer, ("dq", "dk_full"), P=p, dP=dp, q_rope=q,
+                           k_tiled=k_tiled)  # fmt: skip
+        return dq, dk  # [Q,S], [Q,S]
+
+    def sdpa_bwd(self, layer: int, q: np.ndarray, k_tiled: np.ndarray, v_tiled: np.ndarray,
+                 dattn: np.ndarray):  # fmt: skip
+        """sdpaBwd1 -> fp16 surface copies -> sdpaBwd2: P and dP never leave fp16.
+
+        P, dP come from sdpaBwd1's output surface, q_rope and k_tiled from its input surface
+        (already fp16 there). Returns (dq, dk_full, dv_full), all [Q, S] fp32.
+        """
+        (dv,) = self._run("sdpaBwd1", layer, ("dv_full",), q_rope=q, k_tiled=k_tiled,
+                          v_tiled=v_tiled, dattn=dattn)  # fmt: skip
+        t = time.perf_counter()
+        in1, out1 = self._input("sdpaBwd1", layer), self.kernels["sdpaBwd1"].out
+        in2 = self._input("sdpaBwd2", layer)
+        l_in1, l_out1 = self.specs["sdpaBwd1"].inp, self.specs["sdpaBwd1"].out
+        l_in2 = self.specs["sdpaBwd2"].inp
+        for seg, src, lsrc in (("P", out1, l_out1), ("dP", out1, l_out1), ("q_rope", in1, l_in1),
+                               ("k_tiled", in1, l_in1)):  # fmt: skip
+            s, d = lsrc[seg], l_in2[seg]
+            if s.shape != d.shape:
+                raise MilError(f"sdpa_bwd: {seg} is {s.shape} in sdpaBwd1, {d.shape} in sdpaBwd2")
+            self.rt.copy(in2, d.c0, d.s0, src, s.c0, s.s0, s.nch, s.width)
+        self.io_seconds += time.perf_counter() - t
+        dq, dk = self._run("sdpaBwd2", layer, ("dq", "dk_full"))
+        return dq, dk, dv
+
+    def q_bwd(self, layer: int, dq: np.ndarray) -> np.ndarray:
+        return self._run("qBwd", layer, ("dx",), dq=dq)[0]  # [D, S]
+
+    def kv_bwd(self, layer: int, dk: np.ndarray, dv: np.ndarray) -> np.ndarray:
+        return self._run("kvBwd", layer, ("dx",), dk=dk, dv=dv)[0]  # [D, S]
+
+    # ---- report -----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, str]:
+        """Lines for train.py's efficiency report."""
+        rt, L = self.rt, self.cfg.n_layers
+        wall = time.perf_counter() - self.t_start
+        micro = self.calls["qBwd"] // L  # backward passes (qBwd runs once per layer)
+        fwd_only = self.calls["sdpaFwd"] // L - micro  # forward-only passes (validation)
+        per_micro = (rt.evals - 3 * L * fwd_only) / max(1, micro)
+        return {
+            "compiles": f"{rt.compiles} kernels ({rt.name} runtime)",
+            "compile time": f"{rt.compile_seconds:.3f} s (surfaces and first staging "
+                            f"{self.setup_seconds - rt.compile_seconds:.3f} s)",
+            "kernel evaluation": f"{rt.eval_seconds:.3f} s for {rt.evals} evaluations "
+                                 f"({1e3 * rt.eval_seconds / max(1, rt.evals):.3f} ms each)",
+            "host time": f"{wall - rt.eval_seconds:.3f} s outside kernel evaluations "
+                         f"(activation pack/unpack {self.io_seconds:.3f} s; weight staging "
+                         f"{self.stage_seconds:.3f} s, {self.stagings} times, own thread)",
+            "evaluations per micro-step": f"{per_micro:.1f} (3 forward + 7 backward per layer "
+                                          f"x {L}; {fwd_only} forward-only passes besides)",
+        }  # fmt: skip
+
+    def close(self) -> None:
+        """Finish staging, free every kernel and surface (the runtime stays open)."""
+        if self._pool is not None:
+            self.sync()
+            self._pool.shutdown()
+            self._pool = None
+        for k in self.kernels.values():
+            k.free()
+        self.kernels.clear()
+        self.inputs.clear()
