@@ -247,6 +247,8 @@ class AneKernel:
         self.inputs.clear()
         self.out.free()
         self.k.free()
+        if self in self.rt.kernels:
+            self.rt.kernels.remove(self)
 
 
 class AneRuntime(_Timed):
@@ -284,9 +286,8 @@ class AneRuntime(_Timed):
         return k
 
     def close(self) -> None:
-        for k in self.kernels:
+        for k in list(self.kernels):
             k.free()
-        self.kernels.clear()
         self.device.close()
 
 

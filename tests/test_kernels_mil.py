@@ -1,0 +1,187 @@
+"""MilKernels on the simulator against CpuKernels: every kernel, staging, and whole micro-steps."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from conftest import perturb_norms, tiny_cfg
+
+from anetrain.config import ConfigError
+from anetrain.kernels_cpu import CpuKernels, tile_kv
+from anetrain.kernels_mil import MilKernels
+from anetrain.model import micro_step
+from anetrain.params import init_params
+from anetrain.runtime import SimRuntime
+
+U = 2.0**-11  # fp16 unit roundoff
+
+# Per-kernel bound, relative L2 error ‖mil − cpu‖/‖cpu‖. The cpu kernel sees the fp32 inputs and
+# weights, the MIL kernel their fp16 roundings (relative error U each) plus one fp16 rounding per
+# op on the output's path (≤ 10 ops, mil/kernels.py budget). Random rounding errors add in
+# quadrature over a dot product, so the norm-wise error of each op stays O(U); the worst path
+# (attn: projection, RoPE, scores, softmax, P·V) is ~14 roundings of ≤ U. 16·U ≈ 7.8e-3; observed
+# 0.3–1.7·U. A wrongly staged weight (W for Wᵀ) or a swapped segment gives errors of order 1.
+KERNEL_TOL = 16 * U
+
+# Whole micro-step bound, per gradient tensor. The backward through a 2-layer model chains ~4
+# kernels per layer and both layers' forward activations, each contributing O(U) relative error;
+# they compound roughly additively: 2 layers × (3 fwd + 7 bwd) kernels × ~2 U ≈ 40 U ≈ 2e-2 in the
+# worst case, ~1e-3 observed (errors are random). The test asserts 2e-2 per tensor.
+GRAD_TOL = 2e-2
+
+CONFIGS = {"mha": tiny_cfg(), "gqa": tiny_cfg(n_kv_heads=2)}
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def pair(request):
+    """(cfg, params, MilKernels on SimRuntime, CpuKernels) sharing one set of weights."""
+    cfg = CONFIGS[request.param]
+    rng = np.random.default_rng(11)
+    params = init_params(cfg, rng)
+    perturb_norms(params, rng)
+    for t in params.tensors.values():  # non-symmetric, O(1/sqrt(fan-in)) weights
+        if t.ndim == 2:
+            t[...] = rng.standard_normal(t.shape, dtype=np.float32) / np.sqrt(t.shape[1])
+    mil = MilKernels(cfg, params, SimRuntime())
+    yield cfg, params, mil, CpuKernels(cfg, params)
+    mil.close()
+
+
+def acts(rng, *shapes):
+    return [rng.standard_normal(s, dtype=np.float32) for s in shapes]
+
+
+def check(got, ref, what: str) -> None:
+    got, ref = (got, ref) if isinstance(ref, tuple) else ((got,), (ref,))
+    assert len(got) == len(ref)
+    for i, (g, r) in enumerate(zip(got, ref)):
+        assert g.shape == r.shape and g.dtype == np.float32, (what, i, g.shape, r.shape)
+        e = rel(g, r)
+        assert e <= KERNEL_TOL, f"{what} output {i}: relative error {e:.2e} > {KERNEL_TOL:.2e}"
+
+
+def test_forward_kernels(pair):
+    cfg, _, mil, cpu = pair
+    rng = np.random.default_rng(1)
+    D, S, F = cfg.dim, cfg.seq_len, cfg.hidden_dim
+    for layer in range(cfg.n_layers):
+        (x,) = acts(rng, (D, S))
+        check(mil.sdpa_fwd(layer, x), cpu.sdpa_fwd(layer, x), "sdpa_fwd")
+        (a,) = acts(rng, (cfg.q_dim, S))
+        check(mil.wo_fwd(layer, a), cpu.wo_fwd(layer, a), "wo_fwd")
+        check(mil.ffn_fused(layer, x), cpu.ffn_fused(layer, x), "ffn_fused")
+        assert F == mil.specs["ffnFused"].out["gate"].nch
+
+
+def test_backward_kernels(pair):
+    cfg, _, mil, cpu = pair
+    rng = np.random.default_rng(2)
+    D, S, F, Q, KV = cfg.dim, cfg.seq_len, cfg.hidden_dim, cfg.q_dim, cfg.kv_dim
+    for layer in range(cfg.n_layers):
+        dffn, dx2 = acts(rng, (D, S), (D, S))
+        check(mil.ffn_bwd_w2t(layer, dffn), cpu.ffn_bwd_w2t(layer, dffn), "ffn_bwd_w2t")
+        dh1, dh3 = acts(rng, (F, S), (F, S))
+        check(mil.ffn_bwd_w13t(layer, dh1, dh3), cpu.ffn_bwd_w13t(layer, dh1, dh3), "w13t")
+        check(mil.wot_bwd(layer, dx2), cpu.wot_bwd(layer, dx2), "wot_bwd")
+        (dq,) = acts(rng, (Q, S))
+        check(mil.q_bwd(layer, dq), cpu.q_bwd(layer, dq), "q_bwd")
+        dk, dv = acts(rng, (KV, S), (KV, S))
+        check(mil.kv_bwd(layer, dk, dv), cpu.kv_bwd(layer, dk, dv), "kv_bwd")
+
+
+def test_attention_backward(pair):
+    cfg, _, mil, cpu = pair
+    rng = np.random.default_rng(3)
+    Q, KV, S = cfg.q_dim, cfg.kv_dim, cfg.seq_len
+    q, da = acts(rng, (Q, S), (Q, S))
+    k, v = (tile_kv(a, cfg) for a in acts(rng, (KV, S), (KV, S)))
+    ref1 = cpu.sdpa_bwd1(0, q, k, v, da)
+    check(mil.sdpa_bwd1(0, q, k, v, da), ref1, "sdpa_bwd1")
+    check(mil.sdpa_bwd2(0, ref1[1], ref1[2], q, k), cpu.sdpa_bwd2(0, ref1[1], ref1[2], q, k),
+          "sdpa_bwd2")  # fmt: skip
+    # the composite (P, dP copied surface to surface) equals the two calls through fp32
+    ref = cpu.sdpa_bwd(0, q, k, v, da)
+    got = mil.sdpa_bwd(0, q, k, v, da)
+    check(got, ref, "sdpa_bwd")
+    dv, p, dp = mil.sdpa_bwd1(0, q, k, v, da)  # fp16-exact P, dP: the fp32 path is then exact
+    dq, dk = mil.sdpa_bwd2(0, p, dp, q, k)
+    for a, b in zip(got, (dq, dk, dv)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_staging_follows_the_masters(pair):
+    """update_weights re-stages: a changed master changes the kernel; restoring it restores it."""
+    cfg, params, mil, cpu = pair
+    rng = np.random.default_rng(4)
+    (x,) = acts(rng, (cfg.q_dim, cfg.seq_len))
+    before = mil.wo_fwd(1, x)
+    wo = params.layers[1].wo.copy()
+    params.layers[1].wo[...] = rng.standard_normal(wo.shape, dtype=np.float32) / 8
+    assert np.array_equal(mil.wo_fwd(1, x), before)  # not staged yet: the surface holds the old
+    mil.update_weights()
+    check(mil.wo_fwd(1, x), cpu.wo_fwd(1, x), "wo_fwd after update")
+    params.layers[1].wo[...] = wo
+    mil.update_weights()
+    np.testing.assert_array_equal(mil.wo_fwd(1, x), before)
+    assert mil.rt.compiles == 10  # staging never recompiles
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_micro_step_gradients_match_cpu(name):
+    cfg = CONFIGS[name]
+    rng = np.random.default_rng(5)
+    params = init_params(cfg, rng)
+    perturb_norms(params, rng)
+    tok = rng.integers(0, cfg.vocab_size, cfg.seq_len + 1)
+    scale = 2.0**12
+    g_cpu, g_sim = params.zeros_like(), params.zeros_like()
+    loss_cpu = micro_step(params, g_cpu, CpuKernels(cfg, params), tok[:-1], tok[1:], False, scale)
+    mil = MilKernels(cfg, params, SimRuntime())
+    with ThreadPoolExecutor(1) as pool:
+        loss_sim = micro_step(params, g_sim, mil, tok[:-1], tok[1:], False, scale, pool)
+    mil.close()
+    assert abs(loss_sim - loss_cpu) <= 1e-3 * loss_cpu
+    errs = {n: rel(g_sim.tensors[n], g_cpu.tensors[n]) for n in params.tensors}
+    worst = max(errs, key=errs.get)
+    assert errs[worst] <= GRAD_TOL, f"{worst}: relative gradient error {errs[worst]:.2e}"
+    assert all(np.linalg.norm(g) > 0 for g in g_sim.tensors.values())
+
+
+def test_one_compile_per_kernel_and_surface_counts():
+    cfg = tiny_cfg()
+    params = init_params(cfg, np.random.default_rng(0))
+    rt = SimRuntime()
+    mil = MilKernels(cfg, params, rt, async_staging=False)
+    assert rt.compiles == 10 and len(mil.kernels) == 10
+    for name, surfaces in mil.inputs.items():  # per-layer surfaces only where weights live
+        assert len(surfaces) == (1 if name.startswith("sdpaBwd") else cfg.n_layers), name
+    mil.update_weights()
+    assert rt.compiles == 10
+    assert mil.fp16 and mil.overlap_dw and mil.cos.shape == (cfg.seq_len, cfg.head_dim // 2)
+    stats = mil.stats()
+    assert stats["compiles"].startswith("10 kernels")
+    assert {"compile time", "kernel evaluation", "host time"} <= set(stats)
+    mil.close()
+
+
+def test_wrong_activation_shape_is_named():
+    cfg = tiny_cfg()
+    mil = MilKernels(cfg, init_params(cfg, np.random.default_rng(0)), SimRuntime())
+    with pytest.raises(ValueError, match="woFwd.attn"):
+        mil.wo_fwd(0, np.zeros((cfg.q_dim, cfg.seq_len + 1), np.float32))
+    mil.close()
+
+
+def test_strict_runtime_refuses_misaligned_sizes():
+    class StrictSim(SimRuntime):
+        name, strict = "ane", True
+
+    cfg = tiny_cfg()  # hidden 176, seq 16: not 64-aligned
+    with pytest.raises(ConfigError, match="--backend ane: .*hidden 176.*multiples of 64"):
+        MilKernels(cfg, init_params(cfg, np.random.default_rng(0)), StrictSim())

@@ -1,0 +1,198 @@
+"""Runtimes: SimRuntime and LatencyRuntime anywhere; AneRuntime against the GNUstep mock."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import perturb_norms, tiny_cfg
+
+from anetrain import native
+from anetrain.kernels_mil import MilKernels
+from anetrain.mil.kernels import build_kernels
+from anetrain.mil.sim import Simulation
+from anetrain.model import micro_step
+from anetrain.params import init_params
+from anetrain.runtime import LatencyRuntime, SimRuntime
+
+ROOT = Path(__file__).resolve().parents[1]
+MOCK_SO = ROOT / "build" / "mock" / "libane_mock.so"
+
+
+def _specs(cfg=None):
+    return build_kernels(cfg or tiny_cfg())
+
+
+def _fill(rt, k, rng) -> np.ndarray:
+    """A new input surface of kernel k filled with random fp16; returns its fp32 values [C, W]."""
+    s = k.new_input()
+    x = rng.standard_normal((k.spec.inp.C, k.spec.inp.W), dtype=np.float32)  # [C_in, W]
+    with s.lock() as v:
+        native.pack(v, 0, 0, x)
+    return s
+
+
+# ---- SimRuntime / LatencyRuntime -----------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::anetrain.mil.errors.MilWarning")
+def test_sim_runtime_runs_the_parsed_program_on_surface_bits():
+    spec = _specs()["ffnFused"]
+    rt = SimRuntime()
+    k = rt.compile(spec)
+    rng = np.random.default_rng(0)
+    a, b = _fill(rt, k, rng), _fill(rt, k, rng)
+    ref = Simulation(spec.mil, spec.weights)
+    for s in (a, b, a):  # several input surfaces share one output surface and one parse
+        k.eval(s)
+        with s.lock() as x, k.out.lock(read_only=True) as y:
+            assert y.shape == (spec.out.C, spec.out.W)
+            np.testing.assert_array_equal(y, ref(x.view(np.float16)).view(np.uint16)
+                                          .reshape(y.shape))  # fmt: skip
+    assert (rt.compiles, rt.evals) == (1, 3) and rt.eval_seconds > 0
+
+
+def test_copy_moves_fp16_bits():
+    rt = SimRuntime()
+    specs = _specs()
+    k1, k2 = rt.compile(specs["sdpaBwd1"]), rt.compile(specs["sdpaBwd2"])
+    src = _fill(rt, k1, np.random.default_rng(1))
+    dst = k2.new_input()
+    q1, q2 = specs["sdpaBwd1"].inp["q_rope"], specs["sdpaBwd2"].inp["q_rope"]
+    rt.copy(dst, q2.c0, q2.s0, src, q1.c0, q1.s0, q1.nch, q1.width)
+    with src.lock() as a, dst.lock() as b:
+        np.testing.assert_array_equal(b[q2.c0 : q2.c0 + q2.nch], a[q1.c0 : q1.c0 + q1.nch])
+        assert not b[: q2.c0].any()
+
+
+def test_latency_runtime_sleeps_and_logs():
+    specs = _specs()
+    rt = LatencyRuntime({n: 0.002 for n in specs})
+    k = rt.compile(specs["woFwd"])
+    s = k.new_input()
+    t = time.perf_counter()
+    for _ in range(5):
+        k.eval(s)
+    assert time.perf_counter() - t >= 0.010
+    assert [e[0] for e in rt.log] == ["woFwd"] * 5 and rt.eval_seconds >= 0.010
+
+
+# ---- AneRuntime over the mock ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ane_mod():
+    ane = pytest.importorskip("anetrain.ane")
+    if not ane.built():
+        pytest.skip("anetrain._ane is not built (ANETRAIN_OBJC=gnustep pip install "
+                    "--no-build-isolation -e .)")  # fmt: skip
+    if not MOCK_SO.exists():
+        pytest.skip(f"{MOCK_SO.relative_to(ROOT)} is not built (make mock)")
+    return ane
+
+
+@pytest.fixture(scope="module")
+def mock(ane_mod):
+    spec = importlib.util.spec_from_file_location("mock_control",
+                                                  ROOT / "tests" / "mock" / "mock_control.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.MockFramework(MOCK_SO)
+
+
+@pytest.fixture
+def ane_rt(mock):
+    """An AneRuntime over the mock (reset first: reset clears the mock's eval callback)."""
+    from anetrain.runtime import AneRuntime
+
+    mock.reset(reset_compiles=True)
+    rt = AneRuntime(str(MOCK_SO))
+    yield rt
+    rt.close()
+    mock.reset(reset_compiles=True)
+
+
+def _grads(cfg, runtime, seed=3):
+    rng = np.random.default_rng(seed)
+    params = init_params(cfg, rng)
+    perturb_norms(params, rng)
+    tok = rng.integers(0, cfg.vocab_size, cfg.seq_len + 1)
+    grads = params.zeros_like()
+    mil = MilKernels(cfg, params, runtime)
+    with ThreadPoolExecutor(1) as pool:
+        loss = micro_step(params, grads, mil, tok[:-1], tok[1:], False, 2.0**12, pool)
+    mil.close()
+    return loss, grads
+
+
+@pytest.mark.parametrize("kv", [None, 2])
+def test_micro_step_through_mock_is_bit_identical_to_sim(ane_rt, mock, kv):
+    cfg = tiny_cfg(n_kv_heads=kv)
+    assert ane_rt.mock and not ane_rt.strict
+    loss_a, g_a = _grads(cfg, ane_rt)
+    loss_s, g_s = _grads(cfg, SimRuntime())
+    assert loss_a == loss_s
+    np.testing.assert_array_equal(g_a.flat, g_s.flat)
+    assert mock.calls("eval") == 10 * cfg.n_layers and ane_rt.evals == 10 * cfg.n_layers
+
+
+def test_run_compiles_exactly_ten_kernels(ane_rt, mock):
+    cfg = tiny_cfg()
+    mil = MilKernels(cfg, init_params(cfg, np.random.default_rng(0)), ane_rt)
+    mil.update_weights()
+    mil.update_weights()
+    assert ane_rt.compiles == 10 and ane_rt.device_compiles == 10 and mock.compiles() == 10
+    mil.close()
+    assert mock.loaded_models() == 0
+
+
+def test_injected_failures_surface_as_ane_error(ane_rt, mock, ane_mod):
+    cfg = tiny_cfg()
+    mock.fail("compile", code=11, description="mock compiler rejected MIL")
+    with pytest.raises(ane_mod.AneError, match=r"\(11\): mock compiler rejected MIL"):
+        MilKernels(cfg, init_params(cfg, np.random.default_rng(0)), ane_rt)
+    mil = MilKernels(cfg, init_params(cfg, np.random.default_rng(0)), ane_rt)
+    x = np.zeros((cfg.q_dim, cfg.seq_len), np.float32)
+    mock.fail("eval", code=6, description="program inference error")
+    with pytest.raises(ane_mod.AneError, match=r"\(6\): program inference error"):
+        mil.wo_fwd(0, x)
+    mil.wo_fwd(0, x)  # one-shot fault; the kernel still works
+    mil.close()
+
+
+def test_simulator_error_inside_mock_eval_is_ane_error(ane_rt, ane_mod, monkeypatch):
+    from anetrain import runtime
+
+    spec = _specs()["woFwd"]
+    k = ane_rt.compile(spec)
+    s = k.new_input()
+
+    def boom(x):
+        raise ValueError("kernel exploded")
+
+    monkeypatch.setitem(runtime._MOCK_SIMS, runtime._sim_key(spec.mil, spec.weights), boom)
+    with pytest.raises(ane_mod.AneError, match="program failed: ValueError: kernel exploded"):
+        k.eval(s)
+
+
+def test_compile_eval_free_cycles_leak_nothing(ane_rt, mock):
+    base = mock.live_objects()  # the open device's own objects
+    spec = _specs()["woFwd"]
+    x = np.ones((spec.inp.C, spec.inp.W), np.float32)  # [C_in, W]
+    for _ in range(200):
+        k = ane_rt.compile(spec)
+        s = k.new_input()
+        with s.lock() as v:
+            native.pack(v, 0, 0, x)
+        k.eval(s)
+        k.free()
+    assert not ane_rt.kernels
+    assert mock.live_objects() == base and mock.live_surfaces() == 0
+    assert mock.loaded_models() == 0 and mock.locked_surfaces() == 0
+    assert ane_rt.compiles == 200
+    ane_rt.close()
+    assert mock.live_objects() == 0

@@ -1,0 +1,71 @@
+"""The train CLI on --backend sim / ane (mock) / auto against the cpu backend."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from anetrain.backends import pick_backend
+from anetrain.config import ConfigError
+from anetrain.train import main
+
+ROOT = Path(__file__).resolve().parents[1]
+MOCK_SO = ROOT / "build" / "mock" / "libane_mock.so"
+
+
+def run(tmp_path: Path, backend: str, steps: int, capsys, *extra: str):
+    out = tmp_path / backend
+    rc = main(["--backend", backend, "--model", "tiny", "--steps", str(steps), "--out", str(out),
+               "--seed", "7", *extra])  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(ln) for ln in lines], text
+
+
+def test_sim_tracks_cpu_over_50_steps(tmp_path, capsys):
+    sim, report = run(tmp_path, "sim", 50, capsys)
+    cpu, _ = run(tmp_path, "cpu", 50, capsys)
+    assert len(sim) == len(cpu) == 50
+    first, final = sim[0]["loss"] / cpu[0]["loss"], sim[-1]["loss"] / cpu[-1]["loss"]
+    assert abs(first - 1) <= 0.01, (sim[0], cpu[0])
+    assert abs(final - 1) <= 0.05, (sim[-1], cpu[-1])
+    assert cpu[-1]["loss"] < cpu[0]["loss"] - 0.5 and sim[-1]["loss"] < sim[0]["loss"] - 0.5
+    assert sim[-1]["loss_scale"] >= 2.0**11 and "loss_scale" not in cpu[-1]
+    for key in ("compiles: 10 kernels (sim runtime)", "compile time:", "kernel evaluation:",
+                "host time:", "evaluations per micro-step: 20.0", "skipped steps"):  # fmt: skip
+        assert key in report, key
+
+
+@pytest.mark.skipif(not MOCK_SO.exists(), reason="build/mock/libane_mock.so is not built "
+                                                  "(make mock)")  # fmt: skip
+def test_ane_backend_on_the_mock(tmp_path, capsys, monkeypatch):
+    ane = pytest.importorskip("anetrain.ane")
+    if not ane.built():
+        pytest.skip("anetrain._ane is not built (ANETRAIN_OBJC=gnustep pip install -e .)")
+    monkeypatch.setenv(ane.FRAMEWORK_ENV, str(MOCK_SO))
+    rows, report = run(tmp_path, "ane", 5, capsys)
+    assert len(rows) == 5 and all(r["skipped"] == 0 for r in rows)
+    assert "compiles: 10 kernels (ane runtime)" in report
+    sim, _ = run(tmp_path, "sim", 5, capsys)
+    assert [r["loss"] for r in rows] == [r["loss"] for r in sim]  # the mock runs the simulator
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS may have a real ANE")
+def test_ane_elsewhere_is_a_clear_error(monkeypatch, capsys, tmp_path):
+    monkeypatch.delenv("ANETRAIN_ANE_FRAMEWORK", raising=False)
+    with pytest.raises(ConfigError, match="--backend ane: .*macOS on Apple silicon.*--backend cpu"):
+        pick_backend("ane")
+    assert main(["--backend", "ane", "--steps", "1", "--out", str(tmp_path)]) == 2
+    assert "needs macOS on Apple silicon" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS may have a real ANE")
+def test_auto_says_what_it_picked(monkeypatch, capsys):
+    monkeypatch.delenv("ANETRAIN_ANE_FRAMEWORK", raising=False)
+    assert pick_backend("auto") == "cpu"
+    assert "backend auto: using cpu (no Apple Neural Engine here)" in capsys.readouterr().out
+    assert pick_backend("sim") == "sim"
