@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Resume the training run in an output directory from its latest checkpoint (DIR/checkpoint.bin).
+#
+# Usage: bash scripts/resume.sh [OUT_DIR] [extra train args...]     (default OUT_DIR: out)
+# e.g.   bash scripts/resume.sh out --steps 20000 --lr-decay-steps 20000
+# Runs `python -m anetrain.train --resume OUT_DIR --out OUT_DIR ...`: the run's saved settings,
+# optimizer state and data position are restored; extra flags override the saved settings.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+python="${PYTHON:-python3}"
+
+die() { echo "resume: error: $*" >&2; exit 2; }
+
+out="out"
+if [[ $# -gt 0 && "$1" != -* ]]; then
+    out="$1"
+    shift
+fi
+[[ -d "$out" ]] || die "$out: no such output directory (start a run with python -m anetrain.train --out $out)"
+[[ -f "$out/checkpoint.bin" ]] || die "$out/checkpoint.bin: no checkpoint to resume (start a run with python -m anetrain.train --out $out)"
+
+export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
+exec "$python" -m anetrain.train --resume "$out" --out "$out" "$@"

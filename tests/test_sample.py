@@ -1,0 +1,233 @@
+"""Sampling: KV-cache logits vs the full forward, run.c's generation, decoding and sampler rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from anetrain import checkpoint, native
+from anetrain.config import preset
+from anetrain.convert import write_llama2c
+from anetrain.data import embedded_dataset
+from anetrain.errors import UserError
+from anetrain.kernels_cpu import CpuKernels
+from anetrain.model import forward
+from anetrain.params import Params, init_params
+from anetrain.sample import (
+    Decoder,
+    Rng,
+    Sampler,
+    generate,
+    safe_piece,
+    sample_mult,
+    sample_topp,
+)
+from anetrain.sample import main as sample_main
+from anetrain.tokenizer import Tokenizer
+
+PROMPT = "Once upon a time"
+
+
+def _model(kv: int = 2, seed: int = 0) -> Params:
+    """A random tiny model over the embedded 2048-piece vocabulary, with wide logit margins."""
+    cfg = preset("tiny", vocab_size=2048, seq_len=32, n_kv_heads=kv)
+    p = init_params(cfg, np.random.default_rng(seed))
+    p.embed *= 40.0  # untrained models have near-ties (llama2c.md §8); spread the logits
+    rng = np.random.default_rng(seed + 1)
+    for t in p.tensors.values():
+        if t.ndim == 1:
+            t[...] = rng.uniform(0.5, 1.5, t.shape).astype(np.float32)
+    return p
+
+
+def _full_logits(params: Params, tokens) -> np.ndarray:
+    """[S, V] logits of a whole sequence through the training forward (no KV cache)."""
+    tokens = np.asarray(tokens, dtype=np.int32)
+    kern = CpuKernels(params.cfg, params, seq_len=len(tokens))
+    x, _ = forward(params, kern, tokens, keep=False)
+    xf, _ = native.rmsnorm_fwd(x, params.rms_final, params.cfg.norm_eps)
+    return (params.wcls @ xf).T
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return Tokenizer.load(embedded_dataset() / "tokenizer.bin")
+
+
+# ----------------------------------------------------------------------------
+# the KV-cache forward and greedy generation
+
+
+@pytest.mark.parametrize("kv", [4, 2, 1])
+def test_kv_cache_logits_match_the_full_forward(kv):
+    p = _model(kv)
+    tokens = np.random.default_rng(kv).integers(0, 2048, p.cfg.seq_len)
+    dec = Decoder(p.cfg, p)
+    step = np.stack([dec.forward(int(t), pos) for pos, t in enumerate(tokens)])  # [S, V]
+    full = _full_logits(p, tokens)
+    np.testing.assert_allclose(step, full, rtol=1e-4, atol=1e-4 * np.abs(full).max())
+
+
+@pytest.mark.parametrize("kv", [4, 2])
+def test_greedy_is_deterministic_and_the_full_forward_argmax(tok, kv):
+    p = _model(kv, seed=3)
+    runs = [
+        generate(Decoder(p.cfg, p).forward, tok, PROMPT, p.cfg.seq_len, 20, Sampler(0.0))
+        for _ in range(2)
+    ]
+    assert runs[0].tokens == runs[1].tokens and runs[0].text == runs[1].text
+    g = runs[0]
+    assert g.tokens[: g.n_prompt] == tok.encode(PROMPT)
+    assert len(g.tokens) == g.n_prompt + 20  # (or fewer if BOS came first: not with this seed)
+    logits = _full_logits(p, g.tokens[:-1])  # position t predicts token t + 1
+    for t in range(g.n_prompt - 1, len(g.tokens) - 1):
+        top2 = np.sort(logits[t])[-2:]
+        assert top2[1] - top2[0] > 1e-3  # a real margin: the comparison is not a coin toss
+        assert g.tokens[t + 1] == int(np.argmax(logits[t])), t
+    assert g.text.startswith(PROMPT.encode())  # the prompt is echoed after BOS, as run.c does
+    assert g.text == b"".join(safe_piece(tok.decode(a, b)) for a, b in zip(g.tokens, g.tokens[1:]))
+
+
+# ----------------------------------------------------------------------------
+# run.c's generation rules on a hand-built vocabulary and a scripted model
+
+
+def _hand_tokenizer() -> Tokenizer:
+    pieces = [b"<unk>", b"\n<s>\n", b"\n</s>\n"] + [b"<0x%02X>" % i for i in range(256)]
+    pieces += [b" ", b" Hello", b" world", b"!"]  # ids 259..262
+    return Tokenizer(pieces, [0.0] * len(pieces))
+
+
+def _scripted(script: list[int], vocab: int, calls: list):
+    def fwd(token: int, pos: int) -> np.ndarray:
+        calls.append((token, pos))
+        logits = np.zeros(vocab, dtype=np.float32)
+        logits[script[pos] if pos < len(script) else 262] = 1.0
+        return logits
+
+    return fwd
+
+
+def test_decoding_rules_and_stop_on_bos():
+    tk = _hand_tokenizer()
+    byte = lambda b: 3 + b  # noqa: E731
+    script = [260, 261, byte(0x0A), byte(0x09), byte(0x07), byte(0xE2), byte(0x00), 2, 260, 1, 262]
+    calls: list = []
+    g = generate(_scripted(script, tk.vocab_size, calls), tk, "", 64, 100, Sampler(0.0))
+    # " Hello" after BOS loses its space; \n and \t print; BEL, 0xE2 and NUL do not (safe_printf);
+    # EOS prints its piece and does not stop; BOS stops before it is printed
+    assert g.text == b"Hello world\n\t\n</s>\n Hello"
+    assert g.tokens == [1, *script[:9]]
+    assert calls == list(zip(g.tokens, range(10)))
+
+
+def test_safe_piece():
+    assert safe_piece(b"") == b""
+    assert safe_piece(b"a") == b"a" and safe_piece(b" ") == b" " and safe_piece(b"\n") == b"\n"
+    assert safe_piece(b"\x7f") == b"" and safe_piece(b"\x80") == b"" and safe_piece(b"\x1b") == b""
+    assert safe_piece(b"ab\x00cd") == b"ab"  # printf("%s") stops at NUL
+    assert safe_piece("é".encode()) == "é".encode()  # multi-byte pieces print as they are
+
+
+def test_prompt_is_forced_then_sampled(tok):
+    calls: list = []
+    g = generate(_scripted([], tok.vocab_size, calls), tok, PROMPT, 64, 3, Sampler(0.0))
+    prompt = tok.encode(PROMPT)
+    assert [t for t, _ in calls] == prompt + [262, 262]
+    assert [p for _, p in calls] == list(range(len(prompt) + 2))
+    assert g.tokens == prompt + [262] * 3
+    tail = safe_piece(tok.decode(prompt[-1], 262)) + safe_piece(tok.decode(262, 262)) * 2
+    assert g.text == PROMPT.encode() + tail
+
+
+def test_step_limits(tok):
+    calls: list = []
+    g = generate(_scripted([], tok.vocab_size, calls), tok, "", 10, 0, Sampler(0.0))
+    assert len(calls) == 10 and len(g.tokens) == 11  # -n 0: run until the context is full
+    calls.clear()
+    generate(_scripted([], tok.vocab_size, calls), tok, "", 10, 4, Sampler(0.0))
+    assert len(calls) == 4
+    with pytest.raises(UserError, match="context"):
+        generate(_scripted([], tok.vocab_size, calls), tok, PROMPT * 10, 8, 4, Sampler(0.0))
+
+
+# ----------------------------------------------------------------------------
+# the sampler
+
+
+def test_rng_is_xorshift64star():
+    state = np.array([1234], dtype=np.uint64)
+    rng = Rng(1234)
+    with np.errstate(over="ignore"):
+        for _ in range(1000):
+            s = state[0]
+            s ^= s >> np.uint64(12)
+            s ^= s << np.uint64(25)
+            s ^= s >> np.uint64(27)
+            state[0] = s
+            want = int((s * np.uint64(0x2545F4914F6CDD1D)) >> np.uint64(32))
+            assert rng.u32() == want
+    f = [float(Rng(7).f32()) for _ in range(3)]
+    assert all(0.0 <= x < 1.0 for x in f)
+
+
+def test_argmax_takes_the_first_maximum():
+    assert Sampler(0.0)(np.array([0.0, 3.0, 1.0, 3.0], dtype=np.float32)) == 1
+
+
+def test_multinomial_and_top_p_choices():
+    probs = np.array([0.1, 0.5, 0.2, 0.2], dtype=np.float32)
+    assert [sample_mult(probs, c) for c in (0.05, 0.55, 0.65, 0.99)] == [0, 1, 2, 3]
+    # top-p 0.6: cutoff 0.4/3; sorted 1 (0.5), 2 (0.2), 3 (0.2); cut after 0.7 > 0.6 -> {1, 2}
+    assert sample_topp(probs, 0.6, 0.5) == 1  # r = 0.35 < 0.5
+    assert sample_topp(probs, 0.6, 0.9) == 2  # r = 0.63 in [0.5, 0.7)
+    assert sample_topp(probs, 0.6, 0.999) == 2
+
+
+def test_sampling_is_seeded_and_has_the_right_distribution():
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05], dtype=np.float32))
+
+    def draws(temperature: float, topp: float, seed: int) -> list[int]:
+        s = Sampler(temperature, topp, seed)
+        return [s(logits) for _ in range(50)]
+
+    assert draws(1.0, 0.9, 5) == draws(1.0, 0.9, 5) != draws(1.0, 0.9, 6)
+    assert draws(0.8, 0.0, 5) == draws(0.8, 0.0, 5)
+    s = Sampler(1.0, 0.7, 42)  # nucleus {0, 1}: 0 with 0.5/0.8
+    picks = np.array([s(logits) for _ in range(4000)])
+    assert set(picks.tolist()) == {0, 1}
+    assert abs(np.mean(picks == 0) - 0.625) < 0.03
+    s = Sampler(1.0, 1.0, 42)  # top-p 1 = the full distribution
+    picks = np.array([s(logits) for _ in range(4000)])
+    np.testing.assert_allclose(
+        np.bincount(picks, minlength=4) / 4000, [0.5, 0.3, 0.15, 0.05], atol=0.03
+    )
+
+
+# ----------------------------------------------------------------------------
+# the CLI
+
+
+def test_cli_greedy_same_for_checkpoint_and_llama2c_file(tmp_path, tok, capfd):
+    p = _model(2, seed=9)
+    meta = {"tokenizer": str(embedded_dataset() / "tokenizer.bin"), "step": 0}
+    checkpoint.save(tmp_path / "ck.bin", checkpoint.Checkpoint(p.cfg, p, meta=meta))
+    write_llama2c(tmp_path / "m.bin", p.cfg, p, version=0)
+    outs = []
+    for src in ("ck.bin", "m.bin", "m.bin"):
+        args = ["--ckpt", str(tmp_path / src), "--prompt", PROMPT, "--temperature", "0"]
+        assert sample_main([*args, "--max-new-tokens", "12"]) == 0
+        out, err = capfd.readouterr()
+        assert "achieved tok/s:" in err
+        outs.append(out)
+    assert outs[0] == outs[1] == outs[2]
+    g = generate(Decoder(p.cfg, p).forward, tok, PROMPT, p.cfg.seq_len, 12, Sampler(0.0))
+    assert outs[0].encode() == g.text + b"\n"
+
+
+def test_cli_refuses_a_tokenizer_of_another_vocab(tmp_path, capfd):
+    cfg = preset("tiny", vocab_size=97, seq_len=16)
+    write_llama2c(tmp_path / "m.bin", cfg, init_params(cfg, np.random.default_rng(0)))
+    assert sample_main(["--ckpt", str(tmp_path / "m.bin"), "--max-new-tokens", "2"]) == 2
+    err = capfd.readouterr().err
+    assert "--tokenizer" in err and "97" in err and err.count("\n") == 1
