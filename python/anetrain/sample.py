@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -319,17 +320,21 @@ def sample(argv: list[str] | None) -> int:
     seed = args.seed if args.seed != 0 else int(time.time())
     decoder = Decoder(cfg, params)
     sampler = Sampler(args.temperature, args.top_p, seed)
-    gen = generate(
-        decoder.forward,
-        tok,
-        args.prompt,
-        cfg.seq_len,
-        args.max_new_tokens,
-        sampler,
-        out=sys.stdout.buffer,
-    )
-    sys.stdout.buffer.write(b"\n")
-    sys.stdout.buffer.flush()
+    try:
+        gen = generate(
+            decoder.forward,
+            tok,
+            args.prompt,
+            cfg.seq_len,
+            args.max_new_tokens,
+            sampler,
+            out=sys.stdout.buffer,
+        )
+        sys.stdout.buffer.write(b"\n")
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:  # `... | head`: the reader is gone; stop quietly (Python docs recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     if len(gen.tokens) > 1:
         print(f"achieved tok/s: {gen.tok_per_s:f}", file=sys.stderr)
     return 0
