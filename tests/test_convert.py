@@ -12,7 +12,7 @@ from anetrain import checkpoint, native
 from anetrain.config import preset
 from anetrain.convert import read_llama2c, write_llama2c
 from anetrain.data import WindowSampler, eval_windows, open_dataset
-from anetrain.errors import CheckpointError
+from anetrain.errors import CheckpointError, UserError
 from anetrain.export import main as export_main
 from anetrain.kernels_cpu import CpuKernels
 from anetrain.model import forward, loss_only
@@ -374,6 +374,14 @@ def test_corrupt_files_are_refused(tmp_path, trained):
         assert str(path) in msg and "\n" not in msg, (name, msg)
     with pytest.raises(CheckpointError, match="no such"):
         read_llama2c(tmp_path / "missing.bin")
+
+
+def test_export_refuses_what_llama2c_cannot_express(tmp_path):
+    for kw in ({"norm_eps": 1e-6}, {"rope_theta": 5e5}):
+        cfg = preset("tiny", vocab_size=97, seq_len=16, **kw)
+        with pytest.raises(UserError, match="run.c|llama2.c"):
+            write_llama2c(tmp_path / "m.bin", cfg, Params(cfg))
+        assert not (tmp_path / "m.bin").exists()
 
 
 def test_export_cli_errors(tmp_path, trained, capsys):

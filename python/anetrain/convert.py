@@ -271,6 +271,11 @@ def write_llama2c(
         raise ValueError("write_llama2c: params were built for another config")
     if cfg.q_dim != cfg.dim:
         raise UserError(f"{path}: llama2.c needs n_heads * head_dim == dim")
+    if cfg.norm_eps != 1e-5 or cfg.rope_theta != 10000.0:  # run.c hard-codes both
+        raise UserError(
+            f"{path}: llama2.c models use norm_eps 1e-5 and rope_theta 10000, not "
+            f"{cfg.norm_eps:g} and {cfg.rope_theta:g}"
+        )
     chunks = _v0_chunks(cfg, params) if version == 0 else _v1_chunks(cfg, params)
     tmp = path.with_name(path.name + ".tmp")
     written = 0
