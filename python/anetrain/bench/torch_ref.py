@@ -30,6 +30,8 @@ class TorchLlama(torch.nn.Module):
         ang = torch.outer(torch.arange(cfg.seq_len, dtype=torch.float64), inv)
         self.register_buffer("cos", torch.cos(ang).float(), persistent=False)  # (S, hd/2)
         self.register_buffer("sin", torch.sin(ang).float(), persistent=False)
+        causal = torch.ones(cfg.seq_len, cfg.seq_len, dtype=torch.bool).triu(1)  # True = masked
+        self.register_buffer("causal", causal, persistent=False)
 
     def w(self, name: str) -> torch.Tensor:
         return self.p[name.replace(".", "/")]
@@ -55,11 +57,12 @@ class TorchLlama(torch.nn.Module):
             q = self._rope((h @ self.w(L + "wq").T).view(S, H, hd))
             k = self._rope((h @ self.w(L + "wk").T).view(S, KV, hd))
             v = (h @ self.w(L + "wv").T).view(S, KV, hd)
-            k = k.repeat_interleave(H // KV, dim=1)  # query head h uses kv head h // (H/KV)
-            v = v.repeat_interleave(H // KV, dim=1)
+            if KV != H:  # query head h uses kv head h // (H/KV)
+                k = k.repeat_interleave(H // KV, dim=1)
+                v = v.repeat_interleave(H // KV, dim=1)
             q, k, v = (t.transpose(0, 1) for t in (q, k, v))  # (heads, S, hd)
             att = (q @ k.transpose(1, 2)) / math.sqrt(hd)
-            att = att.masked_fill(torch.ones(S, S, dtype=torch.bool).triu(1), float("-inf"))
+            att = att.masked_fill(self.causal[:S, :S], float("-inf"))
             o = (att.softmax(-1) @ v).transpose(0, 1).reshape(S, cfg.q_dim)
             x = x + o @ self.w(L + "wo").T
             h = self._rmsnorm(x, self.w(L + "rms_ffn"))
