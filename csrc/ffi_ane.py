@@ -12,6 +12,9 @@ import sys
 
 from cffi import FFI
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ffi_util import cdef_from, sanitize_flags  # noqa: E402
+
 # setup.py runs this with cwd = project root; setuptools wants relative paths (ecosystem.md §1.3).
 HEADER = "csrc/ane/ane_runtime.h"
 SOURCES = ["csrc/ane/ane_runtime.m", "csrc/ane/ane_surface.m"]
@@ -19,21 +22,6 @@ CFLAGS = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fv
 
 # Linux stub only: live/locked surface counters for the leak tests.
 STUB_CDEF = "int iosurface_stub_live(void);\nint iosurface_stub_locked(void);\n"
-
-
-def cdef_from(path: str) -> str:
-    """The header minus preprocessor lines: the public header is the single source of the cdef."""
-    with open(path, encoding="utf-8") as f:
-        return "".join(line for line in f if not line.lstrip().startswith("#"))
-
-
-def sanitize_flags() -> list[str]:
-    """ANETRAIN_SANITIZE=address,undefined -> sanitizer flags for compile and link (§3.1)."""
-    kinds = os.environ.get("ANETRAIN_SANITIZE", "").strip()
-    if not kinds:
-        return []
-    return [f"-fsanitize={kinds}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
-            "-O1", "-g"]
 
 
 def gnustep(flag: str) -> list[str]:
