@@ -68,22 +68,32 @@ def save(path: str | Path, ck: Checkpoint) -> None:
     arrays = _body_arrays(ck)
     body_len = sum(a.nbytes for a in arrays)
     pad = (-(_PREFIX.size + len(hbytes))) % _ALIGN
+
+    def write(f) -> None:
+        f.write(_PREFIX.pack(MAGIC, VERSION, len(hbytes), body_len, 0, zlib.crc32(hbytes)))
+        f.write(hbytes + b"\0" * pad)
+        crc = 0
+        for a in arrays:
+            crc = _write_all(f, np.ascontiguousarray(a, dtype="<f4"), crc)
+        f.seek(0)  # the body CRC is known only now
+        f.write(_PREFIX.pack(MAGIC, VERSION, len(hbytes), body_len, crc, zlib.crc32(hbytes)))
+
+    atomic_write(path, write, "checkpoint")
+
+
+def atomic_write(path: Path, write, what: str):
+    """Run write(f) on PATH.tmp, fsync, rename over PATH, fsync the directory; returns write's
+    result. On any OS error the temp file is removed and PATH is left exactly as it was."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(_PREFIX.pack(MAGIC, VERSION, len(hbytes), body_len, 0, zlib.crc32(hbytes)))
-            f.write(hbytes + b"\0" * pad)
-            crc = 0
-            for a in arrays:
-                crc = _write_all(f, np.ascontiguousarray(a, dtype="<f4"), crc)
-            f.seek(0)
-            f.write(_PREFIX.pack(MAGIC, VERSION, len(hbytes), body_len, crc, zlib.crc32(hbytes)))
+            result = write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"{path}: cannot write checkpoint ({e.strerror or e})") from None
+        raise CheckpointError(f"{path}: cannot write {what} ({e.strerror or e})") from None
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -92,6 +102,7 @@ def save(path: str | Path, ck: Checkpoint) -> None:
             os.close(fd)
     except OSError:
         pass
+    return result
 
 
 def read_header(path: str | Path) -> tuple[dict, int, int, int]:

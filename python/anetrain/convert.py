@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from anetrain.checkpoint import atomic_write
 from anetrain.config import ModelConfig
 from anetrain.errors import CheckpointError, UserError
 from anetrain.params import MATRICES, Params
@@ -277,24 +278,20 @@ def write_llama2c(
             f"{cfg.norm_eps:g} and {cfg.rope_theta:g}"
         )
     chunks = _v0_chunks(cfg, params) if version == 0 else _v1_chunks(cfg, params)
-    tmp = path.with_name(path.name + ".tmp")
-    written = 0
-    try:
-        with open(tmp, "wb") as f:
-            for c in chunks:
-                if isinstance(c, np.ndarray):
-                    c = np.ascontiguousarray(c, dtype="<f4")  # no copy on little-endian hosts
-                    f.write(memoryview(c.reshape(-1).view(np.uint8)))
-                    written += c.nbytes
-                else:
-                    f.write(c)
-                    written += len(c)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"{path}: cannot write model ({e.strerror or e})") from None
+
+    def write(f) -> int:
+        written = 0
+        for c in chunks:
+            if isinstance(c, np.ndarray):
+                c = np.ascontiguousarray(c, dtype="<f4")  # no copy on little-endian hosts
+                f.write(memoryview(c.reshape(-1).view(np.uint8)))
+                written += c.nbytes
+            else:
+                f.write(c)
+                written += len(c)
+        return written
+
+    written = atomic_write(path, write, "model")
     expect = v0_size(cfg) if version == 0 else v1_size(cfg)
     assert written == expect, (written, expect)
     return written
