@@ -79,6 +79,7 @@ def test_latency_runtime_sleeps_and_logs():
         k.eval(s)
     assert time.perf_counter() - t >= 0.010
     assert [e[0] for e in rt.log] == ["woFwd"] * 5 and rt.eval_seconds >= 0.010
+    assert all(e[3] + 0.002 <= e[4] for e in rt.log)  # (name, cpu0, cpu1, t0, t1)
 
 
 # ---- AneRuntime over the mock ---------------------------------------------------------------
@@ -196,3 +197,18 @@ def test_compile_eval_free_cycles_leak_nothing(ane_rt, mock):
     assert ane_rt.compiles == 200
     ane_rt.close()
     assert mock.live_objects() == 0
+
+
+def test_overlap_bench_measures_kernel_time_and_critical_path(capsys):
+    from anetrain.bench import overlap
+
+    cfg = tiny_cfg()
+    seconds = overlap.m4_seconds(cfg)
+    assert set(seconds) == set(_specs(cfg)) and all(s > 0 for s in seconds.values())
+    res = overlap.run(cfg, {n: 0.001 for n in seconds}, steps=1, accum=1)
+    (row,) = res["rows"]
+    assert row["evals"] == 10 * cfg.n_layers
+    assert row["kernel"] >= row["evals"] * 0.001 and 0 < row["critical"] <= row["main_cpu"] + 1e-3
+    assert row["step"] >= row["kernel"] and row["ratio"] > 0.5
+    assert overlap.main(["--model", "tiny", "--steps", "1", "--vocab-size", "97"]) == 0
+    assert "ratio step / (kernel + critical)" in capsys.readouterr().out

@@ -168,8 +168,8 @@ class LatencyKernel(SimKernel):
     def eval(self, inp: ArraySurface) -> None:
         c0, t0 = time.thread_time(), time.perf_counter()
         time.sleep(self.seconds)
-        t1 = time.perf_counter()
-        self.rt.log.append((self.spec.name, c0, t0, t1))
+        c1, t1 = time.thread_time(), time.perf_counter()
+        self.rt.log.append((self.spec.name, c0, c1, t0, t1))
         self.rt.evals += 1
         self.rt.eval_seconds += t1 - t0
 
@@ -178,7 +178,7 @@ class LatencyRuntime(SimRuntime):
     """Kernels that take a given time per evaluation and compute nothing (overlap benchmark).
 
     `seconds`: kernel name -> evaluation time. Every evaluation appends (kernel name, calling
-    thread's CPU time at its start, perf_counter start, perf_counter end) to `log`, so a
+    thread's CPU time at its start and end, perf_counter at its start and end) to `log`, so a
     benchmark can measure the host work between dependent evaluations.
     """
 
@@ -187,7 +187,7 @@ class LatencyRuntime(SimRuntime):
     def __init__(self, seconds: dict[str, float]) -> None:
         super().__init__()
         self.seconds = dict(seconds)
-        self.log: list[tuple[str, float, float, float]] = []
+        self.log: list[tuple[str, float, float, float, float]] = []
 
     def compile(self, spec: KernelSpec) -> LatencyKernel:
         self.compiles += 1

@@ -1,0 +1,184 @@
+"""python -m anetrain.bench overlap: kernel time vs the CPU critical path on a latency-model ANE."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+
+# Every kernel evaluation sleeps for a modelled ANE time (LatencyRuntime); everything else (RMSNorm,
+# packing, classifier, CE, dW sgemms on the worker, AdamW, weight staging) runs for real through
+# MilKernels and model.micro_step. Per step it reports
+#   step       wall time of the step
+#   kernel     sum of the evaluation times (the sleeps as measured)
+#   cpu busy   process CPU time, all threads (main, dW worker, staging, BLAS)
+#   critical   main-thread CPU time between dependent evaluations: each evaluation needs the host
+#              work before it (pack, norms, residuals, SiLU', RoPE', classifier), so on the one
+#              main thread all of it sits between consecutive evaluations; measured per gap with
+#              time.thread_time (BLAS is pinned to one thread per thread so that this is exact)
+#   ratio      step / (kernel + critical): 1.0 = everything else is hidden behind evaluations
+#
+# Default kernel times: upstream.md §7, M4, dynamic pipeline `cb474e1`: forward evaluations 21 ms
+# and backward 28 ms per Stories110M step. Each evaluation = a fixed dispatch cost (0.095 ms,
+# §7 "XPC+IOKit overhead per dispatch") plus the rest of its phase's time split by FLOPs.
+M4_FWD_MS, M4_BWD_MS, DISPATCH_MS = 21.0, 28.0, 0.095
+# M4 CPU sgemm rate implied by the same commit's "cls 13 ms": two classifier sgemms over the
+# compacted 9.2K vocabulary, 2·2·9200·768·256 FLOP (upstream.md §5.8, §7). Used only by
+# --kernel-scale host, which slows the modelled ANE by (M4 CPU rate / this host's rate).
+M4_CPU_GFLOPS = 2 * 2 * 9200 * 768 * 256 / 13e-3 / 1e9
+FWD = ("sdpaFwd", "woFwd", "ffnFused")
+
+
+def kernel_flops(cfg) -> dict[str, float]:
+    """FLOPs of one evaluation of each kernel (matmuls only)."""
+    S, D, Q, KV, F = cfg.seq_len, cfg.dim, cfg.q_dim, cfg.kv_dim, cfg.hidden_dim
+    att = 2 * cfg.n_heads * S * S * cfg.head_dim  # one [S,S]x[S,HD] product over all heads
+    return {"sdpaFwd": 2 * S * D * (Q + 2 * KV) + 2 * att, "woFwd": 2 * S * Q * D,
+            "ffnFused": 3 * 2 * S * D * F, "ffnBwdW2t": 2 * S * D * F, "ffnBwdW13t": 4 * S * F * D,
+            "wotBwd": 2 * S * D * Q, "sdpaBwd1": 3 * att, "sdpaBwd2": 2 * att,
+            "qBwd": 2 * S * Q * D, "kvBwd": 4 * S * KV * D}  # fmt: skip
+
+
+def m4_seconds(cfg, scale: float = 1.0) -> dict[str, float]:
+    """Seconds per evaluation: M4 phase totals (scaled from 12 layers) split as described above."""
+    flops = kernel_flops(cfg)
+    out = {}
+    for names, total_ms in ((FWD, M4_FWD_MS), (tuple(n for n in flops if n not in FWD), M4_BWD_MS)):
+        per_layer = total_ms / 12  # upstream's figures are for 12 layers
+        work = per_layer - DISPATCH_MS * len(names)
+        fl = sum(flops[n] for n in names)
+        for n in names:
+            out[n] = scale * (DISPATCH_MS + work * flops[n] / fl) / 1e3
+    return out
+
+
+def host_gflops(cfg, repeat: int = 3) -> float:
+    """Single-thread sgemm rate of this host on the M4 reference shape [9200, D] x [D, S]."""
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((9200, cfg.dim), dtype=np.float32)
+    b = np.ones((cfg.dim, cfg.seq_len), np.float32)
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * 9200 * cfg.dim * cfg.seq_len / best / 1e9
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def run(cfg, seconds: dict[str, float], steps: int, accum: int, seed: int = 0) -> dict:
+    """Warm-up step + `steps` measured steps; per-step figures and the gap breakdown."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from anetrain.kernels_mil import MilKernels
+    from anetrain.model import micro_step
+    from anetrain.optim import AdamW
+    from anetrain.params import init_params
+    from anetrain.runtime import LatencyRuntime
+
+    rng = np.random.default_rng(seed)
+    params = init_params(cfg, rng)
+    grads = params.zeros_like()
+    opt = AdamW(params, 0.9, 0.95, 1e-8, 0.1)
+    rt = LatencyRuntime(seconds)
+    kern = MilKernels(cfg, params, rt)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="anetrain-dw")
+    rows, gaps = [], {}
+    try:
+        for step in range(steps + 1):
+            tok = rng.integers(0, cfg.vocab_size, cfg.seq_len + 1)
+            rt.log.clear()
+            e0, c_all0 = rt.eval_seconds, _cpu()
+            c_main0, t_start = time.thread_time(), time.perf_counter()
+            for m in range(accum):
+                micro_step(params, grads, kern, tok[:-1], tok[1:], m > 0, 4096.0, pool)
+            opt.step(grads, 1e-4, grad_scale=1.0 / (accum * 4096.0))
+            kern.update_weights()
+            c_main1, t_end = time.thread_time(), time.perf_counter()
+            # gaps: (previous evaluation or step start) -> (next evaluation or step end)
+            marks = [("start", c_main0, c_main0, t_start, t_start)] + rt.log + \
+                    [("end", c_main1, c_main1, t_end, t_end)]  # fmt: skip
+            step_gaps = [(a[0], b[0], b[1] - a[2], b[3] - a[4]) for a, b in zip(marks, marks[1:])]
+            crit = sum(g[2] for g in step_gaps)
+            row = {"step": t_end - t_start, "kernel": rt.eval_seconds - e0, "critical": crit,
+                   "cpu_busy": _cpu() - c_all0, "main_cpu": c_main1 - c_main0,
+                   "evals": len(rt.log)}  # fmt: skip
+            row["ratio"] = row["step"] / (row["kernel"] + row["critical"])
+            if step:  # the first step warms caches and allocations
+                rows.append(row)
+                for prev, nxt, c, w in step_gaps:
+                    g = gaps.setdefault((prev, nxt), [0.0, 0.0, 0])
+                    g[0], g[1], g[2] = g[0] + c, g[1] + w, g[2] + 1
+    finally:
+        kern.close()
+        pool.shutdown()
+    return {"rows": rows, "gaps": gaps, "stage_each": kern.stage_seconds / kern.stagings}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m anetrain.bench overlap", description=__doc__)
+    p.add_argument("--model", default="stories110m")
+    p.add_argument("--steps", type=int, default=3, help="measured steps after one warm-up (3)")
+    p.add_argument("--accum", type=int, default=1, help="micro-steps per optimizer step (1)")
+    p.add_argument("--vocab-size", type=int, default=None, help="default: the preset's (32000)")
+    p.add_argument("--kernel-scale", default="1",
+                   help="multiply the M4 kernel times by this, or 'host': by the M4 CPU's sgemm "
+                        "rate over this host's (an ANE as much faster than this CPU as the M4's)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="BLAS threads per thread (1; needed for exact per-thread CPU times)")
+    args = p.parse_args(argv)
+    if "numpy" in sys.modules:
+        print("note: numpy was imported before the bench; BLAS thread count not pinned")
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                "VECLIB_MAXIMUM_THREADS"):  # fmt: skip
+        os.environ[var] = str(args.threads)
+
+    from anetrain.config import preset
+
+    cfg = preset(args.model, **({"vocab_size": args.vocab_size} if args.vocab_size else {}))
+    if args.kernel_scale == "host":
+        g = host_gflops(cfg)
+        scale = M4_CPU_GFLOPS / g
+        print(f"host sgemm {g:.1f} GFLOP/s vs M4 {M4_CPU_GFLOPS:.0f}: kernel times x{scale:.2f}")
+    else:
+        scale = float(args.kernel_scale)
+    seconds = m4_seconds(cfg, scale)
+    print(f"{args.model}: {cfg.n_layers} layers, dim {cfg.dim}, vocab {cfg.vocab_size}, seq "
+          f"{cfg.seq_len}; accum {args.accum}; BLAS threads {args.threads}; {os.cpu_count()} cores")
+    print("modelled evaluation ms: " + ", ".join(f"{n} {1e3 * s:.3f}" for n, s in seconds.items()))
+    res = run(cfg, seconds, args.steps, args.accum)
+    rows = res["rows"]
+    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    print(f"\nmedian of {len(rows)} steps ({int(med['evals'])} evaluations each):")
+    print(f"  step time            {1e3 * med['step']:9.1f} ms")
+    print(f"  total kernel time    {1e3 * med['kernel']:9.1f} ms")
+    print(f"  total CPU busy time  {1e3 * med['cpu_busy']:9.1f} ms (all threads; main thread "
+          f"{1e3 * med['main_cpu']:.1f})")
+    print(f"  CPU critical path    {1e3 * med['critical']:9.1f} ms")
+    print(f"  ratio step / (kernel + critical) = {med['ratio']:.3f}")
+    n = len(rows)
+    top = sorted(res["gaps"].items(), key=lambda kv: -kv[1][0])[:8]
+    print("\nwhere the critical path goes (largest gaps, per step: main CPU / wall ms):")
+    for (a, b), (c, w, k) in top:
+        print(f"  {a:>10s} -> {b:<10s} x{k // n:<3d} {1e3 * c / n:8.1f} / {1e3 * w / n:8.1f}")
+    off = med["cpu_busy"] - med["main_cpu"]
+    wait = med["step"] - med["kernel"] - med["main_cpu"]
+    print(f"\noff the critical path: {1e3 * off:.1f} ms CPU per step on other threads (dW "
+          f"sgemms, classifier gradient; weight staging {1e3 * res['stage_each']:.1f} ms of it)")
+    print(f"main thread neither computing nor evaluating: {1e3 * wait:.1f} ms per step (waiting "
+          "for dW jobs / staging, or descheduled: the part not hidden)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
