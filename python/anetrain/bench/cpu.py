@@ -17,6 +17,11 @@ from anetrain.optim import AdamW, clip_factor, grad_norm
 from anetrain.params import init_params
 
 
+# Pause before each timed call: thread pools (torch's OpenMP, OpenBLAS) keep spinning for a while
+# after a parallel region and would steal the cores from whichever side runs next.
+SETTLE_S = 0.3
+
+
 def _median_ms(times: list[float]) -> float:
     return 1000.0 * statistics.median(times)
 
@@ -84,10 +89,12 @@ def bench_steps(name: str, reps: int, threads: int, use_torch: bool) -> dict:
         theirs()
     t_ours, t_torch = [], []
     for _ in range(reps):  # alternate so both see the same machine load
+        time.sleep(SETTLE_S)
         t0 = time.perf_counter()
         ours()
         t_ours.append(time.perf_counter() - t0)
         if theirs:
+            time.sleep(SETTLE_S)
             t0 = time.perf_counter()
             theirs()
             t_torch.append(time.perf_counter() - t0)
@@ -104,13 +111,14 @@ def bench_steps(name: str, reps: int, threads: int, use_torch: bool) -> dict:
 
 
 def bench_fp16(n: int, reps: int, threads: int, use_torch: bool) -> dict:
-    """fp32 -> fp16 throughput in GB/s of fp32 input read, median over reps."""
+    """fp32 -> fp16 throughput in GB/s of fp32 input read, median over reps.
+
+    anetrain and torch copy_ (both into preallocated outputs) alternate; numpy's astype, which
+    allocates a fresh output each call, is timed afterwards so its allocations do not disturb them.
+    """
     x = np.random.default_rng(0).standard_normal(n, dtype=np.float32)
     out = np.empty(n, dtype=np.uint16)
-    cases = {
-        "anetrain": lambda: native.f32_to_f16(x, out=out, threads=threads),
-        "numpy_astype": lambda: x.astype(np.float16),
-    }
+    cases = {"anetrain": lambda: native.f32_to_f16(x, out=out, threads=threads)}
     if use_torch:
         import torch
 
@@ -121,9 +129,15 @@ def bench_fp16(n: int, reps: int, threads: int, use_torch: bool) -> dict:
         cases[k]()
     for _ in range(reps):
         for k, fn in cases.items():
+            time.sleep(SETTLE_S)
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
+    times["numpy_astype"] = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        x.astype(np.float16)
+        times["numpy_astype"].append(time.perf_counter() - t0)
     res = {"n": n, "impl": native.best_impl()}
     for k, ts in times.items():
         res[f"{k}_gbs"] = round(4 * n / statistics.median(ts) / 1e9, 2)
@@ -159,7 +173,7 @@ def main(argv: list[str]) -> int:
             if "torch_ms" in r:
                 line += f"  torch {r['torch_ms']:8.1f} ms/step  ratio {r['ratio']:.3f}"
             print(line, flush=True)
-    report["fp16"] = f = bench_fp16(args.fp16_n, 7, threads, use_torch)
+    report["fp16"] = f = bench_fp16(args.fp16_n, 11, threads, use_torch)
     if args.json:
         print(json.dumps(report))
     else:
