@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from anetrain.tokenizer import BOS_ID, EOS_ID, Tokenizer, TokenizerError
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from anetrain.tokenizer import BOS_ID, EOS_ID, Tokenizer, TokenizerError
 
 REPO = Path(__file__).resolve().parents[1]
 STORIES = REPO / "data" / "stories"

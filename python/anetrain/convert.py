@@ -14,7 +14,7 @@ import numpy as np
 from anetrain.checkpoint import atomic_write
 from anetrain.config import ModelConfig
 from anetrain.errors import CheckpointError, UserError
-from anetrain.params import MATRICES, Params
+from anetrain.params import Params
 
 # Formats (design/llama2c.md §2; little-endian, every matrix row-major W[out, in] like our Params,
 # so no transposes anywhere):
@@ -61,10 +61,13 @@ def _v1_norms(params: Params) -> list[np.ndarray]:
     return [*_per_layer(params, "rms_att"), *_per_layer(params, "rms_ffn"), params.rms_final]
 
 
+LLAMA2C_MATRICES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")  # file order of every version
+
+
 def _v1_matrices(params: Params) -> list[np.ndarray]:
     """v1/v2 matrices in file order, classifier last when it is not shared."""
     out = [params.embed]
-    for kind in MATRICES:
+    for kind in LLAMA2C_MATRICES:
         out += _per_layer(params, kind)
     if not params.cfg.shared_classifier:
         out.append(params.wcls)

@@ -46,6 +46,16 @@ def reduce_kv(x: np.ndarray, cfg: ModelConfig) -> np.ndarray:
     return x.reshape(cfg.n_kv_heads, cfg.kv_group, hd, S).sum(axis=1).reshape(cfg.kv_dim, S)
 
 
+def joined_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[a; b] as one [ra + rb, S] array: a view when b's rows follow a's in memory, else a copy."""
+    if (a.flags.c_contiguous and b.flags.c_contiguous and a.base is not None and a.base is b.base
+            and a.ctypes.data + a.nbytes == b.ctypes.data and a.shape[1:] == b.shape[1:]):
+        base = a.base
+        off = (a.ctypes.data - base.ctypes.data) // a.itemsize
+        return base.reshape(-1)[off : off + a.size + b.size].reshape(-1, *a.shape[1:])
+    return np.concatenate((a, b))
+
+
 def causal_mask(S: int, neg: float = -np.inf) -> np.ndarray:
     """[S, S] additive mask: 0 where key t' <= query t, `neg` above the diagonal."""
     return np.triu(np.full((S, S), neg, dtype=np.float32), k=1)
@@ -95,10 +105,10 @@ class CpuKernels:
     # ---- forward ----------------------------------------------------------------------------
 
     def sdpa_fwd(self, layer: int, xnorm: np.ndarray):
-        lp, cfg = self.params.layers[layer], self.cfg
-        q = lp.wq @ xnorm  # [Q, S]
-        k = lp.wk @ xnorm  # [KV, S]
-        v = lp.wv @ xnorm  # [KV, S]
+        cfg = self.cfg
+        Q, KV = cfg.q_dim, cfg.kv_dim
+        qkv = self.params.block(layer, "wq", "wv") @ xnorm  # [Q + 2KV, S], one sgemm
+        q, k, v = qkv[:Q], qkv[Q : Q + KV], qkv[Q + KV :]  # [Q, S], [KV, S], [KV, S] row views
         native.rope_fwd(q, self.cos, self.sin, cfg.n_heads)
         native.rope_fwd(k, self.cos, self.sin, cfg.n_kv_heads)
         p = self._probs(q, tile_kv(k, cfg))  # (H, S, S)
@@ -111,11 +121,11 @@ class CpuKernels:
         return self.params.layers[layer].wo @ attn  # [D, S]
 
     def ffn_fused(self, layer: int, x2norm: np.ndarray):
-        lp = self.params.layers[layer]
-        h1 = lp.w1 @ x2norm  # [F, S]
-        h3 = lp.w3 @ x2norm  # [F, S]
+        F = self.cfg.hidden_dim
+        h13 = self.params.block(layer, "w1", "w3") @ x2norm  # [2F, S], one sgemm
+        h1, h3 = h13[:F], h13[F:]  # [F, S] each
         gate = native.swiglu_fwd(h1, h3)  # [F, S]
-        return lp.w2 @ gate, h1, h3, gate  # ffn [D, S]
+        return self.params.layers[layer].w2 @ gate, h1, h3, gate  # ffn [D, S]
 
     # ---- backward ---------------------------------------------------------------------------
 
@@ -123,10 +133,8 @@ class CpuKernels:
         return self.params.layers[layer].w2.T @ dffn  # [F, S]
 
     def ffn_bwd_w13t(self, layer: int, dh1: np.ndarray, dh3: np.ndarray) -> np.ndarray:
-        lp = self.params.layers[layer]
-        dx = lp.w1.T @ dh1  # [D, S]
-        dx += lp.w3.T @ dh3
-        return dx
+        w13 = self.params.block(layer, "w1", "w3")  # [2F, D]
+        return w13.T @ joined_rows(dh1, dh3)  # W1^T dh1 + W3^T dh3 as one sgemm: [D, S]
 
     def wot_bwd(self, layer: int, dx2: np.ndarray) -> np.ndarray:
         return self.params.layers[layer].wo.T @ dx2  # [Q, S]
@@ -168,7 +176,5 @@ class CpuKernels:
         return self.params.layers[layer].wq.T @ dq  # [D, S]
 
     def kv_bwd(self, layer: int, dk: np.ndarray, dv: np.ndarray) -> np.ndarray:
-        lp = self.params.layers[layer]
-        dx = lp.wk.T @ dk  # [D, S]
-        dx += lp.wv.T @ dv
-        return dx
+        wkv = self.params.block(layer, "wk", "wv")  # [2KV, D]
+        return wkv.T @ joined_rows(dk, dv)  # Wk^T dk + Wv^T dv as one sgemm: [D, S]

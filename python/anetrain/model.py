@@ -137,9 +137,10 @@ def micro_step(
         # FFN branch: x_out = x2 + W2 (silu(W1 x2n) * W3 x2n)
         dgate = kern.ffn_bwd_w2t(layer, dy)  # [F, S]
         dw.add(gp.w2, dy, a.gate.T, accumulate)
-        dh1, dh3 = native.swiglu_bwd(dgate, a.h1, a.h3, dh1=dgate)  # [F, S] each
-        dw.add(gp.w1, dh1, a.x2n.T, accumulate)
-        dw.add(gp.w3, dh3, a.x2n.T, accumulate)
+        F = cfg.hidden_dim
+        dh13 = np.empty((2 * F, dy.shape[1]), dtype=np.float32)  # [dh1; dh3] [2F, S]
+        dh1, dh3 = native.swiglu_bwd(dgate, a.h1, a.h3, dh1=dh13[:F], dh3=dh13[F:])
+        dw.add(grads.block(layer, "w1", "w3"), dh13, a.x2n.T, accumulate)  # dW1, dW3 at once
         dx2n = kern.ffn_bwd_w13t(layer, dh1, dh3)  # [D, S]
         dx2 = native.rmsnorm_bwd(dx2n, a.x2, lp.rms_ffn, a.r_ffn, gp.rms_ffn, out=dx2n)
         dx2 += dy
@@ -148,12 +149,15 @@ def micro_step(
         dw.add(gp.wo, dx2, a.attn.T, accumulate)
         k_t, v_t = tile_kv(a.k, cfg), tile_kv(a.v, cfg)  # [Q, S]
         dq, dk_full, dv_full = kern.sdpa_bwd(layer, a.q, k_t, v_t, dattn)
-        dk, dv = reduce_kv(dk_full, cfg), reduce_kv(dv_full, cfg)  # [KV, S]
+        Q, KV = cfg.q_dim, cfg.kv_dim
+        dqkv = np.empty((Q + 2 * KV, dq.shape[1]), dtype=np.float32)  # [dq; dk; dv]
+        dqkv[:Q] = dq
+        dqkv[Q : Q + KV] = reduce_kv(dk_full, cfg)  # [KV, S] summed over each kv group
+        dqkv[Q + KV :] = reduce_kv(dv_full, cfg)
+        dq, dk, dv = dqkv[:Q], dqkv[Q : Q + KV], dqkv[Q + KV :]  # row views
         native.rope_bwd(dq, kern.cos, kern.sin, cfg.n_heads)
         native.rope_bwd(dk, kern.cos, kern.sin, cfg.n_kv_heads)
-        dw.add(gp.wq, dq, a.xn.T, accumulate)
-        dw.add(gp.wk, dk, a.xn.T, accumulate)
-        dw.add(gp.wv, dv, a.xn.T, accumulate)
+        dw.add(grads.block(layer, "wq", "wv"), dqkv, a.xn.T, accumulate)  # dWq, dWk, dWv at once
         dxn = kern.q_bwd(layer, dq)  # [D, S]
         dxn += kern.kv_bwd(layer, dk, dv)
         dy = native.rmsnorm_bwd(dxn, a.x, lp.rms_att, a.r_att, gp.rms_att, out=dxn)

@@ -24,7 +24,9 @@ class LayerParams:
     rms_ffn: np.ndarray  # [dim]
 
 
-MATRICES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+# Storage order inside a layer: [wq; wk; wv] and [w1; w3] are contiguous blocks, so the CPU
+# kernels run one sgemm for q/k/v and one for the gate/up projections (files use their own order).
+MATRICES = ("wq", "wk", "wv", "wo", "w1", "w3", "w2")
 
 
 def layout(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
@@ -86,6 +88,15 @@ class Params:
             LayerParams(**{k: t[f"layers.{i}.{k}"] for k in (*MATRICES, "rms_att", "rms_ffn")})
             for i in range(cfg.n_layers)
         ]
+
+    def block(self, layer: int, first: str, last: str) -> np.ndarray:
+        """Rows of the consecutive matrices first..last of a layer as one [rows, dim] view
+        (e.g. block(l, "wq", "wv") = [wq; wk; wv], block(l, "w1", "w3") = [w1; w3])."""
+        a, b = self.tensors[f"layers.{layer}.{first}"], self.tensors[f"layers.{layer}.{last}"]
+        start = a.ctypes.data - self.flat.ctypes.data
+        stop = b.ctypes.data - self.flat.ctypes.data + b.nbytes
+        rows = (stop - start) // (4 * a.shape[1])
+        return self.flat[start // 4 : stop // 4].reshape(rows, a.shape[1])
 
     def __len__(self) -> int:
         return self.flat.size

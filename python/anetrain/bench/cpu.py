@@ -16,7 +16,6 @@ from anetrain.model import micro_step
 from anetrain.optim import AdamW, clip_factor, grad_norm
 from anetrain.params import init_params
 
-
 # Pause before each timed call: thread pools (torch's OpenMP, OpenBLAS) keep spinning for a while
 # after a parallel region and would steal the cores from whichever side runs next.
 SETTLE_S = 0.3
