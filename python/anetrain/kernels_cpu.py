@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from anetrain import native
@@ -48,8 +50,14 @@ def reduce_kv(x: np.ndarray, cfg: ModelConfig) -> np.ndarray:
 
 def joined_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """[a; b] as one [ra + rb, S] array: a view when b's rows follow a's in memory, else a copy."""
-    if (a.flags.c_contiguous and b.flags.c_contiguous and a.base is not None and a.base is b.base
-            and a.ctypes.data + a.nbytes == b.ctypes.data and a.shape[1:] == b.shape[1:]):
+    if (
+        a.flags.c_contiguous
+        and b.flags.c_contiguous
+        and a.base is not None
+        and a.base is b.base
+        and a.ctypes.data + a.nbytes == b.ctypes.data
+        and a.shape[1:] == b.shape[1:]
+    ):
         base = a.base
         off = (a.ctypes.data - base.ctypes.data) // a.itemsize
         return base.reshape(-1)[off : off + a.size + b.size].reshape(-1, *a.shape[1:])
@@ -73,6 +81,10 @@ class CpuKernels:
         self.cos, self.sin = rope_tables(cfg.head_dim, self.S, cfg.rope_theta)  # [S, hd/2] each
         self.mask = causal_mask(self.S)  # [S, S]
         self.scale = np.float32(1.0 / np.sqrt(cfg.head_dim))
+        self.threads = os.cpu_count() or 1  # for the elementwise C ops (BLAS uses all cores too)
+        # attention probabilities of the forward, reused by sdpa_bwd1 when it is called with the
+        # very same q and k arrays (the ANE recomputes them; here that would only cost time)
+        self._probs_cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def update_weights(self) -> None:
         """Called after every optimizer step; the cpu kernels read the masters, so nothing to do."""
@@ -111,7 +123,9 @@ class CpuKernels:
         q, k, v = qkv[:Q], qkv[Q : Q + KV], qkv[Q + KV :]  # [Q, S], [KV, S], [KV, S] row views
         native.rope_fwd(q, self.cos, self.sin, cfg.n_heads)
         native.rope_fwd(k, self.cos, self.sin, cfg.n_kv_heads)
-        p = self._probs(q, tile_kv(k, cfg))  # (H, S, S)
+        k_tiled = tile_kv(k, cfg)
+        p = self._probs(q, k_tiled)  # (H, S, S)
+        self._probs_cache[layer] = (q, k_tiled, p)
         vh = self._heads(tile_kv(v, cfg))  # (H, hd, S)
         hd, S = cfg.head_dim, self.S
         attn = self._per_head(vh, p.transpose(0, 2, 1), hd, S)  # attn[d,t] = sum_t' v[d,t'] P[t,t']
@@ -124,7 +138,7 @@ class CpuKernels:
         F = self.cfg.hidden_dim
         h13 = self.params.block(layer, "w1", "w3") @ x2norm  # [2F, S], one sgemm
         h1, h3 = h13[:F], h13[F:]  # [F, S] each
-        gate = native.swiglu_fwd(h1, h3)  # [F, S]
+        gate = native.swiglu_fwd(h1, h3, threads=self.threads)  # [F, S]
         return self.params.layers[layer].w2 @ gate, h1, h3, gate  # ffn [D, S]
 
     # ---- backward ---------------------------------------------------------------------------
@@ -143,7 +157,11 @@ class CpuKernels:
         self, layer: int, q: np.ndarray, k_tiled: np.ndarray, v_tiled: np.ndarray, dattn: np.ndarray
     ):
         cfg, S = self.cfg, self.S
-        p = self._probs(q, k_tiled)  # recomputed, as on the ANE: (H, S, S)
+        hit = self._probs_cache.pop(layer, None)
+        if hit is not None and hit[0] is q and hit[1] is k_tiled:
+            p = hit[2]  # (H, S, S) from this layer's forward
+        else:
+            p = self._probs(q, k_tiled)  # recomputed, as the ANE kernel does
         dah, vh = self._heads(dattn), self._heads(v_tiled)  # (H, hd, S)
         hd = cfg.head_dim
         dv = self._per_head(dah, p, hd, S)  # dv[d,t'] = sum_t dattn[d,t] P[t,t'] -> (H, hd, S)

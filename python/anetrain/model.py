@@ -139,7 +139,9 @@ def micro_step(
         dw.add(gp.w2, dy, a.gate.T, accumulate)
         F = cfg.hidden_dim
         dh13 = np.empty((2 * F, dy.shape[1]), dtype=np.float32)  # [dh1; dh3] [2F, S]
-        dh1, dh3 = native.swiglu_bwd(dgate, a.h1, a.h3, dh1=dh13[:F], dh3=dh13[F:])
+        dh1, dh3 = native.swiglu_bwd(
+            dgate, a.h1, a.h3, dh1=dh13[:F], dh3=dh13[F:], threads=getattr(kern, "threads", 1)
+        )
         dw.add(grads.block(layer, "w1", "w3"), dh13, a.x2n.T, accumulate)  # dW1, dW3 at once
         dx2n = kern.ffn_bwd_w13t(layer, dh1, dh3)  # [D, S]
         dx2 = native.rmsnorm_bwd(dx2n, a.x2, lp.rms_ffn, a.r_ffn, gp.rms_ffn, out=dx2n)

@@ -38,16 +38,23 @@ _pool: ThreadPoolExecutor | None = None
 def _executor() -> ThreadPoolExecutor:
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2),
-                                   thread_name_prefix="anet-native")
+        _pool = ThreadPoolExecutor(
+            max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="anet-native"
+        )
     return _pool
 
 
 # ---- argument checks -----------------------------------------------------------------------------
 
 
-def _arr(name: str, a: object, dtype: type, ndim: int | None = None,
-         shape: tuple[int, ...] | None = None, writable: bool = False) -> np.ndarray:
+def _arr(
+    name: str,
+    a: object,
+    dtype: type,
+    ndim: int | None = None,
+    shape: tuple[int, ...] | None = None,
+    writable: bool = False,
+) -> np.ndarray:
     if not isinstance(a, np.ndarray):
         raise ValueError(f"{name}: expected a numpy array, got {type(a).__name__}")
     if a.dtype != dtype:
@@ -145,8 +152,9 @@ def _impl_id(impl: int | str) -> int:
     return impl
 
 
-def f32_to_f16(x: np.ndarray, out: np.ndarray | None = None, impl: int | str = -1,
-               threads: int = 1) -> np.ndarray:
+def f32_to_f16(
+    x: np.ndarray, out: np.ndarray | None = None, impl: int | str = -1, threads: int = 1
+) -> np.ndarray:
     """fp32 -> fp16 bit patterns (uint16, same shape), round-to-nearest-even."""
     x = _arr("x", x, np.float32)
     out = _out("out", out, np.uint16, x.shape)
@@ -161,8 +169,9 @@ def f32_to_f16(x: np.ndarray, out: np.ndarray | None = None, impl: int | str = -
     return out
 
 
-def f16_to_f32(h: np.ndarray, out: np.ndarray | None = None, impl: int | str = -1,
-               threads: int = 1) -> np.ndarray:
+def f16_to_f32(
+    h: np.ndarray, out: np.ndarray | None = None, impl: int | str = -1, threads: int = 1
+) -> np.ndarray:
     """fp16 bit patterns (uint16) -> fp32 (exact), same shape."""
     h = _arr("h", h, np.uint16)
     out = _out("out", out, np.float32, h.shape)
@@ -189,16 +198,19 @@ def pack(dst: np.ndarray, c0: int, s0: int, src: np.ndarray, transpose: bool = F
     dst = _arr("dst", dst, np.uint16, ndim=2, writable=True)
     src = _arr("src", src, np.float32, ndim=2)
     rows, cols = src.shape
-    rc = lib.anet_pack_f16(_u16(dst), dst.shape[0], dst.shape[1], c0, s0, _f32(src), rows, cols,
-                           int(bool(transpose)))
+    rc = lib.anet_pack_f16(
+        _u16(dst), dst.shape[0], dst.shape[1], c0, s0, _f32(src), rows, cols, int(bool(transpose))
+    )
     if rc != 0:
         seg = (cols, rows) if transpose else (rows, cols)
-        raise ValueError(f"pack: segment {seg} at (c0={c0}, s0={s0}) does not fit in dst of shape "
-                         f"{dst.shape}")
+        raise ValueError(
+            f"pack: segment {seg} at (c0={c0}, s0={s0}) does not fit in dst of shape {dst.shape}"
+        )
 
 
-def unpack(src: np.ndarray, c0: int, s0: int, rows: int, cols: int,
-           out: np.ndarray | None = None) -> np.ndarray:
+def unpack(
+    src: np.ndarray, c0: int, s0: int, rows: int, cols: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """Read the fp16 segment [rows, cols] at (c0, s0) of surface src [C, W] as fp32 [rows, cols]."""
     src = _arr("src", src, np.uint16, ndim=2)
     if rows < 0 or cols < 0:
@@ -206,29 +218,58 @@ def unpack(src: np.ndarray, c0: int, s0: int, rows: int, cols: int,
     out = _out("out", out, np.float32, (rows, cols))
     rc = lib.anet_unpack_f16(_f32(out), _u16(src), src.shape[0], src.shape[1], c0, s0, rows, cols)
     if rc != 0:
-        raise ValueError(f"unpack: segment ({rows}, {cols}) at (c0={c0}, s0={s0}) does not fit in "
-                         f"src of shape {src.shape}")
+        raise ValueError(
+            f"unpack: segment ({rows}, {cols}) at (c0={c0}, s0={s0}) does not fit in "
+            f"src of shape {src.shape}"
+        )
     return out
 
 
-def copy(dst: np.ndarray, dst_c0: int, dst_s0: int, src: np.ndarray, src_c0: int, src_s0: int,
-         nch: int, width: int) -> None:
+def copy(
+    dst: np.ndarray,
+    dst_c0: int,
+    dst_s0: int,
+    src: np.ndarray,
+    src_c0: int,
+    src_s0: int,
+    nch: int,
+    width: int,
+) -> None:
     """Copy the fp16 segment [nch, width] at (src_c0, src_s0) of src to (dst_c0, dst_s0) of dst."""
     dst = _arr("dst", dst, np.uint16, ndim=2, writable=True)
     src = _arr("src", src, np.uint16, ndim=2)
-    rc = lib.anet_copy_f16(_u16(dst), dst.shape[0], dst.shape[1], dst_c0, dst_s0, _u16(src),
-                           src.shape[0], src.shape[1], src_c0, src_s0, nch, width)
+    rc = lib.anet_copy_f16(
+        _u16(dst),
+        dst.shape[0],
+        dst.shape[1],
+        dst_c0,
+        dst_s0,
+        _u16(src),
+        src.shape[0],
+        src.shape[1],
+        src_c0,
+        src_s0,
+        nch,
+        width,
+    )
     if rc != 0:
-        raise ValueError(f"copy: segment ({nch}, {width}) from (c0={src_c0}, s0={src_s0}) of src "
-                         f"{src.shape} to (c0={dst_c0}, s0={dst_s0}) of dst {dst.shape} is out of "
-                         f"range")
+        raise ValueError(
+            f"copy: segment ({nch}, {width}) from (c0={src_c0}, s0={src_s0}) of src "
+            f"{src.shape} to (c0={dst_c0}, s0={dst_s0}) of dst {dst.shape} is out of "
+            f"range"
+        )
 
 
 # ---- RMSNorm -------------------------------------------------------------------------------------
 
 
-def rmsnorm_fwd(x: np.ndarray, w: np.ndarray, eps: float, out: np.ndarray | None = None,
-                rrms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def rmsnorm_fwd(
+    x: np.ndarray,
+    w: np.ndarray,
+    eps: float,
+    out: np.ndarray | None = None,
+    rrms: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """y [D,S] = w * x * rrms, rrms [S] = 1/sqrt(mean_d x^2 + eps). out may be x."""
     x = _arr("x", x, np.float32, ndim=2)
     D, S = x.shape
@@ -239,8 +280,14 @@ def rmsnorm_fwd(x: np.ndarray, w: np.ndarray, eps: float, out: np.ndarray | None
     return out, rrms
 
 
-def rmsnorm_bwd(dy: np.ndarray, x: np.ndarray, w: np.ndarray, rrms: np.ndarray, dw: np.ndarray,
-                out: np.ndarray | None = None) -> np.ndarray:
+def rmsnorm_bwd(
+    dy: np.ndarray,
+    x: np.ndarray,
+    w: np.ndarray,
+    rrms: np.ndarray,
+    dw: np.ndarray,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """dx [D,S] from dy [D,S]; dw [D] is accumulated in place. out may be dy."""
     x = _arr("x", x, np.float32, ndim=2)
     D, S = x.shape
@@ -256,8 +303,9 @@ def rmsnorm_bwd(dy: np.ndarray, x: np.ndarray, w: np.ndarray, rrms: np.ndarray, 
 # ---- cross-entropy -------------------------------------------------------------------------------
 
 
-def cross_entropy(logits: np.ndarray, targets: np.ndarray, scale: float = 1.0,
-                  out: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+def cross_entropy(
+    logits: np.ndarray, targets: np.ndarray, scale: float = 1.0, out: np.ndarray | None = None
+) -> tuple[float, np.ndarray]:
     """Mean softmax cross-entropy over logits [V,S] and targets [S]; dlogits = (p - onehot)*scale/S.
 
     out may be logits itself (gradient written in place).
@@ -276,18 +324,29 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray, scale: float = 1.0,
 # ---- SwiGLU --------------------------------------------------------------------------------------
 
 
-def swiglu_fwd(h1: np.ndarray, h3: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """gate = silu(h1) * h3, elementwise (any shape)."""
+def swiglu_fwd(
+    h1: np.ndarray, h3: np.ndarray, out: np.ndarray | None = None, threads: int = 1
+) -> np.ndarray:
+    """gate = silu(h1) * h3, elementwise (any shape); threads > 1 splits it into chunks."""
     h1 = _arr("h1", h1, np.float32)
     h3 = _arr("h3", h3, np.float32, shape=h1.shape)
     out = _out("out", out, np.float32, h1.shape)
-    lib.anet_swiglu_fwd(_f32(out), _f32(h1), _f32(h3), h1.size)
+    po, p1, p3 = _f32(out), _f32(h1), _f32(h3)
+    _run_chunks(
+        lambda lo, hi: lib.anet_swiglu_fwd(po + lo, p1 + lo, p3 + lo, hi - lo), h1.size, threads
+    )
     return out
 
 
-def swiglu_bwd(dgate: np.ndarray, h1: np.ndarray, h3: np.ndarray, dh1: np.ndarray | None = None,
-               dh3: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(dh1, dh3) from dgate; dh1/dh3 may be dgate (in place)."""
+def swiglu_bwd(
+    dgate: np.ndarray,
+    h1: np.ndarray,
+    h3: np.ndarray,
+    dh1: np.ndarray | None = None,
+    dh3: np.ndarray | None = None,
+    threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(dh1, dh3) from dgate; dh1/dh3 may be dgate (in place); threads > 1 splits into chunks."""
     h1 = _arr("h1", h1, np.float32)
     h3 = _arr("h3", h3, np.float32, shape=h1.shape)
     dgate = _arr("dgate", dgate, np.float32, shape=h1.shape)
@@ -295,15 +354,21 @@ def swiglu_bwd(dgate: np.ndarray, h1: np.ndarray, h3: np.ndarray, dh1: np.ndarra
     dh3 = _out("dh3", dh3, np.float32, h1.shape)
     if dh1.size and np.may_share_memory(dh1, dh3):
         raise ValueError("swiglu_bwd: dh1 and dh3 must not overlap")
-    lib.anet_swiglu_bwd(_f32(dh1), _f32(dh3), _f32(dgate), _f32(h1), _f32(h3), h1.size)
+    p1, p3, pg, q1, q3 = _f32(dh1), _f32(dh3), _f32(dgate), _f32(h1), _f32(h3)
+    _run_chunks(
+        lambda lo, hi: lib.anet_swiglu_bwd(p1 + lo, p3 + lo, pg + lo, q1 + lo, q3 + lo, hi - lo),
+        h1.size,
+        threads,
+    )
     return dh1, dh3
 
 
 # ---- RoPE ----------------------------------------------------------------------------------------
 
 
-def _rope_args(x: np.ndarray, cos: np.ndarray, sin: np.ndarray,
-               n_heads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+def _rope_args(
+    x: np.ndarray, cos: np.ndarray, sin: np.ndarray, n_heads: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     x = _arr("x", x, np.float32, ndim=2, writable=True)
     C, S = x.shape
     if n_heads <= 0 or C % n_heads or (C // n_heads) % 2:
@@ -361,9 +426,21 @@ def embed_bwd(demb: np.ndarray, dx: np.ndarray, tok: np.ndarray) -> None:
 # ---- optimizer -----------------------------------------------------------------------------------
 
 
-def adamw(p: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, *, lr: float, beta1: float,
-          beta2: float, eps: float, wd: float, grad_scale: float = 1.0, step: int,
-          threads: int = 1) -> None:
+def adamw(
+    p: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    g: np.ndarray,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    wd: float,
+    grad_scale: float = 1.0,
+    step: int,
+    threads: int = 1,
+) -> None:
     """One torch.optim.AdamW step in place on 1-D fp32 p, m, v with gradient g * grad_scale."""
     p = _arr("p", p, np.float32, ndim=1, writable=True)
     n = p.shape[0]
@@ -374,8 +451,20 @@ def adamw(p: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, *, lr: flo
         raise ValueError(f"adamw: step must be >= 1, got {step}")
 
     def run(lo: int, hi: int) -> None:
-        lib.anet_adamw(_f32(p[lo:hi]), _f32(m[lo:hi]), _f32(v[lo:hi]), _f32(g[lo:hi]), hi - lo,
-                       lr, beta1, beta2, eps, wd, grad_scale, step)
+        lib.anet_adamw(
+            _f32(p[lo:hi]),
+            _f32(m[lo:hi]),
+            _f32(v[lo:hi]),
+            _f32(g[lo:hi]),
+            hi - lo,
+            lr,
+            beta1,
+            beta2,
+            eps,
+            wd,
+            grad_scale,
+            step,
+        )
 
     _run_chunks(run, n, threads)
 
