@@ -17,22 +17,8 @@ vocab=32000
 
 die() { echo "download_tinystories: error: $*" >&2; exit 1; }
 
-fetch() {  # fetch URL OUT: curl, else wget; a clear one-line error when offline
-    local url="$1" out="$2" err
-    if command -v curl >/dev/null 2>&1; then
-        err="$(curl -fL --retry 2 --connect-timeout 20 -sS -o "$out" "$url" 2>&1)" || {
-            rm -f "$out"
-            die "could not download $url (offline or blocked? $(tail -n 1 <<<"$err"))"
-        }
-    elif command -v wget >/dev/null 2>&1; then
-        wget -q --tries=2 --timeout=20 -O "$out" "$url" || {
-            rm -f "$out"
-            die "could not download $url (offline or blocked?)"
-        }
-    else
-        die "neither curl nor wget is installed"
-    fi
-}
+# shellcheck source=scripts/fetch.sh
+source "$(dirname "${BASH_SOURCE[0]}")/fetch.sh"
 
 check_shard() {  # check_shard FILE: uint16 tokens, even size, all ids < vocab
     "$python" - "$1" "$vocab" <<'PY' || die "$1: not a valid uint16 token shard"
