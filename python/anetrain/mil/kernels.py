@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from anetrain import native
 from anetrain.config import ModelConfig
 from anetrain.mil.blob import write_blob
 from anetrain.mil.builder import Builder, Var
@@ -225,7 +226,8 @@ class _K:
 
     def blob(self, name: str, arr: np.ndarray) -> Var:
         path = WEIGHT.format(name)
-        self.weights[path] = write_blob(arr.astype(np.float16))
+        half = native.f32_to_f16(np.ascontiguousarray(arr, dtype=np.float32))  # the one fp16 path
+        self.weights[path] = write_blob(half.view(np.float16))
         return self.b.blob(name, arr.shape, path)
 
     def finish(self, out: Var, outl: Layout) -> KernelSpec:
