@@ -294,7 +294,7 @@ class AneRuntime(_Timed):
 # The mock framework (tests/mock/ane_mock.m) calls one C function per evaluation with the MIL
 # text, the weight files and the two surfaces; this runs the simulator there. It is reached
 # through cffi ABI mode on the same file the runtime dlopen()ed (one instance of the mock).
-_MOCK_CDEF = """
+MOCK_EVAL_CDEF = """
 typedef int (*ane_mock_eval_fn)(void *user, const char *mil, size_t mil_len, int n_weights,
                                 const char *const *names, const uint8_t *const *data,
                                 const size_t *sizes, const void *in, size_t in_bytes, void *out,
@@ -303,6 +303,28 @@ void ane_mock_set_eval(ane_mock_eval_fn fn, void *user);
 """
 _MOCK_SIMS: dict[tuple, Simulation] = {}  # (MIL text, weights digest) -> parsed program
 _MOCK_KEEP: dict[str, tuple] = {}  # path -> (ffi, lib, callback): alive while installed
+
+
+def mock_eval_callback(ffi, fn):
+    """A cffi `ane_mock_eval_fn` calling fn(mil text, {weight key: bytes}, input uint8 view,
+    output uint8 view); any exception fails the evaluation with its text in the NSError."""
+
+    def trampoline(user, mil, mil_len, n, names, data, sizes, inp, in_bytes, out, out_bytes,
+                   err, err_len):
+        try:
+            weights = {ffi.string(names[i]).decode(): ffi.buffer(data[i], sizes[i])[:]
+                       for i in range(n)}
+            x = np.frombuffer(ffi.buffer(inp, in_bytes), dtype=np.uint8)  # input surface bytes
+            x.flags.writeable = False
+            y = np.frombuffer(ffi.buffer(out, out_bytes), dtype=np.uint8)  # output surface bytes
+            fn(ffi.buffer(mil, mil_len)[:].decode("utf-8"), weights, x, y)
+            return 0
+        except Exception as e:  # noqa: BLE001 - every error must reach the NSError
+            msg = f"{type(e).__name__}: {e}".encode()[: err_len - 1]
+            ffi.memmove(err, msg + b"\0", len(msg) + 1)
+            return 1
+
+    return ffi.callback("ane_mock_eval_fn", trampoline, error=1)
 
 
 def _sim_key(mil: str, weights: dict[str, bytes]) -> tuple:
@@ -314,33 +336,21 @@ def _install_mock_sim(path: str) -> bool:
     import cffi
 
     ffi = cffi.FFI()
-    ffi.cdef(_MOCK_CDEF)
+    ffi.cdef(MOCK_EVAL_CDEF)
     try:
         lib = ffi.dlopen(path)
         set_eval = lib.ane_mock_set_eval
     except (OSError, AttributeError):
         return False
 
-    def evaluate(user, mil, mil_len, n, names, data, sizes, inp, in_bytes, out, out_bytes, err,
-                 err_len):
-        try:
-            text = ffi.buffer(mil, mil_len)[:].decode("utf-8")
-            weights = {ffi.string(names[i]).decode(): ffi.buffer(data[i], sizes[i])[:]
-                       for i in range(n)}
-            key = _sim_key(text, weights)
-            sim = _MOCK_SIMS.get(key)
-            if sim is None:  # compiled elsewhere: parse now, once
-                sim = _MOCK_SIMS[key] = Simulation(text, weights, check=False)
-            x = np.frombuffer(ffi.buffer(inp, in_bytes), dtype=np.float16)  # [C_in·W]
-            y = np.frombuffer(ffi.buffer(out, out_bytes), dtype=np.uint16)  # [C_out·S]
-            y[:] = sim(x).view(np.uint16).reshape(-1)
-            return 0
-        except Exception as e:  # noqa: BLE001 - every error must reach the NSError
-            msg = f"{type(e).__name__}: {e}".encode()[: err_len - 1]
-            ffi.memmove(err, msg + b"\0", len(msg) + 1)
-            return 1
+    def evaluate(mil: str, weights: dict[str, bytes], x: np.ndarray, y: np.ndarray) -> None:
+        key = _sim_key(mil, weights)
+        sim = _MOCK_SIMS.get(key)
+        if sim is None:  # compiled elsewhere: parse now, once
+            sim = _MOCK_SIMS[key] = Simulation(mil, weights, check=False)
+        y.view(np.uint16)[:] = sim(x.view(np.float16)).view(np.uint16).reshape(-1)  # [C_out·S]
 
-    cb = ffi.callback("ane_mock_eval_fn", evaluate, error=1)
+    cb = mock_eval_callback(ffi, evaluate)
     set_eval(cb, ffi.NULL)
     _MOCK_KEEP[path] = (ffi, lib, cb)
     return True

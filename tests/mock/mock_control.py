@@ -16,15 +16,11 @@ import numpy as np
 
 # imported before any dlopen of the mock: it promotes the IOSurface stub to RTLD_GLOBAL
 import anetrain.ane as ane
+from anetrain.runtime import MOCK_EVAL_CDEF, mock_eval_callback
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "build" / "mock" / "libane_mock.so"
 
-CDEF = """
-typedef int (*ane_mock_eval_fn)(void *user, const char *mil, size_t mil_len, int n_weights,
-                                const char *const *names, const uint8_t *const *data,
-                                const size_t *sizes, const void *in, size_t in_bytes, void *out,
-                                size_t out_bytes, char *err, size_t err_len);
-void ane_mock_set_eval(ane_mock_eval_fn fn, void *user);
+CDEF = MOCK_EVAL_CDEF + """
 int ane_mock_fail(int stage, int count, long code, const char *desc);
 int ane_mock_raise(int stage, int count);
 void ane_mock_set_compile_limit(int n);
@@ -59,25 +55,8 @@ class MockFramework:
             self.lib.ane_mock_set_eval(self.ffi.NULL, self.ffi.NULL)
             self._callback = None
             return
-        ffi = self.ffi
-
-        def trampoline(user, mil, mil_len, n, names, data, sizes, inp, in_bytes, out, out_bytes,
-                       err, err_len):
-            try:
-                weights = {ffi.string(names[i]).decode(): ffi.buffer(data[i], sizes[i])[:]
-                           for i in range(n)}
-                x = np.frombuffer(ffi.buffer(inp, in_bytes), dtype=np.uint8)
-                x.flags.writeable = False
-                y = np.frombuffer(ffi.buffer(out, out_bytes), dtype=np.uint8)
-                fn(ffi.buffer(mil, mil_len)[:].decode("utf-8"), weights, x, y)
-                return 0
-            except Exception as e:  # noqa: BLE001 - every error must reach the NSError
-                msg = f"{type(e).__name__}: {e}".encode()[: err_len - 1]
-                ffi.memmove(err, msg + b"\0", len(msg) + 1)
-                return 1
-
-        cb = ffi.callback("ane_mock_eval_fn", trampoline, error=1)
-        self.lib.ane_mock_set_eval(cb, ffi.NULL)
+        cb = mock_eval_callback(self.ffi, fn)
+        self.lib.ane_mock_set_eval(cb, self.ffi.NULL)
         self._callback = cb
 
     # ---- fault injection ------------------------------------------------------------------------
