@@ -260,6 +260,18 @@ def copy(
         )
 
 
+# ---- exp -----------------------------------------------------------------------------------------
+
+
+def exp(x: np.ndarray, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
+    """exp(x) elementwise (any shape) with the C ops' own exp; out may be x."""
+    x = _arr("x", x, np.float32)
+    out = _out("out", out, np.float32, x.shape)
+    po, px = _f32(out), _f32(x)
+    _run_chunks(lambda lo, hi: lib.anet_exp(po + lo, px + lo, hi - lo), x.size, threads)
+    return out
+
+
 # ---- RMSNorm -------------------------------------------------------------------------------------
 
 
