@@ -50,11 +50,13 @@ void anet_rmsnorm_fwd(float *y, float *rrms, const float *x, const float *w, int
 void anet_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, const float *w,
                       const float *rrms, int D, int S);
 
-/* Softmax cross-entropy over channel-first logits [V, S] with targets [S] (0 <= id < V).
- * Returns the mean loss over the S positions. dlogits [V,S] = (softmax - onehot) * (scale / S);
- * dlogits may alias logits. Returns NaN (and leaves dlogits unspecified) if a target is out of range. */
-double anet_cross_entropy(float *dlogits, const float *logits, const int32_t *targets,
-                          int V, int S, float scale);
+/* Softmax cross-entropy over channel-first logits [V, S] with targets [S] (0 <= id < V), for the
+ * positions t0 <= t < t1 (disjoint ranges may run on different threads): loss[t] = per-position
+ * loss (mean over S = sum / S, left to the caller so the order is fixed), dlogits [V,S] =
+ * (softmax - onehot) * (scale / S); dlogits may alias logits. Returns 0, or -1 (nothing written)
+ * if a target in the range is out of [0, V). */
+int anet_cross_entropy(float *dlogits, double *loss, const float *logits, const int32_t *targets,
+                       int V, int S, int t0, int t1, float scale);
 
 /* SwiGLU: gate = silu(h1) * h3, silu(x) = x * sigmoid(x). Elementwise over n values. */
 void anet_swiglu_fwd(float *gate, const float *h1, const float *h3, size_t n);

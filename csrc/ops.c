@@ -126,32 +126,45 @@ void anet_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, con
 
 // ---- softmax cross-entropy over [V, S] ----------------------------------------------------------
 
+/* Channel-first rows are S floats apart, and one row segment per row is too little work for the
+ * out-of-order core to overlap the next row's cache misses: without help every row costs about
+ * one memory latency. Prefetch the segment PF_ROWS rows ahead (one prefetch per cache line). */
+#define PF_ROWS 8
+#define PREFETCH_SEG(p, n, rw)                                                                    \
+    for (int pf_ = 0; pf_ < (n); pf_ += 16) __builtin_prefetch((p) + pf_, (rw))
+
 ANET_CLONES
-double anet_cross_entropy(float *dlogits, const float *logits, const int32_t *targets, int V, int S,
-                          float scale) {
-    /* dlogits [V,S] (may alias logits), logits [V,S], targets [S] */
-    for (int t = 0; t < S; t++)
-        if (targets[t] < 0 || targets[t] >= V) return NAN;
-    float mx[TB], tgt[TB];
+int anet_cross_entropy(float *dlogits, double *loss, const float *logits, const int32_t *targets,
+                       int V, int S, int t0, int t1, float scale) {
+    /* dlogits [V,S] (may alias logits), loss [S], logits [V,S], targets [S]; positions [t0, t1) */
+    for (int t = t0; t < t1; t++)
+        if (targets[t] < 0 || targets[t] >= V) return -1;
+    float mx[TB], tgt[TB], inv[TB];
     double sum[TB];
-    double loss = 0.0;
     const float g = scale / (float)S;
-    for (int t0 = 0; t0 < S; t0 += TB) {
-        int tn = S - t0 < TB ? S - t0 : TB;
+    const size_t ahead = (size_t)PF_ROWS * S;
+    for (int b0 = t0; b0 < t1; b0 += TB) {
+        int tn = t1 - b0 < TB ? t1 - b0 : TB;
         /* pass 1: per-position max, and the target logit before dlogits may overwrite it */
         for (int t = 0; t < tn; t++) {
             mx[t] = -INFINITY;
             sum[t] = 0.0;
-            tgt[t] = logits[(size_t)targets[t0 + t] * S + t0 + t];
+            tgt[t] = logits[(size_t)targets[b0 + t] * S + b0 + t];
         }
         for (int v = 0; v < V; v++) {
-            const float *row = logits + (size_t)v * S + t0;
+            const float *row = logits + (size_t)v * S + b0;
+            if (v + PF_ROWS < V) PREFETCH_SEG(row + ahead, tn, 0);
             for (int t = 0; t < tn; t++) mx[t] = row[t] > mx[t] ? row[t] : mx[t];
         }
-        /* pass 2: e = exp(x - max) stored into dlogits, sums in double */
+        /* pass 2: e = exp(x - max) stored into dlogits, sums in double (in v order: a position's
+         * loss does not depend on how positions are split between calls) */
         for (int v = 0; v < V; v++) {
-            const float *row = logits + (size_t)v * S + t0;
-            float *out = dlogits + (size_t)v * S + t0;
+            const float *row = logits + (size_t)v * S + b0;
+            float *out = dlogits + (size_t)v * S + b0;
+            if (v + PF_ROWS < V) {
+                PREFETCH_SEG(row + ahead, tn, 0);
+                if (out != row) PREFETCH_SEG(out + ahead, tn, 1);
+            }
             for (int t = 0; t < tn; t++) {
                 float e = exp_poly(row[t] - mx[t]);
                 out[t] = e;
@@ -159,18 +172,18 @@ double anet_cross_entropy(float *dlogits, const float *logits, const int32_t *ta
             }
         }
         /* loss_t = log(sum) + max - x_target; pass 3 normalises: d = (e/sum - onehot) * scale/S */
-        float inv[TB];
         for (int t = 0; t < tn; t++) {
-            loss += log(sum[t]) + (double)mx[t] - (double)tgt[t];
+            loss[b0 + t] = log(sum[t]) + (double)mx[t] - (double)tgt[t];
             inv[t] = (float)(1.0 / sum[t]) * g;
         }
         for (int v = 0; v < V; v++) {
-            float *out = dlogits + (size_t)v * S + t0;
+            float *out = dlogits + (size_t)v * S + b0;
+            if (v + PF_ROWS < V) PREFETCH_SEG(out + ahead, tn, 1);
             for (int t = 0; t < tn; t++) out[t] *= inv[t];
         }
-        for (int t = 0; t < tn; t++) dlogits[(size_t)targets[t0 + t] * S + t0 + t] -= g;
+        for (int t = 0; t < tn; t++) dlogits[(size_t)targets[b0 + t] * S + b0 + t] -= g;
     }
-    return S > 0 ? loss / S : 0.0;
+    return 0;
 }
 
 // ---- SwiGLU -------------------------------------------------------------------------------------

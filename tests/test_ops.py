@@ -185,12 +185,42 @@ def test_cross_entropy_errors():
         native.cross_entropy(logits, np.array([0, 1, 2]))
     with pytest.raises(ValueError, match="integer"):
         native.cross_entropy(logits, np.zeros(4, np.float32))
-    bad = np.array([0, 1, 99, 2], np.int32)  # the C side also refuses (NaN) without the check
-    d = np.empty_like(logits)
-    loss = native.lib.anet_cross_entropy(native.ffi.from_buffer("float[]", d),
-                                         native.ffi.from_buffer("float[]", logits),
-                                         native.ffi.from_buffer("int32_t[]", bad), 10, 4, 1.0)
-    assert np.isnan(loss)
+    bad = np.array([0, 1, 99, 2], np.int32)  # the C side also refuses (-1) without the check
+    d = np.full_like(logits, 7.0)
+    losses = np.full(4, 7.0)
+    ffi = native.ffi
+    rc = native.lib.anet_cross_entropy(ffi.from_buffer("float[]", d),
+                                       ffi.from_buffer("double[]", losses),
+                                       ffi.from_buffer("float[]", logits),
+                                       ffi.from_buffer("int32_t[]", bad), 10, 4, 0, 4, 1.0)
+    assert rc == -1 and (d == 7.0).all() and (losses == 7.0).all()  # nothing written
+    rc = native.lib.anet_cross_entropy(ffi.from_buffer("float[]", d),
+                                       ffi.from_buffer("double[]", losses),
+                                       ffi.from_buffer("float[]", logits),
+                                       ffi.from_buffer("int32_t[]", bad), 10, 4, 0, 2, 1.0)
+    assert rc == 0 and (losses[2:] == 7.0).all()  # the range [0, 2) has valid targets only
+
+
+@pytest.mark.parametrize("n,threads,align,phase", [(256, 2, 16, 4), (1_000_003, 3, 4096, 0),
+                                                   (5, 8, 1, 0), (40, 2, 16, 12), (12, 12, 1, 0)])
+def test_chunks_cover_in_order_and_align(n, threads, align, phase):
+    r = native._chunks(n, threads, align, 0, phase)
+    assert r[0][0] == 0 and r[-1][1] == n and len(r) <= threads
+    assert all(lo < hi for lo, hi in r) and all(a[1] == b[0] for a, b in zip(r, r[1:]))
+    assert all((lo + phase) % align == 0 for lo, _ in r[1:])  # inner cuts on line boundaries
+
+
+@pytest.mark.parametrize("V,S", [(32000, 256), (5000, 1000), (3, 40)])
+def test_cross_entropy_threads_identical(V, S):
+    """Split positions give bit-identical gradients and the very same loss for any thread count."""
+    logits = rand((V, S), 15, 4.0)
+    t = np.random.default_rng(16).integers(0, V, S)
+    loss1, d1 = native.cross_entropy(logits, t, scale=3.0)
+    for threads in (2, 3, 8):
+        loss, d = native.cross_entropy(logits, t, scale=3.0, threads=threads)
+        assert loss == loss1
+        assert (d == d1).all()
+    assert abs(loss1 - ce_ref(logits, t)[0]) <= 1e-6 * loss1
 
 
 # ---- SwiGLU --------------------------------------------------------------------------------------
