@@ -65,6 +65,15 @@ void anet_swiglu_fwd(float *gate, const float *h1, const float *h3, size_t n);
 void anet_swiglu_bwd(float *dh1, float *dh3, const float *dgate, const float *h1, const float *h3,
                      size_t n);
 
+/* Causal softmax of attention scores in place: p [n,S,S] holds n (query t, key t') matrices;
+ * row t becomes softmax_t'(scale * p[t,t']) over keys t' <= t, and keys t' > t become exactly 0
+ * (never read: the upper triangle may hold anything). */
+void anet_causal_softmax(float *p, int n, int S, float scale);
+/* Its backward: ds[t,t'] = (dp[t,t'] - sum_u p[t,u]*dp[t,u]) * p[t,t'] * scale over t' <= t,
+ * 0 above the diagonal. ds, p, dp [n,S,S]; ds may alias dp. */
+void anet_causal_softmax_bwd(float *ds, const float *p, const float *dp, int n, int S,
+                             float scale);
+
 /* RoPE in place on channel-first x [n_heads*head_dim, S]; llama2.c interleaved pairs
  * (channel h*hd + 2i, h*hd + 2i + 1). cos/sin tables [S, head_dim/2] (position-major).
  * fwd: x0' = x0*c - x1*s, x1' = x0*s + x1*c.  bwd (transpose rotation): g0' = g0*c + g1*s,

@@ -1,4 +1,5 @@
-/* ops.c — CPU kernels on channel-first [C, S] fp32: RMSNorm, CE, SwiGLU, RoPE, embedding, AdamW. */
+/* ops.c — CPU kernels on channel-first [C, S] fp32: RMSNorm, CE, SwiGLU, attention softmax, RoPE,
+ * embedding, AdamW. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -209,6 +210,75 @@ void anet_swiglu_bwd(float *dh1, float *dh3, const float *dgate, const float *h1
         dh3[i] = d3;
         dh1[i] = d1;
     }
+}
+
+// ---- causal softmax over (n, S, S) attention scores ---------------------------------------------
+
+/* Row reductions as LANES independent partial results combined in one fixed order: no
+ * reassociation (no -ffast-math), so compilers vectorise the sums, and results do not depend on
+ * the vector width. Sums accumulate in double. The max is not vectorised (a float max reduction
+ * needs -ffinite-math-only), but its 16 independent chains keep it off the critical path. */
+#define LANES 16
+
+static inline float max_lanes(const float *x, int n) {
+    float m[LANES], r = -INFINITY;
+    for (int k = 0; k < LANES; k++) m[k] = -INFINITY;
+    int u = 0;
+    for (; u + LANES <= n; u += LANES)
+        for (int k = 0; k < LANES; k++) m[k] = x[u + k] > m[k] ? x[u + k] : m[k];
+    for (; u < n; u++) r = x[u] > r ? x[u] : r;
+    for (int k = 0; k < LANES; k++) r = m[k] > r ? m[k] : r;
+    return r;
+}
+
+static inline double sum_lanes(const float *x, int n) {
+    double a[LANES] = {0}, r = 0.0;
+    int u = 0;
+    for (; u + LANES <= n; u += LANES)
+        for (int k = 0; k < LANES; k++) a[k] += x[u + k];
+    for (; u < n; u++) r += x[u];
+    for (int k = 0; k < LANES; k++) r += a[k];
+    return r;
+}
+
+static inline double dot_lanes(const float *x, const float *y, int n) {
+    double a[LANES] = {0}, r = 0.0;
+    int u = 0;
+    for (; u + LANES <= n; u += LANES)
+        for (int k = 0; k < LANES; k++) a[k] += (double)x[u + k] * y[u + k];
+    for (; u < n; u++) r += (double)x[u] * y[u];
+    for (int k = 0; k < LANES; k++) r += a[k];
+    return r;
+}
+
+ANET_CLONES
+void anet_causal_softmax(float *p, int n, int S, float scale) {
+    /* p [n,S,S] in place: scores (query t, key t') -> probabilities; only t' <= t is computed */
+    for (int h = 0; h < n; h++)
+        for (int t = 0; t < S; t++) {
+            float *row = p + ((size_t)h * S + t) * S;  /* [S] keys of query t; t + 1 are live */
+            for (int u = 0; u <= t; u++) row[u] *= scale;
+            const float m = max_lanes(row, t + 1);
+            for (int u = 0; u <= t; u++) row[u] = exp_poly(row[u] - m);
+            const float inv = (float)(1.0 / sum_lanes(row, t + 1));
+            for (int u = 0; u <= t; u++) row[u] *= inv;
+            for (int u = t + 1; u < S; u++) row[u] = 0.0f;  /* masked keys: exactly 0 */
+        }
+}
+
+ANET_CLONES
+void anet_causal_softmax_bwd(float *ds, const float *p, const float *dp, int n, int S,
+                             float scale) {
+    /* ds, p, dp [n,S,S]; ds may alias dp (a row's dp is summed before any of it is written) */
+    for (int h = 0; h < n; h++)
+        for (int t = 0; t < S; t++) {
+            size_t o = ((size_t)h * S + t) * S;
+            const float *pr = p + o, *dpr = dp + o;  /* [S] row t; t + 1 live keys */
+            float *out = ds + o;
+            const float r = (float)dot_lanes(pr, dpr, t + 1);
+            for (int u = 0; u <= t; u++) out[u] = (dpr[u] - r) * pr[u] * scale;
+            for (int u = t + 1; u < S; u++) out[u] = 0.0f;  /* p = 0 there */
+        }
 }
 
 // ---- RoPE ---------------------------------------------------------------------------------------

@@ -262,6 +262,67 @@ def test_swiglu_finite_differences():
     np.testing.assert_allclose(dh3.reshape(-1), central_diff(loss, h3, idx), atol=1e-3)
 
 
+# ---- causal attention softmax --------------------------------------------------------------------
+
+
+def causal_softmax_ref(scores, scale):
+    x = scores.astype(np.float64) * scale
+    S = x.shape[-1]
+    x[..., np.triu(np.ones((S, S), bool), k=1)] = -np.inf
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("n,S", [(1, 1), (3, 17), (12, 256), (2, 300)])
+def test_causal_softmax_vs_reference(n, S):
+    scores = rand((n, S, S), 62, 4.0)
+    scores[:, :3, :3] += np.float32(500.0)  # large scores: max-subtraction keeps exp finite
+    upper = np.triu(np.ones((S, S), bool), k=1)
+    garbage = scores.copy()
+    garbage[:, upper] = np.nan  # the masked triangle is never read
+    ref = causal_softmax_ref(scores, 0.125)
+    for threads in (1, 2):
+        p = native.causal_softmax(garbage.copy(), 0.125, threads=threads)
+        np.testing.assert_allclose(p, ref, rtol=2e-6, atol=1e-7)
+        assert (p[:, upper] == 0.0).all()
+        np.testing.assert_allclose(p.astype(np.float64).sum(-1), 1.0, atol=1e-5)
+
+
+def test_causal_softmax_bwd_vs_reference_and_alias():
+    n, S, scale = 5, 70, 0.3
+    p = native.causal_softmax(rand((n, S, S), 63, 2.0), 1.0)
+    dp = rand((n, S, S), 64)
+    p64, dp64 = p.astype(np.float64), dp.astype(np.float64)
+    ref = (dp64 - (p64 * dp64).sum(-1, keepdims=True)) * p64 * scale
+    ds = native.causal_softmax_bwd(p, dp, scale)
+    np.testing.assert_allclose(ds, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+    assert (ds[:, np.triu(np.ones((S, S), bool), k=1)] == 0.0).all()
+    buf = dp.copy()
+    assert native.causal_softmax_bwd(p, buf, scale, out=buf, threads=2) is buf  # in place
+    assert (buf == ds).all()
+
+
+def test_causal_softmax_finite_differences():
+    n, S, scale = 2, 6, 0.7
+    x, g = rand((n, S, S), 65), rand((n, S, S), 66)
+
+    def loss() -> float:
+        return float((native.causal_softmax(x.copy(), scale).astype(np.float64) * g).sum())
+
+    ds = native.causal_softmax_bwd(native.causal_softmax(x.copy(), scale), g, scale)
+    idx = [i for i in some_indices((n, S, S), 30, 67) if i[2] <= i[1]]  # live (causal) entries
+    np.testing.assert_allclose([ds[i] for i in idx], central_diff(loss, x, idx, h=1e-2), atol=2e-3)
+
+
+def test_causal_softmax_errors():
+    with pytest.raises(ValueError, match="score matrices"):
+        native.causal_softmax(rand((2, 4, 5), 68), 1.0)
+    with pytest.raises(ValueError, match="3-D"):
+        native.causal_softmax(rand((4, 4), 68), 1.0)
+    with pytest.raises(ValueError, match="shape"):
+        native.causal_softmax_bwd(rand((2, 4, 4), 68), rand((2, 5, 5), 69), 1.0)
+
+
 # ---- RoPE ----------------------------------------------------------------------------------------
 
 

@@ -407,6 +407,59 @@ def swiglu_bwd(
     return dh1, dh3
 
 
+# ---- causal attention softmax --------------------------------------------------------------------
+
+
+def _scores(name: str, a: object, writable: bool = False) -> tuple[np.ndarray, int, int]:
+    a = _arr(name, a, np.float32, ndim=3, writable=writable)
+    n, S, S2 = a.shape
+    if S != S2:
+        raise ValueError(f"{name}: expected (n, S, S) score matrices, got shape {a.shape}")
+    return a, n, S
+
+
+def causal_softmax(p: np.ndarray, scale: float, threads: int = 1) -> np.ndarray:
+    """In place on p (n, S_query, S_key): row t -> softmax(scale * p[t, :t+1]), zeros after it.
+
+    Only the lower triangle is read; threads > 1 splits the n matrices (heads).
+    """
+    p, n, S = _scores("p", p, writable=True)
+    pp = _f32(p)
+    _run_chunks(
+        lambda lo, hi: lib.anet_causal_softmax(pp + lo * S * S, hi - lo, S, scale),
+        n,
+        threads,
+        align=1,
+        min_n=-(-_MIN_PARALLEL // max(S * S, 1)),
+    )
+    return p
+
+
+def causal_softmax_bwd(
+    p: np.ndarray,
+    dp: np.ndarray,
+    scale: float,
+    out: np.ndarray | None = None,
+    threads: int = 1,
+) -> np.ndarray:
+    """ds = (dp - rowsum(p * dp)) * p * scale for causal probabilities p (n, S, S); 0 above the
+    diagonal. out may be dp (in place); threads > 1 splits the n matrices."""
+    p, n, S = _scores("p", p)
+    dp = _arr("dp", dp, np.float32, shape=p.shape)
+    out = _out("out", out, np.float32, p.shape)
+    po, pp, pd = _f32(out), _f32(p), _f32(dp)
+    _run_chunks(
+        lambda lo, hi: lib.anet_causal_softmax_bwd(
+            po + lo * S * S, pp + lo * S * S, pd + lo * S * S, hi - lo, S, scale
+        ),
+        n,
+        threads,
+        align=1,
+        min_n=-(-_MIN_PARALLEL // max(S * S, 1)),
+    )
+    return out
+
+
 # ---- RoPE ----------------------------------------------------------------------------------------
 
 
