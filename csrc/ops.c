@@ -68,6 +68,45 @@ void anet_exp(float *y, const float *x, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] = exp_poly(x[i]);
 }
 
+// ---- reductions ---------------------------------------------------------------------------------
+
+/* Reductions as LANES independent partial results combined in one fixed order: no
+ * reassociation (no -ffast-math), so compilers vectorise the sums, and results do not depend on
+ * the vector width. Sums accumulate in double. The max is not vectorised (a float max reduction
+ * needs -ffinite-math-only), but its 16 independent chains keep it off the critical path. */
+#define LANES 16
+
+static inline float max_lanes(const float *x, size_t n) {
+    float m[LANES], r = -INFINITY;
+    for (int k = 0; k < LANES; k++) m[k] = -INFINITY;
+    size_t u = 0;
+    for (; u + LANES <= n; u += LANES)
+        for (int k = 0; k < LANES; k++) m[k] = x[u + k] > m[k] ? x[u + k] : m[k];
+    for (; u < n; u++) r = x[u] > r ? x[u] : r;
+    for (int k = 0; k < LANES; k++) r = m[k] > r ? m[k] : r;
+    return r;
+}
+
+static inline double sum_lanes(const float *x, size_t n) {
+    double a[LANES] = {0}, r = 0.0;
+    size_t u = 0;
+    for (; u + LANES <= n; u += LANES)
+        for (int k = 0; k < LANES; k++) a[k] += x[u + k];
+    for (; u < n; u++) r += x[u];
+    for (int k = 0; k < LANES; k++) r += a[k];
+    return r;
+}
+
+static inline double dot_lanes(const float *x, const float *y, size_t n) {
+    double a[LANES] = {0}, r = 0.0;
+    size_t u = 0;
+    for (; u + LANES <= n; u += LANES)
+        for (int k = 0; k < LANES; k++) a[k] += (double)x[u + k] * y[u + k];
+    for (; u < n; u++) r += (double)x[u] * y[u];
+    for (int k = 0; k < LANES; k++) r += a[k];
+    return r;
+}
+
 // ---- RMSNorm ------------------------------------------------------------------------------------
 
 void anet_rmsnorm_fwd(float *y, float *rrms, const float *x, const float *w, int D, int S,
@@ -213,43 +252,6 @@ void anet_swiglu_bwd(float *dh1, float *dh3, const float *dgate, const float *h1
 }
 
 // ---- causal softmax over (n, S, S) attention scores ---------------------------------------------
-
-/* Row reductions as LANES independent partial results combined in one fixed order: no
- * reassociation (no -ffast-math), so compilers vectorise the sums, and results do not depend on
- * the vector width. Sums accumulate in double. The max is not vectorised (a float max reduction
- * needs -ffinite-math-only), but its 16 independent chains keep it off the critical path. */
-#define LANES 16
-
-static inline float max_lanes(const float *x, int n) {
-    float m[LANES], r = -INFINITY;
-    for (int k = 0; k < LANES; k++) m[k] = -INFINITY;
-    int u = 0;
-    for (; u + LANES <= n; u += LANES)
-        for (int k = 0; k < LANES; k++) m[k] = x[u + k] > m[k] ? x[u + k] : m[k];
-    for (; u < n; u++) r = x[u] > r ? x[u] : r;
-    for (int k = 0; k < LANES; k++) r = m[k] > r ? m[k] : r;
-    return r;
-}
-
-static inline double sum_lanes(const float *x, int n) {
-    double a[LANES] = {0}, r = 0.0;
-    int u = 0;
-    for (; u + LANES <= n; u += LANES)
-        for (int k = 0; k < LANES; k++) a[k] += x[u + k];
-    for (; u < n; u++) r += x[u];
-    for (int k = 0; k < LANES; k++) r += a[k];
-    return r;
-}
-
-static inline double dot_lanes(const float *x, const float *y, int n) {
-    double a[LANES] = {0}, r = 0.0;
-    int u = 0;
-    for (; u + LANES <= n; u += LANES)
-        for (int k = 0; k < LANES; k++) a[k] += (double)x[u + k] * y[u + k];
-    for (; u < n; u++) r += (double)x[u] * y[u];
-    for (int k = 0; k < LANES; k++) r += a[k];
-    return r;
-}
 
 ANET_CLONES
 void anet_causal_softmax(float *p, int n, int S, float scale) {
@@ -458,15 +460,6 @@ void anet_adamw(float *p, float *m, float *v, const float *g, size_t n, double l
 }
 
 double anet_sumsq(const float *x, size_t n) {
-    /* x [n]; 4 independent double accumulators (fixed order, so results are reproducible) */
-    double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        a0 += (double)x[i] * x[i];
-        a1 += (double)x[i + 1] * x[i + 1];
-        a2 += (double)x[i + 2] * x[i + 2];
-        a3 += (double)x[i + 3] * x[i + 3];
-    }
-    for (; i < n; i++) a0 += (double)x[i] * x[i];
-    return (a0 + a1) + (a2 + a3);
+    /* x [n] */
+    return dot_lanes(x, x, n);
 }
