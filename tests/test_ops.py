@@ -201,13 +201,17 @@ def test_cross_entropy_errors():
     assert rc == 0 and (losses[2:] == 7.0).all()  # the range [0, 2) has valid targets only
 
 
-@pytest.mark.parametrize("n,threads,align,phase", [(256, 2, 16, 4), (1_000_003, 3, 4096, 0),
-                                                   (5, 8, 1, 0), (40, 2, 16, 12), (12, 12, 1, 0)])
-def test_chunks_cover_in_order_and_align(n, threads, align, phase):
-    r = native._chunks(n, threads, align, 0, phase)
-    assert r[0][0] == 0 and r[-1][1] == n and len(r) <= threads
+@pytest.mark.parametrize("n,threads,align,phase,unit", [
+    (256, 2, 16, 4, 1), (256, 2, 16, 4, 32000), (1_000_003, 3, 4096, 0, 1), (5, 8, 1, 0, 10**6),
+    (40, 2, 16, 12, 1), (12, 12, 1, 0, 65536), (110_000_000, 2, 4096, 0, 1)])
+def test_chunks_cover_in_order_and_align(n, threads, align, phase, unit):
+    r = native._chunks(n, threads, align, 0, phase, unit)
+    assert r[0][0] == 0 and r[-1][1] == n and len(r) <= threads * native._PIECES
     assert all(lo < hi for lo, hi in r) and all(a[1] == b[0] for a, b in zip(r, r[1:]))
     assert all((lo + phase) % align == 0 for lo, _ in r[1:])  # inner cuts on line boundaries
+    if n * unit >= threads * native._PIECES * native._MIN_PIECE and n >= 64 * threads * align:
+        assert len(r) == threads * native._PIECES  # large jobs: several ranges per thread
+    assert native._chunks(n, threads, align, n * unit + 1, phase, unit) == [(0, n)]  # too small
 
 
 @pytest.mark.parametrize("V,S", [(32000, 256), (5000, 1000), (3, 40)])

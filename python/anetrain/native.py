@@ -22,6 +22,8 @@ from anetrain._native import ffi, lib
 IMPLS = {"scalar": 0, "f16c": 1, "neon": 2, "avx512": 3}  # ids of anet.h's fp16 implementations
 _CHUNK_ALIGN = 4096  # elements; chunk boundaries stay cache-line and vector aligned
 _MIN_PARALLEL = 1 << 16  # below this many elements threads are not worth their overhead
+_PIECES = 8  # at most this many ranges per thread for large jobs (see _chunks)
+_MIN_PIECE = 1 << 18  # elements; smaller ranges are not worth a pool task each
 
 
 def getenv(key: str, default: int = 0) -> int:
@@ -108,15 +110,27 @@ def _i32(a: np.ndarray) -> object:
 
 
 def _chunks(
-    n: int, threads: int, align: int = _CHUNK_ALIGN, min_n: int = _MIN_PARALLEL, phase: int = 0
+    n: int,
+    threads: int,
+    align: int = _CHUNK_ALIGN,
+    min_n: int = _MIN_PARALLEL,
+    phase: int = 0,
+    unit: int = 1,
 ) -> list[tuple[int, int]]:
-    """Contiguous [lo, hi) ranges, one per thread, with every inner boundary b at
-    (b + phase) % align == 0; one range when threads <= 1 or n < min_n (too little work)."""
-    if threads <= 1 or n < max(min_n, 2):
+    """Contiguous [lo, hi) ranges covering [0, n), inner boundaries b at (b + phase) % align == 0.
+
+    unit: elements of work per index (V per cross-entropy position, S*S per score matrix). One
+    range when threads <= 1 or the work n*unit < min_n. Large jobs get up to _PIECES ranges per
+    thread, which pool threads take as they free up: a thread sharing its core with a spinning
+    OpenBLAS worker (they spin ~0.1 s after every sgemm) then does fewer instead of holding up
+    the others.
+    """
+    if threads <= 1 or n < 2 or n * unit < min_n:
         return [(0, n)]
+    pieces = threads * max(1, min(_PIECES, n * unit // (threads * _MIN_PIECE)))
     cuts = [0]
-    for i in range(1, threads):
-        c = -(-(i * n // threads + phase) // align) * align - phase  # rounded up to a boundary
+    for i in range(1, pieces):
+        c = -(-(i * n // pieces + phase) // align) * align - phase  # rounded up to a boundary
         if cuts[-1] < c < n:
             cuts.append(c)
     cuts.append(n)
@@ -128,11 +142,12 @@ def _run_chunks(
     n: int,
     threads: int,
     align: int = _CHUNK_ALIGN,
-    min_n: int = _MIN_PARALLEL,
     phase: int = 0,
+    unit: int = 1,
 ) -> list[object]:
-    """fn(lo, hi) over _chunks(n, threads, align, min_n, phase) on the pool; results in order."""
-    ranges = _chunks(n, threads, align, min_n, phase)
+    """fn(lo, hi) over _chunks(n, threads, align, phase=phase, unit=unit) on the pool; results
+    in range order."""
+    ranges = _chunks(n, threads, align, phase=phase, unit=unit)
     if len(ranges) == 1:
         return [fn(*ranges[0])]
     futures = [_executor().submit(fn, lo, hi) for lo, hi in ranges]
@@ -356,11 +371,9 @@ def cross_entropy(
         return lib.anet_cross_entropy(pd, pl, px, pt, V, S, lo, hi, scale)
 
     # Split positions at 64-byte lines of `out` (numpy's large arrays start 16 bytes into one),
-    # so two threads never write the same cache line of a row; enough positions for
-    # _MIN_PARALLEL elements per call.
+    # so two threads never write the same cache line of a row.
     phase = (out.ctypes.data % 64) // 4
-    min_n = -(-_MIN_PARALLEL // max(V, 1))
-    if any(_run_chunks(run, S, threads, align=16, min_n=min_n, phase=phase)):
+    if any(_run_chunks(run, S, threads, align=16, phase=phase, unit=V)):
         raise ValueError("cross_entropy: target id out of range")
     return (float(losses.sum()) / S if S else 0.0), out
 
@@ -430,7 +443,7 @@ def causal_softmax(p: np.ndarray, scale: float, threads: int = 1) -> np.ndarray:
         n,
         threads,
         align=1,
-        min_n=-(-_MIN_PARALLEL // max(S * S, 1)),
+        unit=S * S,
     )
     return p
 
@@ -455,7 +468,7 @@ def causal_softmax_bwd(
         n,
         threads,
         align=1,
-        min_n=-(-_MIN_PARALLEL // max(S * S, 1)),
+        unit=S * S,
     )
     return out
 
