@@ -493,6 +493,7 @@ void anet_adamw(float *p, float *m, float *v, const float *g, size_t n, double l
         p[i] = adamw_one(p + i, m + i, v + i, g[i], &k);
 }
 
+ANET_CLONES
 double anet_sumsq(const float *x, size_t n) {
     /* x [n] */
     return dot_lanes(x, x, n);
