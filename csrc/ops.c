@@ -134,6 +134,7 @@ void anet_rmsnorm_fwd(float *y, float *rrms, const float *x, const float *w, int
     }
 }
 
+ANET_CLONES
 void anet_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, const float *w,
                       const float *rrms, int D, int S) {
     /* dx [D,S] (may alias dy), dw [D] (+=), dy [D,S], x [D,S], w [D], rrms [S] */
@@ -146,12 +147,20 @@ void anet_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, con
         for (int d = 0; d < D; d++) {  /* c[t] = sum_d w*dy*x; dw[d] += sum_t dy*x*r (dy intact) */
             const float *dyr = dy + (size_t)d * S + t0, *xr = x + (size_t)d * S + t0;
             const double wd = w[d];
-            double acc = 0.0;
-            for (int t = 0; t < tn; t++) {
+            double a[LANES] = {0}, acc = 0.0;  /* lanes: see the reductions section */
+            int t = 0;
+            for (; t + LANES <= tn; t += LANES)
+                for (int l = 0; l < LANES; l++) {
+                    double p = (double)dyr[t + l] * xr[t + l];
+                    c[t + l] += wd * p;
+                    a[l] += p * r[t + l];
+                }
+            for (; t < tn; t++) {
                 double p = (double)dyr[t] * xr[t];
                 c[t] += wd * p;
                 acc += p * r[t];
             }
+            for (int l = 0; l < LANES; l++) acc += a[l];
             dw[d] += (float)acc;
         }
         for (int t = 0; t < tn; t++) k[t] = (float)((double)r[t] * r[t] * r[t] * c[t] / D);
