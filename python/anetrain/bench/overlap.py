@@ -81,7 +81,7 @@ def run(cfg, seconds: dict[str, float], steps: int, accum: int, workers: int = 0
 
     from anetrain.kernels_mil import MilKernels
     from anetrain.model import DwPool, micro_step
-    from anetrain.optim import AdamW
+    from anetrain.optim import AdamW, clip_factor, grad_norm
     from anetrain.params import init_params
     from anetrain.runtime import LatencyRuntime
 
@@ -101,7 +101,9 @@ def run(cfg, seconds: dict[str, float], steps: int, accum: int, workers: int = 0
             c_main0, t_start = time.thread_time(), time.perf_counter()
             for m in range(accum):
                 micro_step(params, grads, kern, tok[:-1], tok[1:], m > 0, 4096.0, pool)
-            opt.step(grads, 1e-4, grad_scale=1.0 / (accum * 4096.0))
+            scale = 1.0 / (accum * 4096.0)  # as train.py: unscale, global norm, clip, AdamW
+            norm = grad_norm(grads, scale)
+            opt.step(grads, 1e-4, grad_scale=scale * clip_factor(norm, 1.0))
             kern.update_weights()
             c_main1, t_end = time.thread_time(), time.perf_counter()
             # gaps: (previous evaluation or step start) -> (next evaluation or step end)
