@@ -37,6 +37,11 @@ int anet_copy_f16(uint16_t *dst, int dst_c, int dst_w, int dst_c0, int dst_s0,
                   int nch, int width);
 
 /* ---- CPU ops (ops.c) ---------------------------------------------------------------------- */
+/* y = exp(x) elementwise with ops.c's vectorisable exp (the one the kernels below use): max
+ * relative error < 2e-7 over the normal range; overflow -> inf, underflow -> subnormal or 0,
+ * -inf -> 0, NaN -> NaN. y may alias x. */
+void anet_exp(float *y, const float *x, size_t n);
+
 /* RMSNorm over channels, per position: r[t] = 1/sqrt(mean_d x[d,t]^2 + eps); y[d,t] = w[d]*x[d,t]*r[t].
  * y [D,S], rrms [S] (saved for the backward), x [D,S], w [D]. y may alias x. */
 void anet_rmsnorm_fwd(float *y, float *rrms, const float *x, const float *w, int D, int S, float eps);
@@ -45,11 +50,13 @@ void anet_rmsnorm_fwd(float *y, float *rrms, const float *x, const float *w, int
 void anet_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, const float *w,
                       const float *rrms, int D, int S);
 
-/* Softmax cross-entropy over channel-first logits [V, S] with targets [S] (0 <= id < V).
- * Returns the mean loss over the S positions. dlogits [V,S] = (softmax - onehot) * (scale / S);
- * dlogits may alias logits. Returns NaN (and leaves dlogits unspecified) if a target is out of range. */
-double anet_cross_entropy(float *dlogits, const float *logits, const int32_t *targets,
-                          int V, int S, float scale);
+/* Softmax cross-entropy over channel-first logits [V, S] with targets [S] (0 <= id < V), for the
+ * positions t0 <= t < t1 (disjoint ranges may run on different threads): loss[t] = per-position
+ * loss (mean over S = sum / S, left to the caller so the order is fixed), dlogits [V,S] =
+ * (softmax - onehot) * (scale / S); dlogits may alias logits. Returns 0, or -1 (nothing written)
+ * if a target in the range is out of [0, V). */
+int anet_cross_entropy(float *dlogits, double *loss, const float *logits, const int32_t *targets,
+                       int V, int S, int t0, int t1, float scale);
 
 /* SwiGLU: gate = silu(h1) * h3, silu(x) = x * sigmoid(x). Elementwise over n values. */
 void anet_swiglu_fwd(float *gate, const float *h1, const float *h3, size_t n);
@@ -57,6 +64,15 @@ void anet_swiglu_fwd(float *gate, const float *h1, const float *h3, size_t n);
  * dh1/dh3 may alias dgate (dh1 written after dh3 is computed per element). */
 void anet_swiglu_bwd(float *dh1, float *dh3, const float *dgate, const float *h1, const float *h3,
                      size_t n);
+
+/* Causal softmax of attention scores in place: p [n,S,S] holds n (query t, key t') matrices;
+ * row t becomes softmax_t'(scale * p[t,t']) over keys t' <= t, and keys t' > t become exactly 0
+ * (never read: the upper triangle may hold anything). */
+void anet_causal_softmax(float *p, int n, int S, float scale);
+/* Its backward: ds[t,t'] = (dp[t,t'] - sum_u p[t,u]*dp[t,u]) * p[t,t'] * scale over t' <= t,
+ * 0 above the diagonal. ds, p, dp [n,S,S]; ds may alias dp. */
+void anet_causal_softmax_bwd(float *ds, const float *p, const float *dp, int n, int S,
+                             float scale);
 
 /* RoPE in place on channel-first x [n_heads*head_dim, S]; llama2.c interleaved pairs
  * (channel h*hd + 2i, h*hd + 2i + 1). cos/sin tables [S, head_dim/2] (position-major).

@@ -32,6 +32,45 @@ def some_indices(shape: tuple[int, ...], k: int, seed: int) -> list[tuple[int, .
     return [tuple(int(rng.integers(0, n)) for n in shape) for _ in range(k)]
 
 
+# ---- exp -----------------------------------------------------------------------------------------
+
+EXP_MAX_REL = 1.2e-7  # measured max: 8.1e-8 (x86-64 gcc and clang), 8.4e-8 (arm64 clang, with fma)
+
+
+def test_exp_accuracy_dense():
+    """Every 2^-10 step over the whole finite, normal-result range, plus random points near 0."""
+    x = np.arange(-87.3, 88.72, 2.0**-10, dtype=np.float64).astype(np.float32)
+    x = np.concatenate([x, rand(1_000_003, 60, 3.0), np.float32([0.0, -0.0, 1e-30, -1e-30])])
+    for threads in (1, 2):
+        y = native.exp(x, threads=threads)
+        ref = np.exp(x.astype(np.float64))
+        rel = np.abs(y.astype(np.float64) - ref) / ref
+        assert rel.max() <= EXP_MAX_REL, (rel.max(), x[rel.argmax()])
+
+
+def test_exp_extremes_and_special_values():
+    tiny, fmax = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+    # overflow boundary: the last finite result and the first inf
+    hi = np.float32(np.log(fmax))  # 88.72284 rounds above ln(FLT_MAX)
+    lo_fin = np.nextafter(hi, np.float32(0))
+    x = np.array([np.inf, -np.inf, np.nan, -np.nan, 89.0, 1e30, -1e30, -200.0, hi, lo_fin],
+                 np.float32)
+    y = native.exp(x)
+    assert y[0] == np.inf and y[1] == 0.0 and np.isnan(y[2]) and np.isnan(y[3])
+    assert y[4] == np.inf and y[5] == np.inf and y[6] == 0.0 and y[7] == 0.0
+    assert y[8] == np.inf and np.isfinite(y[9])
+    assert abs(float(y[9]) - np.exp(float(lo_fin))) <= EXP_MAX_REL * fmax
+    # subnormal results: within one unit of the smallest subnormal; all zero below -103.98
+    xs = np.linspace(-103.95, -87.34, 100_001, dtype=np.float32)
+    ys, ref = native.exp(xs).astype(np.float64), np.exp(xs.astype(np.float64))
+    assert (np.abs(ys - ref) <= 2.0**-149).all()
+    assert (ys < tiny).any() and (native.exp(np.float32([-104.0, -110.0, -1e4])) == 0.0).all()
+    # in place, any shape
+    z = rand((7, 9), 61)
+    ref = native.exp(z)
+    assert native.exp(z, out=z) is z and (z == ref).all()
+
+
 # ---- RMSNorm -------------------------------------------------------------------------------------
 
 
@@ -146,12 +185,42 @@ def test_cross_entropy_errors():
         native.cross_entropy(logits, np.array([0, 1, 2]))
     with pytest.raises(ValueError, match="integer"):
         native.cross_entropy(logits, np.zeros(4, np.float32))
-    bad = np.array([0, 1, 99, 2], np.int32)  # the C side also refuses (NaN) without the check
-    d = np.empty_like(logits)
-    loss = native.lib.anet_cross_entropy(native.ffi.from_buffer("float[]", d),
-                                         native.ffi.from_buffer("float[]", logits),
-                                         native.ffi.from_buffer("int32_t[]", bad), 10, 4, 1.0)
-    assert np.isnan(loss)
+    bad = np.array([0, 1, 99, 2], np.int32)  # the C side also refuses (-1) without the check
+    d = np.full_like(logits, 7.0)
+    losses = np.full(4, 7.0)
+    ffi = native.ffi
+    rc = native.lib.anet_cross_entropy(ffi.from_buffer("float[]", d),
+                                       ffi.from_buffer("double[]", losses),
+                                       ffi.from_buffer("float[]", logits),
+                                       ffi.from_buffer("int32_t[]", bad), 10, 4, 0, 4, 1.0)
+    assert rc == -1 and (d == 7.0).all() and (losses == 7.0).all()  # nothing written
+    rc = native.lib.anet_cross_entropy(ffi.from_buffer("float[]", d),
+                                       ffi.from_buffer("double[]", losses),
+                                       ffi.from_buffer("float[]", logits),
+                                       ffi.from_buffer("int32_t[]", bad), 10, 4, 0, 2, 1.0)
+    assert rc == 0 and (losses[2:] == 7.0).all()  # the range [0, 2) has valid targets only
+
+
+@pytest.mark.parametrize("n,threads,align,phase", [(256, 2, 16, 4), (1_000_003, 3, 4096, 0),
+                                                   (5, 8, 1, 0), (40, 2, 16, 12), (12, 12, 1, 0)])
+def test_chunks_cover_in_order_and_align(n, threads, align, phase):
+    r = native._chunks(n, threads, align, 0, phase)
+    assert r[0][0] == 0 and r[-1][1] == n and len(r) <= threads
+    assert all(lo < hi for lo, hi in r) and all(a[1] == b[0] for a, b in zip(r, r[1:]))
+    assert all((lo + phase) % align == 0 for lo, _ in r[1:])  # inner cuts on line boundaries
+
+
+@pytest.mark.parametrize("V,S", [(32000, 256), (5000, 1000), (3, 40)])
+def test_cross_entropy_threads_identical(V, S):
+    """Split positions give bit-identical gradients and the very same loss for any thread count."""
+    logits = rand((V, S), 15, 4.0)
+    t = np.random.default_rng(16).integers(0, V, S)
+    loss1, d1 = native.cross_entropy(logits, t, scale=3.0)
+    for threads in (2, 3, 8):
+        loss, d = native.cross_entropy(logits, t, scale=3.0, threads=threads)
+        assert loss == loss1
+        assert (d == d1).all()
+    assert abs(loss1 - ce_ref(logits, t)[0]) <= 1e-6 * loss1
 
 
 # ---- SwiGLU --------------------------------------------------------------------------------------
@@ -159,10 +228,11 @@ def test_cross_entropy_errors():
 
 def test_swiglu_fwd():
     h1, h3 = rand((64, 33), 15, 4.0), rand((64, 33), 16)
-    h1[0, :3] = [-100.0, 100.0, 0.0]  # saturation must not produce NaN
+    h1[0, :5] = [-100.0, 100.0, 0.0, -1e30, 1e30]  # saturation must not produce NaN
     g = native.swiglu_fwd(h1, h3)
     a = h1.astype(np.float64)
-    ref = a / (1 + np.exp(-a)) * h3
+    with np.errstate(over="ignore"):  # exp(1e30) = inf in float64 too: silu(-1e30) = -0
+        ref = a / (1 + np.exp(-a)) * h3
     np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6)
 
 
@@ -190,6 +260,67 @@ def test_swiglu_finite_differences():
     idx = [np.unravel_index(i, h1.shape) for i in range(h1.size)]
     np.testing.assert_allclose(dh1.reshape(-1), central_diff(loss, h1, idx), atol=1e-3)
     np.testing.assert_allclose(dh3.reshape(-1), central_diff(loss, h3, idx), atol=1e-3)
+
+
+# ---- causal attention softmax --------------------------------------------------------------------
+
+
+def causal_softmax_ref(scores, scale):
+    x = scores.astype(np.float64) * scale
+    S = x.shape[-1]
+    x[..., np.triu(np.ones((S, S), bool), k=1)] = -np.inf
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("n,S", [(1, 1), (3, 17), (12, 256), (2, 300)])
+def test_causal_softmax_vs_reference(n, S):
+    scores = rand((n, S, S), 62, 4.0)
+    scores[:, :3, :3] += np.float32(500.0)  # large scores: max-subtraction keeps exp finite
+    upper = np.triu(np.ones((S, S), bool), k=1)
+    garbage = scores.copy()
+    garbage[:, upper] = np.nan  # the masked triangle is never read
+    ref = causal_softmax_ref(scores, 0.125)
+    for threads in (1, 2):
+        p = native.causal_softmax(garbage.copy(), 0.125, threads=threads)
+        np.testing.assert_allclose(p, ref, rtol=2e-6, atol=1e-7)
+        assert (p[:, upper] == 0.0).all()
+        np.testing.assert_allclose(p.astype(np.float64).sum(-1), 1.0, atol=1e-5)
+
+
+def test_causal_softmax_bwd_vs_reference_and_alias():
+    n, S, scale = 5, 70, 0.3
+    p = native.causal_softmax(rand((n, S, S), 63, 2.0), 1.0)
+    dp = rand((n, S, S), 64)
+    p64, dp64 = p.astype(np.float64), dp.astype(np.float64)
+    ref = (dp64 - (p64 * dp64).sum(-1, keepdims=True)) * p64 * scale
+    ds = native.causal_softmax_bwd(p, dp, scale)
+    np.testing.assert_allclose(ds, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+    assert (ds[:, np.triu(np.ones((S, S), bool), k=1)] == 0.0).all()
+    buf = dp.copy()
+    assert native.causal_softmax_bwd(p, buf, scale, out=buf, threads=2) is buf  # in place
+    assert (buf == ds).all()
+
+
+def test_causal_softmax_finite_differences():
+    n, S, scale = 2, 6, 0.7
+    x, g = rand((n, S, S), 65), rand((n, S, S), 66)
+
+    def loss() -> float:
+        return float((native.causal_softmax(x.copy(), scale).astype(np.float64) * g).sum())
+
+    ds = native.causal_softmax_bwd(native.causal_softmax(x.copy(), scale), g, scale)
+    idx = [i for i in some_indices((n, S, S), 30, 67) if i[2] <= i[1]]  # live (causal) entries
+    np.testing.assert_allclose([ds[i] for i in idx], central_diff(loss, x, idx, h=1e-2), atol=2e-3)
+
+
+def test_causal_softmax_errors():
+    with pytest.raises(ValueError, match="score matrices"):
+        native.causal_softmax(rand((2, 4, 5), 68), 1.0)
+    with pytest.raises(ValueError, match="3-D"):
+        native.causal_softmax(rand((4, 4), 68), 1.0)
+    with pytest.raises(ValueError, match="shape"):
+        native.causal_softmax_bwd(rand((2, 4, 4), 68), rand((2, 5, 5), 69), 1.0)
 
 
 # ---- RoPE ----------------------------------------------------------------------------------------

@@ -64,11 +64,6 @@ def joined_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.concatenate((a, b))
 
 
-def causal_mask(S: int, neg: float = -np.inf) -> np.ndarray:
-    """[S, S] additive mask: 0 where key t' <= query t, `neg` above the diagonal."""
-    return np.triu(np.full((S, S), neg, dtype=np.float32), k=1)
-
-
 class CpuKernels:
     """fp32 numpy implementations reading the fp32 masters directly (no staging needed)."""
 
@@ -79,7 +74,6 @@ class CpuKernels:
         self.params = params
         self.S = seq_len or cfg.seq_len
         self.cos, self.sin = rope_tables(cfg.head_dim, self.S, cfg.rope_theta)  # [S, hd/2] each
-        self.mask = causal_mask(self.S)  # [S, S]
         self.scale = np.float32(1.0 / np.sqrt(cfg.head_dim))
         self.threads = os.cpu_count() or 1  # for the elementwise C ops (BLAS uses all cores too)
         # attention probabilities of the forward, reused by sdpa_bwd1 when it is called with the
@@ -100,12 +94,7 @@ class CpuKernels:
         scores = np.empty((self.cfg.n_heads, self.S, self.S), dtype=np.float32)  # (H, S, S)
         for h in range(self.cfg.n_heads):  # 2-D products go straight to BLAS (stacked ones do not)
             np.matmul(qh[h].T, kh[h], out=scores[h])
-        scores *= self.scale
-        scores += self.mask
-        scores -= scores.max(axis=-1, keepdims=True)
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=-1, keepdims=True)
-        return scores
+        return native.causal_softmax(scores, self.scale, threads=self.threads)  # masked, in place
 
     def _per_head(self, a: np.ndarray, b: np.ndarray, rows: int, cols: int) -> np.ndarray:
         """(H, rows, cols) stack of 2-D products a[h] @ b[h] (a, b any per-head 2-D views)."""
@@ -174,9 +163,7 @@ class CpuKernels:
     ):
         cfg, S, H = self.cfg, self.S, self.cfg.n_heads
         p3, dp3 = p.reshape(H, S, S), dp.reshape(H, S, S)  # (H, S_query, S_key)
-        ds = dp3 - (p3 * dp3).sum(axis=-1, keepdims=True)
-        ds *= p3
-        ds *= self.scale  # dL/dscores_raw (H, S, S)
+        ds = native.causal_softmax_bwd(p3, dp3, self.scale, threads=self.threads)  # dL/dscores_raw
         hd = cfg.head_dim
         dq = self._per_head(self._heads(k_tiled), ds.transpose(0, 2, 1), hd, S)  # sum_t' dS k[d,t']
         dk = self._per_head(self._heads(q), ds, hd, S)  # dk[d,t'] = sum_t dS[t,t'] q[d,t]

@@ -164,7 +164,9 @@ def micro_step(
     x, acts = forward(params, kern, tokens)
     xf, r_fin = native.rmsnorm_fwd(x, params.rms_final, cfg.norm_eps)  # [D, S]
     logits = params.wcls @ xf  # [V, S]
-    loss, dlogits = native.cross_entropy(logits, targets, scale=loss_scale, out=logits)
+    loss, dlogits = native.cross_entropy(
+        logits, targets, scale=loss_scale, out=logits, threads=getattr(kern, "threads", 1)
+    )
 
     # ---- classifier and final norm (the tied classifier gradient lands in grads.embed first)
     dw.add(grads.wcls, dlogits, xf.T, accumulate)  # [V, D]

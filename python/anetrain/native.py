@@ -107,17 +107,32 @@ def _i32(a: np.ndarray) -> object:
     return ffi.from_buffer("int32_t[]", a)
 
 
-def _chunks(n: int, threads: int) -> list[tuple[int, int]]:
-    """Contiguous [lo, hi) ranges, one per thread, boundaries aligned to _CHUNK_ALIGN."""
-    if threads <= 1 or n < _MIN_PARALLEL:
+def _chunks(
+    n: int, threads: int, align: int = _CHUNK_ALIGN, min_n: int = _MIN_PARALLEL, phase: int = 0
+) -> list[tuple[int, int]]:
+    """Contiguous [lo, hi) ranges, one per thread, with every inner boundary b at
+    (b + phase) % align == 0; one range when threads <= 1 or n < min_n (too little work)."""
+    if threads <= 1 or n < max(min_n, 2):
         return [(0, n)]
-    step = -(-n // threads)
-    step = -(-step // _CHUNK_ALIGN) * _CHUNK_ALIGN
-    return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+    cuts = [0]
+    for i in range(1, threads):
+        c = -(-(i * n // threads + phase) // align) * align - phase  # rounded up to a boundary
+        if cuts[-1] < c < n:
+            cuts.append(c)
+    cuts.append(n)
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
-def _run_chunks(fn: Callable[[int, int], object], n: int, threads: int) -> list[object]:
-    ranges = _chunks(n, threads)
+def _run_chunks(
+    fn: Callable[[int, int], object],
+    n: int,
+    threads: int,
+    align: int = _CHUNK_ALIGN,
+    min_n: int = _MIN_PARALLEL,
+    phase: int = 0,
+) -> list[object]:
+    """fn(lo, hi) over _chunks(n, threads, align, min_n, phase) on the pool; results in order."""
+    ranges = _chunks(n, threads, align, min_n, phase)
     if len(ranges) == 1:
         return [fn(*ranges[0])]
     futures = [_executor().submit(fn, lo, hi) for lo, hi in ranges]
@@ -260,6 +275,18 @@ def copy(
         )
 
 
+# ---- exp -----------------------------------------------------------------------------------------
+
+
+def exp(x: np.ndarray, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
+    """exp(x) elementwise (any shape) with the C ops' own exp; out may be x."""
+    x = _arr("x", x, np.float32)
+    out = _out("out", out, np.float32, x.shape)
+    po, px = _f32(out), _f32(x)
+    _run_chunks(lambda lo, hi: lib.anet_exp(po + lo, px + lo, hi - lo), x.size, threads)
+    return out
+
+
 # ---- RMSNorm -------------------------------------------------------------------------------------
 
 
@@ -304,11 +331,16 @@ def rmsnorm_bwd(
 
 
 def cross_entropy(
-    logits: np.ndarray, targets: np.ndarray, scale: float = 1.0, out: np.ndarray | None = None
+    logits: np.ndarray,
+    targets: np.ndarray,
+    scale: float = 1.0,
+    out: np.ndarray | None = None,
+    threads: int = 1,
 ) -> tuple[float, np.ndarray]:
     """Mean softmax cross-entropy over logits [V,S] and targets [S]; dlogits = (p - onehot)*scale/S.
 
-    out may be logits itself (gradient written in place).
+    out may be logits itself (gradient written in place). threads > 1 splits the positions; the
+    loss is the same for any thread count (per-position losses summed in one fixed order).
     """
     logits = _arr("logits", logits, np.float32, ndim=2)
     V, S = logits.shape
@@ -317,8 +349,20 @@ def cross_entropy(
         raise ValueError(f"targets: expected shape ({S},), got {tgt.shape}")
     _check_range("targets", tgt, V)
     out = _out("out", out, np.float32, (V, S))
-    loss = lib.anet_cross_entropy(_f32(out), _f32(logits), _i32(tgt), V, S, scale)
-    return float(loss), out
+    losses = np.empty(S, dtype=np.float64)  # [S] per-position loss
+    pd, pl, px, pt = _f32(out), ffi.from_buffer("double[]", losses), _f32(logits), _i32(tgt)
+
+    def run(lo: int, hi: int) -> int:
+        return lib.anet_cross_entropy(pd, pl, px, pt, V, S, lo, hi, scale)
+
+    # Split positions at 64-byte lines of `out` (numpy's large arrays start 16 bytes into one),
+    # so two threads never write the same cache line of a row; enough positions for
+    # _MIN_PARALLEL elements per call.
+    phase = (out.ctypes.data % 64) // 4
+    min_n = -(-_MIN_PARALLEL // max(V, 1))
+    if any(_run_chunks(run, S, threads, align=16, min_n=min_n, phase=phase)):
+        raise ValueError("cross_entropy: target id out of range")
+    return (float(losses.sum()) / S if S else 0.0), out
 
 
 # ---- SwiGLU --------------------------------------------------------------------------------------
@@ -361,6 +405,59 @@ def swiglu_bwd(
         threads,
     )
     return dh1, dh3
+
+
+# ---- causal attention softmax --------------------------------------------------------------------
+
+
+def _scores(name: str, a: object, writable: bool = False) -> tuple[np.ndarray, int, int]:
+    a = _arr(name, a, np.float32, ndim=3, writable=writable)
+    n, S, S2 = a.shape
+    if S != S2:
+        raise ValueError(f"{name}: expected (n, S, S) score matrices, got shape {a.shape}")
+    return a, n, S
+
+
+def causal_softmax(p: np.ndarray, scale: float, threads: int = 1) -> np.ndarray:
+    """In place on p (n, S_query, S_key): row t -> softmax(scale * p[t, :t+1]), zeros after it.
+
+    Only the lower triangle is read; threads > 1 splits the n matrices (heads).
+    """
+    p, n, S = _scores("p", p, writable=True)
+    pp = _f32(p)
+    _run_chunks(
+        lambda lo, hi: lib.anet_causal_softmax(pp + lo * S * S, hi - lo, S, scale),
+        n,
+        threads,
+        align=1,
+        min_n=-(-_MIN_PARALLEL // max(S * S, 1)),
+    )
+    return p
+
+
+def causal_softmax_bwd(
+    p: np.ndarray,
+    dp: np.ndarray,
+    scale: float,
+    out: np.ndarray | None = None,
+    threads: int = 1,
+) -> np.ndarray:
+    """ds = (dp - rowsum(p * dp)) * p * scale for causal probabilities p (n, S, S); 0 above the
+    diagonal. out may be dp (in place); threads > 1 splits the n matrices."""
+    p, n, S = _scores("p", p)
+    dp = _arr("dp", dp, np.float32, shape=p.shape)
+    out = _out("out", out, np.float32, p.shape)
+    po, pp, pd = _f32(out), _f32(p), _f32(dp)
+    _run_chunks(
+        lambda lo, hi: lib.anet_causal_softmax_bwd(
+            po + lo * S * S, pp + lo * S * S, pd + lo * S * S, hi - lo, S, scale
+        ),
+        n,
+        threads,
+        align=1,
+        min_n=-(-_MIN_PARALLEL // max(S * S, 1)),
+    )
+    return out
 
 
 # ---- RoPE ----------------------------------------------------------------------------------------
