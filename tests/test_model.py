@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from conftest import perturb_norms, tiny_cfg
@@ -125,3 +127,39 @@ def test_dw_on_worker_thread_is_identical(rng):
         micro_step(p, g2, kern, x, y, accumulate=False, dw_pool=pool)
         micro_step(p, g2, kern, y, x, accumulate=True, dw_pool=pool)
     np.testing.assert_array_equal(g1.flat, g2.flat)
+
+
+def test_dw_pool_split_jobs_match_inline(rng, monkeypatch):
+    """Two low-priority workers, every dW job split into row blocks: same gradients as inline."""
+    import anetrain.model as model_mod
+    from anetrain.model import DwPool
+
+    monkeypatch.setattr(model_mod, "_SPLIT_ELEMS", 0)  # split every job (tiny dims never would)
+    cfg, p, x, y = _setup(rng, n_kv_heads=2)
+    kern = CpuKernels(cfg, p)
+    g1, g2 = p.zeros_like(), p.zeros_like()
+    micro_step(p, g1, kern, x, y, accumulate=False)
+    micro_step(p, g1, kern, y, x, accumulate=True)
+    with DwPool(2) as pool:
+        assert pool.workers == 2
+        micro_step(p, g2, kern, x, y, accumulate=False, dw_pool=pool)
+        micro_step(p, g2, kern, y, x, accumulate=True, dw_pool=pool)
+    # row blocks may take another BLAS blocking path: equal to fp32 rounding, not bit for bit
+    np.testing.assert_allclose(g2.flat, g1.flat, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux-only")
+def test_dw_pool_workers_run_at_lower_priority():
+    import os
+    import threading
+
+    from anetrain.model import DwPool
+
+    def nice_of_this_thread() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = nice_of_this_thread()
+    with DwPool(2, nice=7) as pool:
+        got = {pool.submit(nice_of_this_thread).result() for _ in range(4)}
+    assert got == {min(19, base + 7)}
+    assert nice_of_this_thread() == base  # the caller's own priority is untouched

@@ -58,7 +58,7 @@ class MilKernels:
     """The Kernels interface over compiled MIL programs; fp16 on the device, fp32 at the edges."""
 
     fp16 = True  # train.py: dynamic loss scaling
-    overlap_dw = True  # model.py: dW sgemms on a worker thread, behind kernel evaluations
+    overlap_dw = True  # model.py: dW sgemms on worker threads (DwPool), behind kernel evaluations
 
     def __init__(self, cfg: ModelConfig, params: Params, runtime: Runtime,
                  async_staging: bool = True) -> None:  # fmt: skip

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,22 +50,59 @@ def _matmul_into(g: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool) 
         np.matmul(a, b, out=g)
 
 
+# dW jobs larger than this many gradient elements are split into row blocks, so that every dW
+# worker can take a share of the classifier gradient ([V, D] = 24.6M elements for stories110m).
+_SPLIT_ELEMS = 1 << 22
+
+
+def _lower_priority(nice: int) -> None:
+    """Thread initializer: run this worker thread `nice` steps below normal priority (Linux only).
+
+    The main thread drives the kernel chain and should not wait for a core behind the
+    off-critical-path sgemms, which then take whatever CPU is left. On Linux,
+    setpriority(PRIO_PROCESS, tid) affects just that thread. macOS has no per-thread nice, and a
+    lower QoS class would move the thread to the efficiency cores; Apple silicon has enough
+    performance cores that the main thread is not starved, so nothing is done there.
+    """
+    if nice and sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError:
+            pass  # not permitted: run at normal priority
+
+
+class DwPool(ThreadPoolExecutor):
+    """Executor for micro_step's dW sgemms: `workers` threads (0 = one per core), each `nice`
+    steps below normal priority (Linux; 10 keeps a share under outside load, unlike SCHED_IDLE)."""
+
+    def __init__(self, workers: int = 0, nice: int = 10) -> None:
+        self.workers = workers or max(1, os.cpu_count() or 1)
+        super().__init__(self.workers, "anetrain-dw", _lower_priority, (nice,))
+
+
 class _DwQueue:
-    """Runs the dW sgemms inline, or on a worker thread so they overlap kernel evaluations.
+    """Runs the dW sgemms inline, or on worker threads so they overlap kernel evaluations.
 
     numpy releases the GIL inside BLAS, so while an ANE (or simulator) kernel evaluates, the
-    worker accumulates weight gradients. Jobs run in submission order on one thread, so two jobs
-    never write the same gradient buffer at once; `wait` re-raises a worker error.
+    workers accumulate weight gradients. Each job writes its own gradient rows (one micro-step
+    writes each gradient buffer once), so jobs may run in any order and in parallel; large ones
+    are split into row blocks. `wait` re-raises a worker error.
     """
 
     def __init__(self, pool):
         self.pool, self.jobs = pool, []
+        self.parts = getattr(pool, "workers", 1)  # row blocks per large job
 
     def add(self, g: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool) -> None:
+        """g [R, C] (+)= a [R, K] @ b [K, C]."""
         if self.pool is None:
             _matmul_into(g, a, b, accumulate)
-        else:
-            self.jobs.append(self.pool.submit(_matmul_into, g, a, b, accumulate))
+            return
+        R = g.shape[0]
+        n = self.parts if g.size > _SPLIT_ELEMS and R >= 2 * self.parts else 1
+        bounds = [R * i // n for i in range(n + 1)]
+        for lo, hi in zip(bounds, bounds[1:]):  # row blocks: g[lo:hi] (+)= a[lo:hi] @ b
+            self.jobs.append(self.pool.submit(_matmul_into, g[lo:hi], a[lo:hi], b, accumulate))
 
     def wait(self) -> None:
         jobs, self.jobs = self.jobs, []
@@ -108,7 +149,7 @@ def micro_step(
     """Forward + backward of one sequence; adds loss_scale * dLoss/dparams into `grads`.
 
     tokens, targets: int32 [S]. accumulate=False overwrites `grads` (first micro-step of an
-    optimizer step), True adds to them. dw_pool: an executor with one worker to overlap the dW
+    optimizer step), True adds to them. dw_pool: an executor (a DwPool) to overlap the dW
     sgemms with kernel evaluations (ANE/sim backends), or None to run them inline. Returns the
     (unscaled) mean cross-entropy loss.
     """

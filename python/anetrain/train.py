@@ -274,10 +274,10 @@ def train(argv: list[str] | None) -> int:
     if resumed is not None and "scaler" in resumed.meta:
         scaler.set_state(resumed.meta["scaler"])
     dw_pool = None
-    if getattr(kern, "overlap_dw", False):  # dW sgemms on a worker thread, behind kernel evals
-        from concurrent.futures import ThreadPoolExecutor
+    if getattr(kern, "overlap_dw", False):  # dW sgemms on worker threads, behind kernel evals
+        from anetrain.model import DwPool
 
-        dw_pool = ThreadPoolExecutor(1, thread_name_prefix="anetrain-dw")
+        dw_pool = DwPool()
 
     metrics_path = out / METRICS_NAME
     if resumed is not None and metrics_path.exists():  # drop lines past the checkpoint's step

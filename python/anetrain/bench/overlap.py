@@ -10,11 +10,11 @@ import sys
 import time
 
 # Every kernel evaluation sleeps for a modelled ANE time (LatencyRuntime); everything else (RMSNorm,
-# packing, classifier, CE, dW sgemms on the worker, AdamW, weight staging) runs for real through
-# MilKernels and model.micro_step. Per step it reports
+# packing, classifier, CE, dW sgemms on the low-priority workers, AdamW, weight staging) runs for
+# real through MilKernels and model.micro_step. Per step it reports
 #   step       wall time of the step
 #   kernel     sum of the evaluation times (the sleeps as measured)
-#   cpu busy   process CPU time, all threads (main, dW worker, staging, BLAS)
+#   cpu busy   process CPU time, all threads (main, dW workers, staging, BLAS)
 #   critical   main-thread CPU time between dependent evaluations: each evaluation needs the host
 #              work before it (pack, norms, residuals, SiLU', RoPE', classifier), so on the one
 #              main thread all of it sits between consecutive evaluations; measured per gap with
@@ -74,15 +74,14 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run(cfg, seconds: dict[str, float], steps: int, accum: int, seed: int = 0) -> dict:
+def run(cfg, seconds: dict[str, float], steps: int, accum: int, workers: int = 0,
+        seed: int = 0) -> dict:  # fmt: skip
     """Warm-up step + `steps` measured steps; per-step figures and the gap breakdown."""
-    from concurrent.futures import ThreadPoolExecutor
-
     import numpy as np
 
     from anetrain.kernels_mil import MilKernels
-    from anetrain.model import micro_step
-    from anetrain.optim import AdamW
+    from anetrain.model import DwPool, micro_step
+    from anetrain.optim import AdamW, clip_factor, grad_norm
     from anetrain.params import init_params
     from anetrain.runtime import LatencyRuntime
 
@@ -92,7 +91,7 @@ def run(cfg, seconds: dict[str, float], steps: int, accum: int, seed: int = 0) -
     opt = AdamW(params, 0.9, 0.95, 1e-8, 0.1)
     rt = LatencyRuntime(seconds)
     kern = MilKernels(cfg, params, rt)
-    pool = ThreadPoolExecutor(1, thread_name_prefix="anetrain-dw")
+    pool = DwPool(workers)
     rows, gaps = [], {}
     try:
         for step in range(steps + 1):
@@ -102,7 +101,9 @@ def run(cfg, seconds: dict[str, float], steps: int, accum: int, seed: int = 0) -
             c_main0, t_start = time.thread_time(), time.perf_counter()
             for m in range(accum):
                 micro_step(params, grads, kern, tok[:-1], tok[1:], m > 0, 4096.0, pool)
-            opt.step(grads, 1e-4, grad_scale=1.0 / (accum * 4096.0))
+            scale = 1.0 / (accum * 4096.0)  # as train.py: unscale, global norm, clip, AdamW
+            norm = grad_norm(grads, scale)
+            opt.step(grads, 1e-4, grad_scale=scale * clip_factor(norm, 1.0))
             kern.update_weights()
             c_main1, t_end = time.thread_time(), time.perf_counter()
             # gaps: (previous evaluation or step start) -> (next evaluation or step end)
@@ -134,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernel-scale", default="1",
                    help="multiply the M4 kernel times by this, or 'host': by the M4 CPU's sgemm "
                         "rate over this host's (an ANE as much faster than this CPU as the M4's)")
+    p.add_argument("--dw-workers", type=int, default=0,
+                   help="dW worker threads (0 = one per core, as training uses)")
     p.add_argument("--threads", type=int, default=1,
                    help="BLAS threads per thread (1; needed for exact per-thread CPU times)")
     args = p.parse_args(argv)
@@ -153,10 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         scale = float(args.kernel_scale)
     seconds = m4_seconds(cfg, scale)
+    workers = args.dw_workers or os.cpu_count() or 1
     print(f"{args.model}: {cfg.n_layers} layers, dim {cfg.dim}, vocab {cfg.vocab_size}, seq "
-          f"{cfg.seq_len}; accum {args.accum}; BLAS threads {args.threads}; {os.cpu_count()} cores")
+          f"{cfg.seq_len}; accum {args.accum}; BLAS threads {args.threads}; {workers} dW workers; "
+          f"{os.cpu_count()} cores")
     print("modelled evaluation ms: " + ", ".join(f"{n} {1e3 * s:.3f}" for n, s in seconds.items()))
-    res = run(cfg, seconds, args.steps, args.accum)
+    res = run(cfg, seconds, args.steps, args.accum, workers)
     rows = res["rows"]
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     print(f"\nmedian of {len(rows)} steps ({int(med['evals'])} evaluations each):")
