@@ -115,37 +115,29 @@ def test_init_statistics(rng):
     assert p.wcls is p.embed
 
 
-def test_dw_on_worker_thread_is_identical(rng):
-    from concurrent.futures import ThreadPoolExecutor
-
-    cfg, p, x, y = _setup(rng, n_kv_heads=2)
-    kern = CpuKernels(cfg, p)
-    g1, g2 = p.zeros_like(), p.zeros_like()
-    micro_step(p, g1, kern, x, y, accumulate=False)
-    micro_step(p, g1, kern, y, x, accumulate=True)
-    with ThreadPoolExecutor(1) as pool:
-        micro_step(p, g2, kern, x, y, accumulate=False, dw_pool=pool)
-        micro_step(p, g2, kern, y, x, accumulate=True, dw_pool=pool)
-    np.testing.assert_array_equal(g1.flat, g2.flat)
-
-
-def test_dw_pool_split_jobs_match_inline(rng, monkeypatch):
-    """Two low-priority workers, every dW job split into row blocks: same gradients as inline."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_dw_on_worker_threads_matches_inline(rng, monkeypatch, workers):
+    """dW jobs on a worker pool give the inline gradients: bit for bit on one worker; with two
+    low-priority workers and every job split into row blocks, to fp32 rounding (row blocks may
+    take another BLAS blocking path)."""
     import anetrain.model as model_mod
     from anetrain.model import DwPool
 
-    monkeypatch.setattr(model_mod, "_SPLIT_ELEMS", 0)  # split every job (tiny dims never would)
+    if workers > 1:
+        monkeypatch.setattr(model_mod, "_SPLIT_ELEMS", 0)  # split every job (tiny dims never would)
     cfg, p, x, y = _setup(rng, n_kv_heads=2)
     kern = CpuKernels(cfg, p)
     g1, g2 = p.zeros_like(), p.zeros_like()
     micro_step(p, g1, kern, x, y, accumulate=False)
     micro_step(p, g1, kern, y, x, accumulate=True)
-    with DwPool(2) as pool:
-        assert pool.workers == 2
+    with DwPool(workers) as pool:
+        assert pool.workers == workers
         micro_step(p, g2, kern, x, y, accumulate=False, dw_pool=pool)
         micro_step(p, g2, kern, y, x, accumulate=True, dw_pool=pool)
-    # row blocks may take another BLAS blocking path: equal to fp32 rounding, not bit for bit
-    np.testing.assert_allclose(g2.flat, g1.flat, rtol=1e-5, atol=1e-7)
+    if workers == 1:
+        np.testing.assert_array_equal(g1.flat, g2.flat)
+    else:
+        np.testing.assert_allclose(g2.flat, g1.flat, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux-only")
