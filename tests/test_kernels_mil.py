@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import pytest
 from conftest import perturb_norms, tiny_cfg
@@ -11,7 +9,7 @@ from conftest import perturb_norms, tiny_cfg
 from anetrain.config import ConfigError
 from anetrain.kernels_cpu import CpuKernels, tile_kv
 from anetrain.kernels_mil import MilKernels
-from anetrain.model import micro_step
+from anetrain.model import DwPool, micro_step
 from anetrain.params import init_params
 from anetrain.runtime import SimRuntime
 
@@ -143,7 +141,7 @@ def test_micro_step_gradients_match_cpu(name):
     g_cpu, g_sim = params.zeros_like(), params.zeros_like()
     loss_cpu = micro_step(params, g_cpu, CpuKernels(cfg, params), tok[:-1], tok[1:], False, scale)
     mil = MilKernels(cfg, params, SimRuntime())
-    with ThreadPoolExecutor(1) as pool:
+    with DwPool(1) as pool:
         loss_sim = micro_step(params, g_sim, mil, tok[:-1], tok[1:], False, scale, pool)
     mil.close()
     assert abs(loss_sim - loss_cpu) <= 1e-3 * loss_cpu

@@ -119,7 +119,8 @@ def test_init_statistics(rng):
 def test_dw_on_worker_threads_matches_inline(rng, monkeypatch, workers):
     """dW jobs on a worker pool give the inline gradients: bit for bit on one worker; with two
     low-priority workers and every job split into row blocks, to fp32 rounding (row blocks may
-    take another BLAS blocking path)."""
+    take another BLAS blocking path). The first micro-step does not wait for its jobs, as in
+    training with --accum > 1, so both micro-steps' jobs are queued at once."""
     import anetrain.model as model_mod
     from anetrain.model import DwPool
 
@@ -132,12 +133,51 @@ def test_dw_on_worker_threads_matches_inline(rng, monkeypatch, workers):
     micro_step(p, g1, kern, y, x, accumulate=True)
     with DwPool(workers) as pool:
         assert pool.workers == workers
-        micro_step(p, g2, kern, x, y, accumulate=False, dw_pool=pool)
+        micro_step(p, g2, kern, x, y, accumulate=False, dw_pool=pool, sync=False)
         micro_step(p, g2, kern, y, x, accumulate=True, dw_pool=pool)
+        assert not pool._jobs  # the last micro-step waited for everything
     if workers == 1:
         np.testing.assert_array_equal(g1.flat, g2.flat)
     else:
         np.testing.assert_allclose(g2.flat, g1.flat, rtol=1e-5, atol=1e-7)
+
+
+def test_dw_pool_orders_jobs_per_key():
+    """Jobs on one gradient buffer run in submission order even with idle workers; jobs on other
+    buffers do not wait for them; a worker error is re-raised by wait."""
+    import threading
+    import time
+
+    from anetrain.model import DwPool
+
+    done: list[str] = []
+    release = threading.Event()
+
+    def job(name: str, block: bool = False) -> None:
+        if block:
+            assert release.wait(5.0)
+        done.append(name)
+
+    with DwPool(4) as pool:  # g1 and both g2 blocks each hold a worker; h1 gets the fourth
+        pool.add("g", [(job, "g1", True)])  # holds key g until released
+        pool.add("g", [(job, "g2a"), (job, "g2b")])  # two row blocks, both after g1
+        pool.add("h", [(job, "h1")])
+        deadline = time.monotonic() + 5.0
+        while "h1" not in done and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert done == ["h1"]  # another key ran past the blocked one; g2 waited
+        release.set()
+        pool.wait()
+        assert done[:2] == ["h1", "g1"] and sorted(done[2:]) == ["g2a", "g2b"]
+
+        def boom() -> None:
+            raise RuntimeError("worker failed")
+
+        pool.add("g", [(boom,)])
+        pool.add("g", [(job, "after")])
+        with pytest.raises(RuntimeError, match="worker failed"):
+            pool.wait()
+        assert "after" not in done  # a job after a failed one on its key does not run
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux-only")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from anetrain import native
 from anetrain.kernels_mil import MilKernels
 from anetrain.mil.kernels import build_kernels
 from anetrain.mil.sim import Simulation
-from anetrain.model import micro_step
+from anetrain.model import DwPool, micro_step
 from anetrain.params import init_params
 from anetrain.runtime import LatencyRuntime, SimRuntime
 
@@ -124,7 +123,7 @@ def _grads(cfg, runtime, seed=3):
     tok = rng.integers(0, cfg.vocab_size, cfg.seq_len + 1)
     grads = params.zeros_like()
     mil = MilKernels(cfg, params, runtime)
-    with ThreadPoolExecutor(1) as pool:
+    with DwPool(1) as pool:
         loss = micro_step(params, grads, mil, tok[:-1], tok[1:], False, 2.0**12, pool)
     mil.close()
     return loss, grads

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,42 +72,69 @@ def _lower_priority(nice: int) -> None:
 
 
 class DwPool(ThreadPoolExecutor):
-    """Executor for micro_step's dW sgemms: `workers` threads (0 = one per core), each `nice`
-    steps below normal priority (Linux; 10 keeps a share under outside load, unlike SCHED_IDLE)."""
+    """Worker threads for micro_step's dW sgemms, so they run behind kernel evaluations.
+
+    `workers` threads (0 = one per core), each `nice` steps below normal priority (Linux; 10
+    keeps a share under outside load, unlike SCHED_IDLE). numpy releases the GIL inside BLAS
+    (and cffi inside our C), so the workers accumulate weight gradients while the main thread
+    evaluates kernels and does the dependent host work.
+
+    Jobs are keyed by the gradient buffer they write. A job starts only after every earlier job
+    on its key, so gradients accumulate in micro-step order even when a micro-step's jobs are
+    still running while the next micro-step starts; jobs on different keys run in any order and
+    in parallel. (Waiting inside a worker cannot deadlock: the queue is FIFO and a job only
+    waits on jobs submitted before it, which workers have already taken.) Large jobs are split
+    into one row block per worker. `wait` blocks until all jobs are done and re-raises the
+    first worker error.
+    """
 
     def __init__(self, workers: int = 0, nice: int = 10) -> None:
         self.workers = workers or max(1, os.cpu_count() or 1)
         super().__init__(self.workers, "anetrain-dw", _lower_priority, (nice,))
+        self._jobs: list[Future] = []  # since the last wait
+        self._tail: dict[object, list[Future]] = {}  # key -> its most recent jobs
 
+    def add(self, key: object, parts: list[tuple]) -> None:
+        """Queue `parts` (each (fn, *args), run in parallel) after all earlier jobs on `key`."""
+        deps = self._tail.get(key, [])
+        futs = [self.submit(_after, deps, *part) for part in parts]
+        self._tail[key] = futs
+        self._jobs += futs
 
-class _DwQueue:
-    """Runs the dW sgemms inline, or on worker threads so they overlap kernel evaluations.
-
-    numpy releases the GIL inside BLAS, so while an ANE (or simulator) kernel evaluates, the
-    workers accumulate weight gradients. Each job writes its own gradient rows (one micro-step
-    writes each gradient buffer once), so jobs may run in any order and in parallel; large ones
-    are split into row blocks. `wait` re-raises a worker error.
-    """
-
-    def __init__(self, pool):
-        self.pool, self.jobs = pool, []
-        self.parts = getattr(pool, "workers", 1)  # row blocks per large job
-
-    def add(self, g: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool) -> None:
-        """g [R, C] (+)= a [R, K] @ b [K, C]."""
-        if self.pool is None:
-            _matmul_into(g, a, b, accumulate)
-            return
+    def matmul(self, key: object, g: np.ndarray, a: np.ndarray, b: np.ndarray,
+               accumulate: bool) -> None:  # fmt: skip
+        """g [R, C] (+)= a [R, K] @ b [K, C], split into row blocks when large."""
         R = g.shape[0]
-        n = self.parts if g.size > _SPLIT_ELEMS and R >= 2 * self.parts else 1
+        n = self.workers if g.size > _SPLIT_ELEMS and R >= 2 * self.workers else 1
         bounds = [R * i // n for i in range(n + 1)]
-        for lo, hi in zip(bounds, bounds[1:]):  # row blocks: g[lo:hi] (+)= a[lo:hi] @ b
-            self.jobs.append(self.pool.submit(_matmul_into, g[lo:hi], a[lo:hi], b, accumulate))
+        self.add(key, [(_matmul_into, g[lo:hi], a[lo:hi], b, accumulate)
+                       for lo, hi in zip(bounds, bounds[1:])])  # fmt: skip
 
     def wait(self) -> None:
-        jobs, self.jobs = self.jobs, []
+        jobs, self._jobs, self._tail = self._jobs, [], {}
         for j in jobs:
             j.result()
+
+
+def _after(deps: list[Future], fn, *args) -> None:
+    for d in deps:
+        d.result()
+    fn(*args)
+
+
+class _Inline:
+    """DwPool's job interface, run at once on the caller's thread (the cpu backend)."""
+
+    def add(self, key: object, parts: list[tuple]) -> None:
+        for fn, *args in parts:
+            fn(*args)
+
+    def matmul(self, key: object, g: np.ndarray, a: np.ndarray, b: np.ndarray,
+               accumulate: bool) -> None:  # fmt: skip
+        _matmul_into(g, a, b, accumulate)
+
+    def wait(self) -> None:
+        pass
 
 
 def forward(params: Params, kern, tokens: np.ndarray, keep: bool = True):
@@ -144,17 +171,21 @@ def micro_step(
     targets: np.ndarray,
     accumulate: bool,
     loss_scale: float = 1.0,
-    dw_pool=None,
+    dw_pool: DwPool | None = None,
+    sync: bool = True,
 ) -> float:
     """Forward + backward of one sequence; adds loss_scale * dLoss/dparams into `grads`.
 
     tokens, targets: int32 [S]. accumulate=False overwrites `grads` (first micro-step of an
-    optimizer step), True adds to them. dw_pool: an executor (a DwPool) to overlap the dW
-    sgemms with kernel evaluations (ANE/sim backends), or None to run them inline. Returns the
-    (unscaled) mean cross-entropy loss.
+    optimizer step), True adds to them. dw_pool: a DwPool to overlap the dW sgemms with kernel
+    evaluations (ANE/sim backends), or None to run them inline. sync=False returns with this
+    micro-step's dW jobs still running, so that they also overlap the next micro-step of the
+    same optimizer step; `grads` is then complete only after dw_pool.wait() (or a later
+    micro_step with sync=True). The jobs hold their inputs, so the kernels must return fresh
+    arrays (both kernel sets do). Returns the (unscaled) mean cross-entropy loss.
     """
     cfg = params.cfg
-    dw = _DwQueue(dw_pool)
+    dw = dw_pool if dw_pool is not None else _Inline()
     if not accumulate:  # the C backward of RMSNorm and the embedding scatter only add
         grads.flat[grads.n_decay :] = 0.0
         if not cfg.shared_classifier:
@@ -169,7 +200,7 @@ def micro_step(
     )
 
     # ---- classifier and final norm (the tied classifier gradient lands in grads.embed first)
-    dw.add(grads.wcls, dlogits, xf.T, accumulate)  # [V, D]
+    dw.matmul("wcls", grads.wcls, dlogits, xf.T, accumulate)  # [V, D]
     dxf = params.wcls.T @ dlogits  # [D, S]
     del logits, dlogits
     dy = native.rmsnorm_bwd(dxf, x, params.rms_final, r_fin, grads.rms_final, out=dxf)
@@ -179,19 +210,19 @@ def micro_step(
         a, lp, gp = acts[layer], params.layers[layer], grads.layers[layer]
         # FFN branch: x_out = x2 + W2 (silu(W1 x2n) * W3 x2n)
         dgate = kern.ffn_bwd_w2t(layer, dy)  # [F, S]
-        dw.add(gp.w2, dy, a.gate.T, accumulate)
+        dw.matmul((layer, "w2"), gp.w2, dy, a.gate.T, accumulate)
         F = cfg.hidden_dim
         dh13 = np.empty((2 * F, dy.shape[1]), dtype=np.float32)  # [dh1; dh3] [2F, S]
         dh1, dh3 = native.swiglu_bwd(
             dgate, a.h1, a.h3, dh1=dh13[:F], dh3=dh13[F:], threads=getattr(kern, "threads", 1)
         )
-        dw.add(grads.block(layer, "w1", "w3"), dh13, a.x2n.T, accumulate)  # dW1, dW3 at once
+        dw.matmul((layer, "w13"), grads.block(layer, "w1", "w3"), dh13, a.x2n.T, accumulate)
         dx2n = kern.ffn_bwd_w13t(layer, dh1, dh3)  # [D, S]
         dx2 = native.rmsnorm_bwd(dx2n, a.x2, lp.rms_ffn, a.r_ffn, gp.rms_ffn, out=dx2n)
         dx2 += dy
         # attention branch: x2 = x + Wo attn(RoPE(Wq xn), RoPE(Wk xn), Wv xn)
         dattn = kern.wot_bwd(layer, dx2)  # [Q, S]
-        dw.add(gp.wo, dx2, a.attn.T, accumulate)
+        dw.matmul((layer, "wo"), gp.wo, dx2, a.attn.T, accumulate)
         k_t, v_t = tile_kv(a.k, cfg), tile_kv(a.v, cfg)  # [Q, S]
         dq, dk_full, dv_full = kern.sdpa_bwd(layer, a.q, k_t, v_t, dattn)
         Q, KV = cfg.q_dim, cfg.kv_dim
@@ -202,13 +233,17 @@ def micro_step(
         dq, dk, dv = dqkv[:Q], dqkv[Q : Q + KV], dqkv[Q + KV :]  # row views
         native.rope_bwd(dq, kern.cos, kern.sin, cfg.n_heads)
         native.rope_bwd(dk, kern.cos, kern.sin, cfg.n_kv_heads)
-        dw.add(grads.block(layer, "wq", "wv"), dqkv, a.xn.T, accumulate)  # dWq, dWk, dWv at once
+        dw.matmul((layer, "wqkv"), grads.block(layer, "wq", "wv"), dqkv, a.xn.T, accumulate)
         dxn = kern.q_bwd(layer, dq)  # [D, S]
         dxn += kern.kv_bwd(layer, dk, dv)
         dy = native.rmsnorm_bwd(dxn, a.x, lp.rms_att, a.r_att, gp.rms_att, out=dxn)
         dy += dx2
         acts[layer] = None  # free this layer's activations early (peak memory)
 
-    dw.wait()  # the tied embedding gradient (classifier part) must be complete before the scatter
-    native.embed_bwd(grads.embed, dy, tokens)
+    # embedding scatter: after the classifier dW when the table is tied (same buffer, same key)
+    dw.add(
+        "wcls" if cfg.shared_classifier else "embed", [(native.embed_bwd, grads.embed, dy, tokens)]
+    )
+    if sync:
+        dw.wait()
     return loss

@@ -356,6 +356,7 @@ def train(argv: list[str] | None) -> int:
                     accumulate=micro > 0,
                     loss_scale=scaler.scale,
                     dw_pool=dw_pool,
+                    sync=micro == tc.accum - 1,  # dW jobs run on behind the next micro-step
                 )
                 if not math.isfinite(loss):
                     raise UserError(

@@ -100,7 +100,8 @@ def run(cfg, seconds: dict[str, float], steps: int, accum: int, workers: int = 0
             e0, c_all0 = rt.eval_seconds, _cpu()
             c_main0, t_start = time.thread_time(), time.perf_counter()
             for m in range(accum):
-                micro_step(params, grads, kern, tok[:-1], tok[1:], m > 0, 4096.0, pool)
+                last = m == accum - 1  # dW jobs of earlier micro-steps run on behind later ones
+                micro_step(params, grads, kern, tok[:-1], tok[1:], m > 0, 4096.0, pool, last)
             scale = 1.0 / (accum * 4096.0)  # as train.py: unscale, global norm, clip, AdamW
             norm = grad_norm(grads, scale)
             opt.step(grads, 1e-4, grad_scale=scale * clip_factor(norm, 1.0))
