@@ -20,6 +20,9 @@ import time
 #              main thread all of it sits between consecutive evaluations; measured per gap with
 #              time.thread_time (BLAS is pinned to one thread per thread so that this is exact)
 #   ratio      step / (kernel + critical): 1.0 = everything else is hidden behind evaluations
+#   floor      CPU busy / cores / (kernel + critical): when the other threads' work (mostly the
+#              dW sgemms) does not fit on the remaining cores within the critical path, the step
+#              cannot be shorter than all CPU work spread over all cores - a property of the host
 #
 # Default kernel times: upstream.md §7, M4, dynamic pipeline `cb474e1`: forward evaluations 21 ms
 # and backward 28 ms per Stories110M step. Each evaluation = a fixed dispatch cost (0.095 ms,
@@ -30,6 +33,7 @@ M4_FWD_MS, M4_BWD_MS, DISPATCH_MS = 21.0, 28.0, 0.095
 # --kernel-scale host, which slows the modelled ANE by (M4 CPU rate / this host's rate).
 M4_CPU_GFLOPS = 2 * 2 * 9200 * 768 * 256 / 13e-3 / 1e9
 FWD = ("sdpaFwd", "woFwd", "ffnFused")
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def kernel_flops(cfg) -> dict[str, float]:
@@ -116,6 +120,8 @@ def run(cfg, seconds: dict[str, float], steps: int, accum: int, workers: int = 0
                    "cpu_busy": _cpu() - c_all0, "main_cpu": c_main1 - c_main0,
                    "evals": len(rt.log)}  # fmt: skip
             row["ratio"] = row["step"] / (row["kernel"] + row["critical"])
+            # no schedule can finish the step before all of its CPU work has run on these cores
+            row["floor"] = max(1.0, row["cpu_busy"] / CORES / (row["kernel"] + row["critical"]))
             if step:  # the first step warms caches and allocations
                 rows.append(row)
                 for prev, nxt, c, w in step_gaps:
@@ -160,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.dw_workers or os.cpu_count() or 1
     print(f"{args.model}: {cfg.n_layers} layers, dim {cfg.dim}, vocab {cfg.vocab_size}, seq "
           f"{cfg.seq_len}; accum {args.accum}; BLAS threads {args.threads}; {workers} dW workers; "
-          f"{os.cpu_count()} cores")
+          f"{CORES} cores")
     print("modelled evaluation ms: " + ", ".join(f"{n} {1e3 * s:.3f}" for n, s in seconds.items()))
     res = run(cfg, seconds, args.steps, args.accum, workers)
     rows = res["rows"]
@@ -172,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{1e3 * med['main_cpu']:.1f})")
     print(f"  CPU critical path    {1e3 * med['critical']:9.1f} ms")
     print(f"  ratio step / (kernel + critical) = {med['ratio']:.3f}")
+    print(f"  capacity floor of this host        = {med['floor']:.3f} (CPU busy / {CORES} cores "
+          "/ (kernel + critical): the best ratio any schedule could reach here)")  # fmt: skip
     n = len(rows)
     top = sorted(res["gaps"].items(), key=lambda kv: -kv[1][0])[:8]
     print("\nwhere the critical path goes (largest gaps, per step: main CPU / wall ms):")
