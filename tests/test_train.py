@@ -152,3 +152,25 @@ def test_cli_subprocess_no_traceback(tmp_path):
     assert "Traceback" not in r.stderr
     want = f"anetrain.train: error: {tmp_path / 'x.bin'}: no such file or dataset directory"
     assert r.stderr.strip() == want
+
+
+@pytest.mark.parametrize(
+    "backend, blas", [("sim", "1"), ("ane", "1"), ("cpu", "3"), ("auto", None), (None, None)]
+)
+def test_blas_threads_follow_the_backend(backend, blas):
+    """Before numpy loads, sim/ane pin BLAS to one thread per caller (the dW workers are the
+    parallelism); cpu keeps --threads; auto/default pin only on Apple silicon."""
+    import platform
+
+    if blas is None:
+        apple = sys.platform == "darwin" and platform.machine() == "arm64"
+        blas = "1" if apple else "3"
+    code = (
+        "import os, sys\n"
+        "from anetrain.train import _set_threads\n"
+        "assert 'numpy' not in sys.modules\n"
+        f"print(_set_threads(3, {backend!r})[1], os.environ['OPENBLAS_NUM_THREADS'],"
+        " os.environ['VECLIB_MAXIMUM_THREADS'])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.split() == [blas, blas, blas]

@@ -136,20 +136,33 @@ _TRAIN_FLAGS = {
 }
 
 
-def _set_threads(n: int | None) -> int:
-    """BLAS threads must be fixed before numpy loads its BLAS; returns the thread count in use."""
+def _dw_workers_likely(backend: str | None) -> bool:
+    """Whether this run will use sim/ane (and so the dW worker pool), guessed before numpy loads
+    from --backend alone (None = the default, auto: ane only on Apple silicon)."""
+    if backend in ("sim", "ane"):
+        return True
+    apple = sys.platform == "darwin" and platform.machine() == "arm64"
+    return backend in (None, "auto") and apple
+
+
+def _set_threads(n: int | None, backend: str | None) -> tuple[int, int | None]:
+    """Fix the BLAS thread count before numpy loads its BLAS; returns (threads, BLAS threads),
+    the latter None when numpy was already loaded (in-process callers keep their setting).
+
+    With sim/ane the dW sgemms run on one worker thread per core, so every BLAS call runs on
+    its caller's thread alone: a multi-threaded BLAS under those workers only adds contention
+    (`bench overlap --accum 10` on 2 cores: 5.2 s per step with 1 BLAS thread, 6.4 s with 2).
+    """
     n = n or os.cpu_count() or 1
     if n < 1:
         raise ConfigError(f"--threads must be >= 1, got {n}")
-    if "numpy" not in sys.modules:
-        for var in (
-            "OPENBLAS_NUM_THREADS",
-            "OMP_NUM_THREADS",
-            "MKL_NUM_THREADS",
-            "VECLIB_MAXIMUM_THREADS",
-        ):
-            os.environ[var] = str(n)
-    return n
+    if "numpy" in sys.modules:
+        return n, None
+    blas = 1 if _dw_workers_likely(backend) else n
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                "VECLIB_MAXIMUM_THREADS"):  # fmt: skip
+        os.environ[var] = str(blas)
+    return n, blas
 
 
 def _check_out_dir(out: Path) -> None:
@@ -169,7 +182,7 @@ def peak_rss_mb() -> float:
 
 def train(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    threads = _set_threads(args.threads)
+    threads, blas_threads = _set_threads(args.threads, args.backend)
 
     import numpy as np
 
@@ -273,11 +286,16 @@ def train(argv: list[str] | None) -> int:
     scaler = LossScaler(2.0**12 if fp16 else 1.0, dynamic=fp16)
     if resumed is not None and "scaler" in resumed.meta:
         scaler.set_state(resumed.meta["scaler"])
-    dw_pool = None
+    dw_pool, dw_note = None, ""
     if getattr(kern, "overlap_dw", False):  # dW sgemms on worker threads, behind kernel evals
         from anetrain.model import DwPool
 
-        dw_pool = DwPool()
+        dw_pool = DwPool(threads)
+        blas_each = ", BLAS 1 thread each" if blas_threads == 1 else ""
+        dw_note = f" ({threads} dW worker{'s' if threads > 1 else ''}{blas_each})"
+    elif blas_threads == 1 and threads > 1 and not args.quiet:  # guessed sim/ane, got cpu
+        print(f"note: BLAS runs on 1 thread (set up for the ane backend); pass --backend {backend} "
+              f"to use {threads}")  # fmt: skip
 
     metrics_path = out / METRICS_NAME
     if resumed is not None and metrics_path.exists():  # drop lines past the checkpoint's step
@@ -315,7 +333,8 @@ def train(argv: list[str] | None) -> int:
         print(
             f"model: dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads "
             f"({cfg.n_kv_heads} kv), hidden {cfg.hidden_dim}, vocab {cfg.vocab_size}, seq {S}: "
-            f"{cfg.n_params() / 1e6:.2f}M parameters; backend {backend}, {threads} threads"
+            f"{cfg.n_params() / 1e6:.2f}M parameters; backend {backend}, {threads} thread"
+            f"{'s' if threads > 1 else ''}{dw_note}"
         )
         print(
             f"data: {data.source} ({data.train.size:,} train tokens"

@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dw-workers", type=int, default=0,
                    help="dW worker threads (0 = one per core, as training uses)")
     p.add_argument("--threads", type=int, default=1,
-                   help="BLAS threads per thread (1; needed for exact per-thread CPU times)")
+                   help="BLAS threads per thread (1, as training on sim/ane uses; also makes "
+                        "per-thread CPU times exact)")
     args = p.parse_args(argv)
     if "numpy" in sys.modules:
         print("note: numpy was imported before the bench; BLAS thread count not pinned")
