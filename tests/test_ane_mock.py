@@ -298,8 +298,10 @@ def test_objc_exception_is_caught(dev, mock, stage):
 def test_compile_limit(dev, mock):
     mock.set_compile_limit(5)
     kernels = [dev.compile(mil_text(f"lim{i}"), {}, 4, 4) for i in range(5)]
-    with pytest.raises(ane.AneError, match=rf"{DOMAIN} \(11\): ANECCompile\(\) FAILED"):
+    with pytest.raises(ane.AneError, match=rf"{DOMAIN} \(11\): ANECCompile\(\) FAILED") as e:
         dev.compile(mil_text("lim5"), {}, 4, 4)
+    # the rest of the NSError's userInfo follows, without repeating the description
+    assert "compile budget spent" in str(e.value) and str(e.value).count("ANECCompile") == 1
     for k in kernels:
         k.free()
     with pytest.raises(ane.AneError, match="after 5 compiles"):  # unloading gives nothing back

@@ -70,14 +70,19 @@ const char *ane_cstr(id s) {
     return c != NULL ? c : "";
 }
 
-/* "<what>: <domain> (<code>): <localizedDescription>" */
+/* "<what>: <domain> (<code>): <localizedDescription>[ <userInfo>]": the userInfo carries the
+   compiler's detail text and NSUnderlyingError, which a rejected MIL program needs. */
 static void set_nserror(char *err, size_t err_len, const char *what, NSError *e) {
     if (e == nil) {
         ane_set_err(err, err_len, "%s: failed without an NSError", what);
         return;
     }
-    ane_set_err(err, err_len, "%s: %s (%ld): %s", what, ane_cstr([e domain]), (long)[e code],
-                ane_cstr([e localizedDescription]));
+    NSMutableDictionary *info = [NSMutableDictionary dictionary]; /* autoreleased */
+    if ([e userInfo] != nil) [info addEntriesFromDictionary:[e userInfo]];
+    [info removeObjectForKey:NSLocalizedDescriptionKey]; /* already in the message */
+    ane_set_err(err, err_len, "%s: %s (%ld): %s%s%s", what, ane_cstr([e domain]), (long)[e code],
+                ane_cstr([e localizedDescription]), [info count] ? " " : "",
+                [info count] ? ane_cstr([info description]) : "");
 }
 
 void ane_set_exception(char *err, size_t err_len, const char *fn, id ex) {

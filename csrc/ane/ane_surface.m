@@ -74,7 +74,7 @@ void *ane_surface_lock(ane_surface *s, int read_only, char *err, size_t err_len)
         ane_set_err(err, err_len, "ane_surface_lock: NULL surface");
         return NULL;
     }
-    IOReturn r = IOSurfaceLock(s->ref, lock_opts(read_only), NULL);
+    kern_return_t r = IOSurfaceLock(s->ref, lock_opts(read_only), NULL);
     if (r != 0) {
         ane_set_err(err, err_len, "ane_surface_lock: IOSurfaceLock returned 0x%x", (unsigned)r);
         return NULL;
@@ -92,7 +92,7 @@ int ane_surface_unlock(ane_surface *s, int read_only, char *err, size_t err_len)
         ane_set_err(err, err_len, "ane_surface_unlock: NULL surface");
         return -1;
     }
-    IOReturn r = IOSurfaceUnlock(s->ref, lock_opts(read_only), NULL);
+    kern_return_t r = IOSurfaceUnlock(s->ref, lock_opts(read_only), NULL);
     if (r != 0) {
         ane_set_err(err, err_len, "ane_surface_unlock: IOSurfaceUnlock returned 0x%x", (unsigned)r);
         return -1;

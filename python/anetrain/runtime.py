@@ -82,7 +82,8 @@ class _Timed:
 
     def copy(self, dst: Surface, dst_c0: int, dst_s0: int, src: Surface, src_c0: int,
              src_s0: int, nch: int, width: int) -> None:
-        with src.lock(read_only=True) as s, dst.lock() as d:
+        # upstream.md §2.2: lock dst read/write, then src read-only; unlock src, then dst
+        with dst.lock() as d, src.lock(read_only=True) as s:
             native.copy(d, dst_c0, dst_s0, s, src_c0, src_s0, nch, width)
 
 

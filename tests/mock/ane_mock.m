@@ -120,6 +120,13 @@ static NSError *mock_error(long code, NSString *desc) {
                                                                 forKey:NSLocalizedDescriptionKey]];
 }
 
+/* An NSError whose userInfo also holds detail beyond the description (as the compiler's do). */
+static NSError *mock_error_detail(long code, NSString *desc, NSString *detail) {
+    NSDictionary *info = [NSDictionary
+        dictionaryWithObjectsAndKeys:desc, NSLocalizedDescriptionKey, detail, @"detail", nil];
+    return [NSError errorWithDomain:MOCK_DOMAIN code:code userInfo:info];
+}
+
 /* Count the call and apply an injected fault: raises, or returns an NSError (autoreleased), or nil.
  */
 static NSError *take_fault(int stage) {
@@ -346,10 +353,12 @@ static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
     pthread_mutex_unlock(&g_lock);
     if (over)
         return fail_with(
-            error, mock_error(11, [NSString stringWithFormat:@"ANECCompile() FAILED: compiler "
-                                                             @"resources exhausted after %d "
-                                                             @"compiles in this process",
-                                                             limit]));
+            error, mock_error_detail(11,
+                                     [NSString stringWithFormat:@"ANECCompile() FAILED: compiler "
+                                                                @"resources exhausted after %d "
+                                                                @"compiles in this process",
+                                                                limit],
+                                     @"compile budget spent"));
 
     NSString *dir =
         [NSTemporaryDirectory() stringByAppendingPathComponent:[self hexStringIdentifier]];

@@ -67,7 +67,7 @@ IOSurfaceRef IOSurfaceCreate(CFDictionaryRef properties) {
     return s;
 }
 
-IOReturn IOSurfaceLock(IOSurfaceRef buffer, IOSurfaceLockOptions options, uint32_t *seed) {
+kern_return_t IOSurfaceLock(IOSurfaceRef buffer, IOSurfaceLockOptions options, uint32_t *seed) {
     if (!is_surface(buffer)) return -1;
     __atomic_add_fetch(&buffer->locks, 1, __ATOMIC_SEQ_CST);
     __atomic_add_fetch(&g_locked, 1, __ATOMIC_SEQ_CST);
@@ -75,7 +75,7 @@ IOReturn IOSurfaceLock(IOSurfaceRef buffer, IOSurfaceLockOptions options, uint32
     return 0;
 }
 
-IOReturn IOSurfaceUnlock(IOSurfaceRef buffer, IOSurfaceLockOptions options, uint32_t *seed) {
+kern_return_t IOSurfaceUnlock(IOSurfaceRef buffer, IOSurfaceLockOptions options, uint32_t *seed) {
     if (!is_surface(buffer) || __atomic_load_n(&buffer->locks, __ATOMIC_SEQ_CST) <= 0) return -1;
     __atomic_sub_fetch(&buffer->locks, 1, __ATOMIC_SEQ_CST);
     __atomic_sub_fetch(&g_locked, 1, __ATOMIC_SEQ_CST);

@@ -25,7 +25,7 @@ IOSFC_API void CFRelease(CFTypeRef cf);
 
 /* ---- IOSurface ------------------------------------------------------------------------------- */
 typedef struct __IOSurface *IOSurfaceRef;
-typedef int IOReturn; /* kern_return_t; 0 = kIOReturnSuccess */
+typedef int kern_return_t; /* <mach/kern_return.h>: what the SDK's Lock/Unlock return */
 typedef uint32_t IOSurfaceLockOptions;
 enum { kIOSurfaceLockReadOnly = 0x00000001, kIOSurfaceLockAvoidSync = 0x00000002 };
 
@@ -39,9 +39,10 @@ IOSFC_API extern const CFStringRef kIOSurfacePixelFormat;
 
 /* Returns a surface with retain count 1 (release with CFRelease), or NULL. */
 IOSFC_API IOSurfaceRef IOSurfaceCreate(CFDictionaryRef properties);
-IOSFC_API IOReturn IOSurfaceLock(IOSurfaceRef buffer, IOSurfaceLockOptions options, uint32_t *seed);
-IOSFC_API IOReturn IOSurfaceUnlock(IOSurfaceRef buffer, IOSurfaceLockOptions options,
-                                   uint32_t *seed);
+IOSFC_API kern_return_t IOSurfaceLock(IOSurfaceRef buffer, IOSurfaceLockOptions options,
+                                      uint32_t *seed);
+IOSFC_API kern_return_t IOSurfaceUnlock(IOSurfaceRef buffer, IOSurfaceLockOptions options,
+                                        uint32_t *seed);
 IOSFC_API void *IOSurfaceGetBaseAddress(IOSurfaceRef buffer);
 IOSFC_API size_t IOSurfaceGetAllocSize(IOSurfaceRef buffer);
 
