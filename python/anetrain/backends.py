@@ -5,14 +5,22 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from typing import TYPE_CHECKING
 
 from anetrain.config import ConfigError, ModelConfig
-from anetrain.params import Params
+
+if TYPE_CHECKING:  # this module stays numpy-free to import (train.py asks before numpy loads)
+    from anetrain.params import Params
+
+
+def apple_silicon() -> bool:
+    """macOS on arm64: the only place an ANE can be."""
+    return sys.platform == "darwin" and platform.machine() == "arm64"
 
 
 def ane_supported() -> bool:
     """True on macOS arm64 when the Objective-C runtime is built and the ANE framework loads."""
-    if sys.platform != "darwin" or platform.machine() != "arm64":
+    if not apple_silicon():
         return False
     try:
         from anetrain import ane
@@ -29,7 +37,7 @@ def _ane_unavailable_reason() -> str | None:
     except ImportError as e:  # pragma: no cover - the module imports without its extension
         return f"anetrain.ane does not import ({e})"
     override = os.environ.get(ane.FRAMEWORK_ENV)
-    if not override and (sys.platform != "darwin" or platform.machine() != "arm64"):
+    if not override and not apple_silicon():
         return (f"the Apple Neural Engine needs macOS on Apple silicon (this is {sys.platform} "
                 f"{platform.machine()})")
     if not ane.built():

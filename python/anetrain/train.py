@@ -139,10 +139,9 @@ _TRAIN_FLAGS = {
 def _dw_workers_likely(backend: str | None) -> bool:
     """Whether this run will use sim/ane (and so the dW worker pool), guessed before numpy loads
     from --backend alone (None = the default, auto: ane only on Apple silicon)."""
-    if backend in ("sim", "ane"):
-        return True
-    apple = sys.platform == "darwin" and platform.machine() == "arm64"
-    return backend in (None, "auto") and apple
+    from anetrain.backends import apple_silicon  # numpy-free
+
+    return backend in ("sim", "ane") or (backend in (None, "auto") and apple_silicon())
 
 
 def _set_threads(n: int | None, backend: str | None) -> tuple[int, int | None]:

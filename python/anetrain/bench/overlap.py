@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         scale = float(args.kernel_scale)
     seconds = m4_seconds(cfg, scale)
-    workers = args.dw_workers or os.cpu_count() or 1
+    workers = args.dw_workers or CORES
     print(f"{args.model}: {cfg.n_layers} layers, dim {cfg.dim}, vocab {cfg.vocab_size}, seq "
           f"{cfg.seq_len}; accum {args.accum}; BLAS threads {args.threads}; {workers} dW workers; "
           f"{CORES} cores")
