@@ -12,7 +12,7 @@ import pytest
 from conftest import write_tokens
 
 from anetrain import checkpoint
-from anetrain.train import main
+from anetrain.train import BLAS_VARS, main
 
 TINY = ["--model", "tiny", "--quiet", "--threads", "2"]
 
@@ -172,5 +172,22 @@ def test_blas_threads_follow_the_backend(backend, blas):
         f"print(_set_threads(3, {backend!r})[1], os.environ['OPENBLAS_NUM_THREADS'],"
         " os.environ['VECLIB_MAXIMUM_THREADS'])\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    env = {k: v for k, v in os.environ.items() if k not in BLAS_VARS}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env=env)  # fmt: skip
     assert r.stdout.split() == [blas, blas, blas]
+
+
+def test_blas_threads_from_the_environment_win():
+    """An exported BLAS thread count is the user's choice: kept as is, for every backend."""
+    code = (
+        "import os, sys\n"
+        "from anetrain.train import _set_threads\n"
+        "print(_set_threads(3, 'sim')[1], os.environ['OPENBLAS_NUM_THREADS'],"
+        " 'VECLIB_MAXIMUM_THREADS' in os.environ)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in BLAS_VARS}
+    env["OPENBLAS_NUM_THREADS"] = "2"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env=env)  # fmt: skip
+    assert r.stdout.split() == ["None", "2", "False"]

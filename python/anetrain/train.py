@@ -18,6 +18,8 @@ from anetrain.errors import CheckpointError, UserError, run_cli
 BACKENDS = ("auto", "cpu", "sim", "ane")
 CKPT_NAME = "checkpoint.bin"
 METRICS_NAME = "metrics.jsonl"
+# Environment variables that size the BLAS thread pools (OpenBLAS, OpenMP, MKL, Accelerate).
+BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,7 +148,8 @@ def _dw_workers_likely(backend: str | None) -> bool:
 
 def _set_threads(n: int | None, backend: str | None) -> tuple[int, int | None]:
     """Fix the BLAS thread count before numpy loads its BLAS; returns (threads, BLAS threads),
-    the latter None when numpy was already loaded (in-process callers keep their setting).
+    the latter None when numpy was already loaded (in-process callers keep their setting) or
+    when one of BLAS_VARS is set in the environment (an explicit choice is never overridden).
 
     With sim/ane the dW sgemms run on one worker thread per core, so every BLAS call runs on
     its caller's thread alone: a multi-threaded BLAS under those workers only adds contention
@@ -155,11 +158,10 @@ def _set_threads(n: int | None, backend: str | None) -> tuple[int, int | None]:
     n = n or os.cpu_count() or 1
     if n < 1:
         raise ConfigError(f"--threads must be >= 1, got {n}")
-    if "numpy" in sys.modules:
-        return n, None
+    if "numpy" in sys.modules or any(v in os.environ for v in BLAS_VARS):
+        return n, None  # numpy already loaded, or the user chose the BLAS threads: keep theirs
     blas = 1 if _dw_workers_likely(backend) else n
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                "VECLIB_MAXIMUM_THREADS"):  # fmt: skip
+    for var in BLAS_VARS:
         os.environ[var] = str(blas)
     return n, blas
 
