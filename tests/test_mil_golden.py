@@ -58,6 +58,7 @@ def test_dialect(name):
     for ln in body:
         if " = concat(" in ln:
             assert "interleave=" in ln
+            assert re.search(r"values=\(\w+, ", ln), f"one-value concat: {ln.strip()}"
         if " = matmul(" in ln:
             assert re.search(r"transpose_x=\w+, transpose_y=\w+", ln)
     names = re.findall(r'name=string\("([^"]+)"\)', text)

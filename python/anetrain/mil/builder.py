@@ -149,6 +149,14 @@ class Builder:
         self.stmts.append(Statement(op, [(t, nm)], bind, {"name": lit("string", op_name or nm)}))  # type: ignore[arg-type]
         return Var(nm, t)
 
+    def name_op(self, v: Var, op_name: str) -> None:
+        """Set the [name=...] of the op that produced `v` (a kernel's final op carries its name)."""
+        for st in reversed(self.stmts):
+            if any(nm == v.name for _, nm in st.results):
+                st.attrs["name"] = lit("string", op_name)
+                return
+        raise MilError(f"builder: {v.name!r} is not the result of an op")
+
     # thin helpers for the ops the kernels use (argument spellings as upstream.md §4.3)
     def slice(self, name: str, x: Var, begin: list[int], size: list[int]) -> Var:
         return self.op("slice_by_size", name, x=x, begin=list(begin), size=list(size))

@@ -237,9 +237,15 @@ class _K:
         return KernelSpec(self.name, format_program(prog), dict(self.weights), self.inp, outl, prog)
 
     def pack_out(self, parts: list[Var], outl: Layout) -> KernelSpec:
-        """concat(axis=1) of the output taps, final op named after the kernel (unique MIL)."""
-        # one-output kernels keep the 1-value concat (upstream's MHA K/V "tiling" is one too) so
-        # that every kernel ends in an op named after it
+        """concat(axis=1) of the output taps; the final op is named after the kernel, so that
+        kernels with the same graph (woFwd, wotBwd, qBwd) still get distinct MIL (§1.8).
+
+        A one-output kernel ends in its last reshape, as upstream's do (upstream.md §4.4): a
+        one-value concat compiles in program(1.3) but is reported invalid in older targets.
+        """
+        if len(parts) == 1:
+            self.b.name_op(parts[0], f"{self.name}_out")
+            return self.finish(parts[0], outl)
         out = self.b.concat("out", parts, axis=1, interleave=False, op_name=f"{self.name}_out")
         return self.finish(out, outl)
 
