@@ -12,6 +12,7 @@ from conftest import perturb_norms, tiny_cfg
 
 from anetrain import native
 from anetrain.kernels_mil import MilKernels
+from anetrain.mil.errors import MilWarning
 from anetrain.mil.kernels import build_kernels
 from anetrain.mil.sim import Simulation
 from anetrain.model import DwPool, micro_step
@@ -177,6 +178,25 @@ def test_simulator_error_inside_mock_eval_is_ane_error(ane_rt, ane_mod, monkeypa
     monkeypatch.setitem(runtime._MOCK_SIMS, runtime._sim_key(spec.mil, spec.weights), boom)
     with pytest.raises(ane_mod.AneError, match="program failed: ValueError: kernel exploded"):
         k.eval(s)
+
+
+def test_real_framework_path_checks_the_mil_before_compiling(ane_rt, mock):
+    """With the real framework (not the mock) our constraint checker runs on the exact text
+    first: a rule the ANE enforces gives a MilError naming the kernel, and the framework is
+    never asked to compile it; a clean kernel goes through to the framework."""
+    from dataclasses import replace
+
+    from anetrain.mil.errors import MilError
+
+    ane_rt.mock = False  # as AneRuntime() over the system framework
+    spec = build_kernels(tiny_cfg(), strict=False)["woFwd"]
+    two_inputs = spec.mil.replace(") {", ", tensor<fp16, [1, 64, 1, 64]> extra) {", 1)
+    with pytest.raises(MilError, match=r"^woFwd: .*2 inputs; the ANE takes exactly one"):
+        ane_rt.compile(replace(spec, mil=two_inputs))
+    assert mock.compiles() == 0 and ane_rt.compiles == 0
+    with pytest.warns(MilWarning):  # tiny is not ANE-aligned: warnings, but it compiles
+        ane_rt.compile(spec)
+    assert mock.compiles() == 1
 
 
 def test_compile_eval_free_cycles_leak_nothing(ane_rt, mock):

@@ -11,8 +11,10 @@ from typing import Protocol
 import numpy as np
 
 from anetrain import native
-from anetrain.mil.errors import MilWarning
+from anetrain.mil.check import check_program, enforce
+from anetrain.mil.errors import MilError, MilWarning
 from anetrain.mil.kernels import KernelSpec
+from anetrain.mil.parse import parse
 from anetrain.mil.sim import Simulation
 
 # A kernel has one output surface [C_out, S] (shared by every evaluation, upstream.md §1.4) and
@@ -92,6 +94,17 @@ def _simulation(spec: KernelSpec) -> Simulation:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MilWarning)
         return Simulation(spec.mil, spec.weights)
+
+
+def check_for_device(spec: KernelSpec) -> None:
+    """Run the constraint checker on the exact text the real compiler gets: an error raises
+    MilError naming the kernel and rule (the framework's own compile errors are terse), a
+    warning (e.g. a construct reported unreliable on some chips) is issued as a MilWarning."""
+    issues, _ = check_program(parse(spec.mil), spec.weights)
+    try:
+        enforce(issues)
+    except MilError as e:
+        raise MilError(f"{spec.name}: {e}") from None
 
 
 # ----------------------------------------------------------------------------
@@ -255,7 +268,8 @@ class AneKernel:
 class AneRuntime(_Timed):
     """Kernels compiled by anetrain._ane: the real AppleNeuralEngine.framework on macOS, or
     (tests, Linux) the mock named by ANETRAIN_ANE_FRAMEWORK, whose evaluations this runtime
-    routes into the simulator. With the real framework kernels must be ANE-aligned (strict)."""
+    routes into the simulator. With the real framework kernels must be ANE-aligned (strict),
+    and every program passes our constraint checker before the framework compiles it."""
 
     name = "ane"
 
@@ -280,6 +294,8 @@ class AneRuntime(_Timed):
         t = time.perf_counter()
         if self.mock:
             _MOCK_SIMS[_sim_key(spec.mil, spec.weights)] = _simulation(spec)
+        else:
+            check_for_device(spec)
         k = AneKernel(self, spec)
         self.compile_seconds += time.perf_counter() - t
         self.compiles += 1
