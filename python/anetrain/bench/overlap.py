@@ -18,7 +18,9 @@ import time
 #   critical   main-thread CPU time between dependent evaluations: each evaluation needs the host
 #              work before it (pack, norms, residuals, SiLU', RoPE', classifier), so on the one
 #              main thread all of it sits between consecutive evaluations; measured per gap with
-#              time.thread_time (BLAS is pinned to one thread per thread so that this is exact)
+#              time.thread_time (BLAS is pinned to one thread per thread, and the global norm
+#              and AdamW run single-threaded on the main thread, so that this is exact; train.py
+#              runs those two over --threads, which shortens both step and critical path)
 #   ratio      step / (kernel + critical): 1.0 = everything else is hidden behind evaluations
 #   floor      CPU busy / cores / (kernel + critical): when the other threads' work (mostly the
 #              dW sgemms) does not fit on the remaining cores within the critical path, the step
@@ -106,7 +108,7 @@ def run(cfg, seconds: dict[str, float], steps: int, accum: int, workers: int = 0
             for m in range(accum):
                 last = m == accum - 1  # dW jobs of earlier micro-steps run on behind later ones
                 micro_step(params, grads, kern, tok[:-1], tok[1:], m > 0, 4096.0, pool, last)
-            scale = 1.0 / (accum * 4096.0)  # as train.py: unscale, global norm, clip, AdamW
+            scale = 1.0 / (accum * 4096.0)  # as train.py (1 thread): unscale, norm, clip, AdamW
             norm = grad_norm(grads, scale)
             opt.step(grads, 1e-4, grad_scale=scale * clip_factor(norm, 1.0))
             kern.update_weights()
