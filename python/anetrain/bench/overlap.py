@@ -152,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if "numpy" in sys.modules:
         print("note: numpy was imported before the bench; BLAS thread count not pinned")
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                "VECLIB_MAXIMUM_THREADS"):  # fmt: skip
+    from anetrain.train import BLAS_VARS  # numpy-free
+
+    for var in BLAS_VARS:  # the flag is explicit, so it wins over the environment here
         os.environ[var] = str(args.threads)
 
     from anetrain.config import preset
