@@ -61,3 +61,38 @@ def test_smoke_script_reports_unaligned_models_as_failures(monkeypatch, capsys):
     assert re.search(r"stories15m: compile 10 kernels\s+FAIL .*cannot run on the ANE", out)
     assert re.search(r"tiny: compile 10 kernels\s+PASS", out)  # the aligned tiny still runs
     assert re.search(r"tiny: ffnFused vs cpu\s+PASS", out)
+
+
+class _FailingRuntime(_StrictSim):
+    """A framework whose compiler rejects sdpaFwd and whose woFwd evaluation fails."""
+
+    def compile(self, spec):
+        if spec.name == "sdpaFwd" and self.fail_compile:
+            raise ane.AneError("compileWithQoS:options:error: failed: com.apple.appleneuralengine "
+                               "(11): mock compiler rejected MIL")  # fmt: skip
+        k = super().compile(spec)
+        if spec.name == "woFwd":
+            def boom(surface):
+                raise ane.AneError("evaluateWithQoS failed: (6): program inference error")
+
+            k.eval = boom
+        return k
+
+
+def test_smoke_script_reports_framework_errors_as_failures(monkeypatch, capsys, tmp_path):
+    """A compile NSError fails that model's row, an eval NSError that kernel's row; the
+    other checks still run and the JSON report is still written."""
+    smoke = _load_script()
+    monkeypatch.setattr(smoke, "AneRuntime", _FailingRuntime)
+    monkeypatch.setattr(smoke, "train", lambda *a: {"ok": False, "error": "not run here"})
+    monkeypatch.setattr(_FailingRuntime, "fail_compile", True, raising=False)
+    report = tmp_path / "r.json"
+    assert smoke.main(["--models", "tiny", "--json", str(report)]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"tiny: compile 10 kernels\s+FAIL\s+AneError: .*\(11\): mock compiler", out)
+    assert "rejected MIL" in json.loads(report.read_text())["models"]["tiny"]["error"]
+    monkeypatch.setattr(_FailingRuntime, "fail_compile", False, raising=False)
+    assert smoke.main(["--models", "tiny"]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"tiny: woFwd vs cpu\s+FAIL\s+AneError: .*program inference error", out)
+    assert re.search(r"tiny: ffnFused vs cpu\s+PASS", out)

@@ -69,3 +69,36 @@ def test_auto_says_what_it_picked(monkeypatch, capsys):
     assert pick_backend("auto") == "cpu"
     assert "backend auto: using cpu (no Apple Neural Engine here)" in capsys.readouterr().out
     assert pick_backend("sim") == "sim"
+
+
+def test_macos_version_is_read_from_the_system(monkeypatch):
+    from anetrain import backends
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(backends.platform, "mac_ver", lambda: ("14.6.1", ("", "", ""), "arm64"))
+    assert backends.macos_version() == (14, 6)
+    assert backends.old_macos() == ("macOS 14.6 predates the MIL ios18 opset the ANE programs "
+                                    "use (macOS 15 or later)")  # fmt: skip
+    monkeypatch.setattr(backends.platform, "mac_ver", lambda: ("15.0", ("", "", ""), "arm64"))
+    assert backends.macos_version() == (15, 0) and backends.old_macos() is None
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert backends.macos_version() is None and backends.old_macos() is None
+
+
+def test_old_macos_auto_picks_cpu_and_explicit_ane_warns(monkeypatch, capsys):
+    """On Apple silicon with macOS < 15 auto falls back to cpu and says why; --backend ane
+    still runs (nothing here proves it fails) but warns that the kernels will not compile."""
+    from anetrain import backends
+
+    monkeypatch.setattr(backends, "apple_silicon", lambda: True)
+    monkeypatch.setattr(backends, "ane_supported", lambda: True)
+    monkeypatch.setattr(backends, "_ane_unavailable_reason", lambda: None)
+    monkeypatch.setattr(backends, "macos_version", lambda: (14, 6))
+    assert pick_backend("auto") == "cpu"
+    assert "backend auto: using cpu (macOS 14.6 predates the MIL ios18" in capsys.readouterr().out
+    assert pick_backend("ane") == "ane"
+    assert "warning: --backend ane: macOS 14.6 predates" in capsys.readouterr().err
+    monkeypatch.setattr(backends, "macos_version", lambda: (15, 1))
+    assert pick_backend("auto") == "ane"
+    assert "using ane (Apple Neural Engine found)" in capsys.readouterr().out
+    assert pick_backend("ane") == "ane" and capsys.readouterr().err == ""

@@ -18,6 +18,30 @@ def apple_silicon() -> bool:
     return sys.platform == "darwin" and platform.machine() == "arm64"
 
 
+# The ANE programs are MIL program(1.3) with the ios18 opset, which the reference system
+# compiles on macOS 15 and 26 (upstream.md §9); older compilers predate the ios18 opset.
+MIN_MACOS = (15, 0)
+
+
+def macos_version() -> tuple[int, ...] | None:
+    """This macOS as (major, minor), e.g. (15, 1); None on other systems."""
+    if sys.platform != "darwin":
+        return None
+    try:
+        return tuple(int(p) for p in platform.mac_ver()[0].split(".")[:2])
+    except ValueError:
+        return None
+
+
+def old_macos() -> str | None:
+    """Why this macOS is too old for the ANE programs (None: new enough, or not macOS)."""
+    v = macos_version()
+    if v is None or v >= MIN_MACOS:
+        return None
+    return (f"macOS {'.'.join(map(str, v))} predates the MIL ios18 opset the ANE programs use "
+            f"(macOS {MIN_MACOS[0]} or later)")
+
+
 def ane_supported() -> bool:
     """True on macOS arm64 when the Objective-C runtime is built and the ANE framework loads."""
     if not apple_silicon():
@@ -51,9 +75,11 @@ def _ane_unavailable_reason() -> str | None:
 def pick_backend(name: str, verbose: bool = True) -> str:
     """Resolve `auto` and reject backends this machine cannot run, with a clear reason."""
     if name == "auto":
-        choice = "ane" if ane_supported() else "cpu"
+        old = old_macos() if apple_silicon() else None
+        choice = "ane" if old is None and ane_supported() else "cpu"
         if verbose:
-            why = "Apple Neural Engine found" if choice == "ane" else "no Apple Neural Engine here"
+            why = "Apple Neural Engine found" if choice == "ane" else \
+                  old or "no Apple Neural Engine here"  # fmt: skip
             print(f"backend auto: using {choice} ({why})")
         return choice
     if name in ("cpu", "sim"):
@@ -63,6 +89,10 @@ def pick_backend(name: str, verbose: bool = True) -> str:
         if why is not None:
             raise ConfigError(f"--backend ane: {why}; use --backend cpu (or sim to run the "
                               "ANE programs in the simulator)")
+        old = old_macos()
+        if old is not None:  # not a hard error: nothing here has run on such a system
+            print(f"warning: --backend ane: {old}; the kernels will probably not compile",
+                  file=sys.stderr)  # fmt: skip
         return name
     raise ConfigError(f"unknown backend {name!r} (choose from auto, cpu, sim, ane)")
 
