@@ -42,6 +42,12 @@ def old_macos() -> str | None:
             f"(macOS {MIN_MACOS[0]} or later)")
 
 
+def ane_platform() -> bool:
+    """Apple silicon on a new-enough macOS: where auto looks for the ANE (cheap, numpy-free,
+    no framework load; train.py asks it before numpy loads)."""
+    return apple_silicon() and old_macos() is None
+
+
 def ane_supported() -> bool:
     """True on macOS arm64 when the Objective-C runtime is built and the ANE framework loads."""
     if not apple_silicon():
@@ -75,11 +81,10 @@ def _ane_unavailable_reason() -> str | None:
 def pick_backend(name: str, verbose: bool = True) -> str:
     """Resolve `auto` and reject backends this machine cannot run, with a clear reason."""
     if name == "auto":
-        old = old_macos() if apple_silicon() else None
-        choice = "ane" if old is None and ane_supported() else "cpu"
+        choice = "ane" if ane_platform() and ane_supported() else "cpu"
         if verbose:
             why = "Apple Neural Engine found" if choice == "ane" else \
-                  old or "no Apple Neural Engine here"  # fmt: skip
+                  (apple_silicon() and old_macos()) or "no Apple Neural Engine here"  # fmt: skip
             print(f"backend auto: using {choice} ({why})")
         return choice
     if name in ("cpu", "sim"):

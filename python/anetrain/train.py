@@ -140,11 +140,10 @@ _TRAIN_FLAGS = {
 
 def _dw_workers_likely(backend: str | None) -> bool:
     """Whether this run will use sim/ane (and so the dW worker pool), guessed before numpy loads
-    from --backend alone (None = the default, auto: ane only on Apple silicon)."""
-    from anetrain.backends import apple_silicon, old_macos  # numpy-free
+    from --backend alone (None = the default, auto: ane only on Apple silicon, macOS 15+)."""
+    from anetrain.backends import ane_platform  # numpy-free
 
-    auto_ane = apple_silicon() and old_macos() is None
-    return backend in ("sim", "ane") or (backend in (None, "auto") and auto_ane)
+    return backend in ("sim", "ane") or (backend in (None, "auto") and ane_platform())
 
 
 def _set_threads(n: int | None, backend: str | None) -> tuple[int, int | None]:
