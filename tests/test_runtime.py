@@ -229,5 +229,19 @@ def test_overlap_bench_measures_kernel_time_and_critical_path(capsys):
     assert row["evals"] == 10 * cfg.n_layers
     assert row["kernel"] >= row["evals"] * 0.001 and 0 < row["critical"] <= row["main_cpu"] + 1e-3
     assert row["step"] >= row["kernel"] and row["ratio"] > 0.5
+    assert 1.0 <= row["dep_floor"] <= row["floor"] and 1.0 <= row["cap_floor"] <= row["floor"]
+    assert row["dw_bwd"] > 0 and row["dw_room"] > 0
     assert overlap.main(["--model", "tiny", "--steps", "1", "--vocab-size", "97"]) == 0
     assert "ratio step / (kernel + critical)" in capsys.readouterr().out
+
+
+def test_dependency_floor_counts_only_dw_queued_during_the_last_backward():
+    from anetrain.bench.overlap import dependency_floor
+
+    # (name, main CPU at start, at end, wall at start, at end): one forward, two backward evals
+    log = [("ffnFused", 0, 0, 0, 1), ("ffnBwdW2t", 0, 0, 2, 3), ("kvBwd", 1, 1, 4, 5)]
+    jobs = [(1.0, 9.0), (2.5, 9.0)]  # (submitted at, CPU s): the first precedes the backward
+    # backward: 2 s of kernels + 1 s main CPU -> room 2 cores * 3 s - 1 s = 5; wait (9-5)/2 = 2
+    floor, work, room = dependency_floor(log, jobs, kernel=3.0, crit=1.0, cores=2)
+    assert (work, room) == (9.0, 5.0) and floor == (3.0 + 1.0 + 2.0) / (3.0 + 1.0)
+    assert dependency_floor(log, jobs[:1], 3.0, 1.0, 2)[0] == 1.0  # nothing left to wait for
