@@ -138,7 +138,7 @@ def run(cfg, seconds: dict[str, float], steps: int, accum: int, workers: int = 0
     opt = AdamW(params, 0.9, 0.95, 1e-8, 0.1)
     rt = LatencyRuntime(seconds)
     kern = MilKernels(cfg, params, rt)
-    pool = type("TimedDwPool", (TimedPool, DwPool), {})(workers)
+    pool = type("TimedDwPool", (TimedPool, DwPool), {})(workers)  # DwPool: imported late (numpy)
     rows, gaps = [], {}
     try:
         for step in range(steps + 1):
