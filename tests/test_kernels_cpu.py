@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from conftest import tiny_cfg
 
 from anetrain.kernels_cpu import CpuKernels, tile_kv
@@ -49,3 +50,25 @@ def test_recycled_buffers_give_identical_steps(rng):
     assert kern._spare  # the second and third steps ran on recycled buffers
     assert runs[0][0] == runs[2][0] == loss0 and runs[1][0] != loss0
     assert (runs[0][1] == runs[2][1]).all() and (runs[2][1] == fresh.flat).all()
+
+
+
+@pytest.mark.parametrize("kv_heads", [None, 2])
+def test_backward_reuses_forward_probabilities(rng, monkeypatch, kv_heads):
+    """One softmax per layer per micro-step, MHA or GQA (GQA tiles k afresh for the backward)."""
+    cfg = tiny_cfg(**({"n_kv_heads": kv_heads} if kv_heads else {}))
+    params = init_params(cfg, rng)
+    kern = CpuKernels(cfg, params, threads=1)
+    calls, probs = [], kern._probs
+    monkeypatch.setattr(kern, "_probs", lambda q, k: calls.append(1) or probs(q, k))
+    toks = rng.integers(0, cfg.vocab_size, cfg.seq_len + 1).astype(np.int32)
+    micro_step(params, params.zeros_like(), kern, toks[:-1], toks[1:], accumulate=False)
+    assert cfg.n_kv_heads < cfg.n_heads or kv_heads is None
+    assert len(calls) == cfg.n_layers
+
+
+def test_threads_reach_the_cpu_kernels(rng):
+    from anetrain.backends import make_kernels
+
+    cfg = tiny_cfg()
+    assert make_kernels("cpu", cfg, init_params(cfg, rng), threads=3).threads == 3

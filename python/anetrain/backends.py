@@ -102,7 +102,7 @@ def pick_backend(name: str, verbose: bool = True) -> str:
     raise ConfigError(f"unknown backend {name!r} (choose from auto, cpu, sim, ane)")
 
 
-def make_kernels(backend: str, cfg: ModelConfig, params: Params):
+def make_kernels(backend: str, cfg: ModelConfig, params: Params, threads: int | None = None):
     """A Kernels object (see kernels_cpu.py for the interface) for a resolved backend name.
 
     sim and ane compile the ten MIL kernels once (kernels_mil.MilKernels). The real ANE refuses
@@ -112,7 +112,7 @@ def make_kernels(backend: str, cfg: ModelConfig, params: Params):
     if backend == "cpu":
         from anetrain.kernels_cpu import CpuKernels
 
-        return CpuKernels(cfg, params)
+        return CpuKernels(cfg, params, threads=threads)
     if backend in ("sim", "ane"):
         from anetrain.kernels_mil import MilKernels
         from anetrain.runtime import AneRuntime, SimRuntime

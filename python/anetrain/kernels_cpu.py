@@ -69,15 +69,17 @@ class CpuKernels:
 
     name = "cpu"
 
-    def __init__(self, cfg: ModelConfig, params: Params, seq_len: int | None = None):
+    def __init__(self, cfg: ModelConfig, params: Params, seq_len: int | None = None,
+                 threads: int | None = None) -> None:  # fmt: skip
         self.cfg = cfg
         self.params = params
         self.S = seq_len or cfg.seq_len
         self.cos, self.sin = rope_tables(cfg.head_dim, self.S, cfg.rope_theta)  # [S, hd/2] each
         self.scale = np.float32(1.0 / np.sqrt(cfg.head_dim))
-        self.threads = os.cpu_count() or 1  # for the elementwise C ops (BLAS uses all cores too)
+        self.threads = threads or os.cpu_count() or 1  # for the elementwise C ops (softmax, ...)
         # attention probabilities of the forward, reused by sdpa_bwd1 when it is called with the
-        # very same q and k arrays (the ANE recomputes them; here that would only cost time)
+        # very same q array and equal tiled k (the ANE recomputes them; here that would only cost
+        # time; with GQA the caller tiles k afresh, so identity alone would never match)
         self._probs_cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         # (H, S, S) buffers whose contents are dead (probabilities and their gradients that never
         # left sdpa_bwd). Reusing them saves the first-touch page faults of fresh 3 MB arrays
@@ -170,7 +172,8 @@ class CpuKernels:
     ):
         cfg, S = self.cfg, self.S
         hit = self._probs_cache.pop(layer, None)
-        if hit is not None and hit[0] is q and hit[1] is k_tiled:
+        same_k = hit is not None and (hit[1] is k_tiled or np.array_equal(hit[1], k_tiled))
+        if hit is not None and hit[0] is q and same_k:
             p = hit[2]  # (H, S, S) from this layer's forward
         else:
             p = self._probs(q, k_tiled)  # recomputed, as the ANE kernel does

@@ -281,7 +281,7 @@ def train(argv: list[str] | None) -> int:
         step0 = int(resumed.meta.get("step", 0))
         sampler.set_state(resumed.meta["sampler"])
     backend = pick_backend(tc.backend, verbose=not args.quiet)
-    kern = make_kernels(backend, cfg, params)
+    kern = make_kernels(backend, cfg, params, threads)
     # fp16 kernels need loss scaling; the fp32 cpu kernels do not (scale 1, never skips)
     fp16 = getattr(kern, "fp16", False)
     scaler = LossScaler(2.0**12 if fp16 else 1.0, dynamic=fp16)
