@@ -11,7 +11,9 @@ from ffi_util import cdef_from, sanitize_flags  # noqa: E402
 # setup.py runs this with cwd = project root; setuptools wants relative paths (ecosystem.md §1.3).
 HEADER = "csrc/anet.h"
 SOURCES = ["csrc/fp16.c", "csrc/pack.c", "csrc/ops.c"]
-CFLAGS = ["-std=c11", "-O3", "-Wall", "-Wextra", "-fvisibility=hidden"]
+# -ffp-contract=off: clang (Apple's too) fuses a*b+c into fma by default, gcc -std=c11 does not;
+# the SIMD loops and their scalar tails must round alike, so no compiler may fuse.
+CFLAGS = ["-std=c11", "-O3", "-ffp-contract=off", "-Wall", "-Wextra", "-fvisibility=hidden"]
 
 
 ffi = FFI()

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -494,3 +500,21 @@ def test_sumsq(n, threads):
     got = native.sumsq(x, threads=threads)
     assert abs(got - ref) <= 1e-12 * max(ref, 1.0)
     assert native.sumsq(x.reshape(1, -1), threads=threads) == got
+
+
+@pytest.mark.skipif(shutil.which("clang") is None or not Path("/usr/aarch64-linux-gnu").is_dir(),
+                    reason="clang and the aarch64 C headers (libc6-dev-arm64-cross) are needed")
+def test_clang_arm64_build_fuses_no_multiply_add(tmp_path):
+    """As on a Mac: clang for arm64 with our flags emits no fmadd/fmla in ops.c, so the NEON
+    AdamW loop and its scalar tail round alike (clang contracts a*b+c by default)."""
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "csrc"))
+    try:
+        from ffi_native import CFLAGS
+    finally:
+        sys.path.pop(0)
+    asm = tmp_path / "ops.s"
+    subprocess.run(["clang", "--target=aarch64-linux-gnu", *CFLAGS, "-I", str(root / "csrc"),
+                    "-S", str(root / "csrc/ops.c"), "-o", str(asm)], check=True)  # fmt: skip
+    fused = re.findall(r"\b(?:fmadd|fmsub|fnmadd|fnmsub|fmla|fmls)\b", asm.read_text())
+    assert not fused, f"{len(fused)} fused multiply-adds"
