@@ -3,7 +3,7 @@
 
 #include "anet.h"
 
-/* Tile edge for the transposed pack: a 32x32 fp32 tile (4 KB) plus its fp16 copy stay in L1. */
+/* Tile edge for the transposed pack: a 32x32 fp32 tile (4 KB) stays in L1. */
 #define TILE 32
 
 /* 1 if the segment [c0, c0+nch) x [s0, s0+width) lies inside a [C, W] surface. 64-bit sums so
@@ -26,8 +26,7 @@ int anet_pack_f16(uint16_t *dst, int dst_c, int dst_w, int c0, int s0,
     /* Segment is [cols, rows]: src column j -> channel c0+j. Walk 32x32 tiles so both the strided
      * reads of src and the strided writes of dst touch only TILE cache lines per tile. */
     if (!seg_ok(dst_c, dst_w, c0, s0, cols, rows)) return -1;
-    float tile[TILE * TILE];     /* [jn, in] transposed fp32 tile */
-    uint16_t half[TILE * TILE];  /* [jn, in] its fp16 image */
+    float tile[TILE * TILE]; /* [jn, in] transposed fp32 tile */
     for (int i0 = 0; i0 < rows; i0 += TILE) {
         int in = rows - i0 < TILE ? rows - i0 : TILE;
         for (int j0 = 0; j0 < cols; j0 += TILE) {
@@ -36,11 +35,9 @@ int anet_pack_f16(uint16_t *dst, int dst_c, int dst_w, int c0, int s0,
                 const float *s = src + (size_t)(i0 + i) * cols + j0;
                 for (int j = 0; j < jn; j++) tile[j * TILE + i] = s[j];
             }
-            for (int j = 0; j < jn; j++) {
-                uint16_t *d = dst + (size_t)(c0 + j0 + j) * dst_w + s0 + i0;
-                anet_f32_to_f16(half + j * TILE, tile + j * TILE, (size_t)in, -1);
-                for (int i = 0; i < in; i++) d[i] = half[j * TILE + i];
-            }
+            for (int j = 0; j < jn; j++) /* tile row j -> in contiguous fp16 of channel c0+j0+j */
+                anet_f32_to_f16(dst + (size_t)(c0 + j0 + j) * dst_w + s0 + i0, tile + j * TILE,
+                                (size_t)in, -1);
         }
     }
     return 0;
