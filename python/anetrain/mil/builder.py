@@ -18,7 +18,6 @@ from anetrain.mil.ir import (
     Ref,
     Statement,
     TensorType,
-    format_program,
     lit,
     scalar,
 )  # fmt: skip
@@ -182,6 +181,3 @@ class Builder:
             raise MilError("builder: the program has no input")
         fn = Function("main", "ios18", list(self.params), list(self.stmts), [output.name])
         return Program("1.3", {"main": fn}, {"buildInfo": BUILD_INFO})
-
-    def text(self, output: Var) -> str:
-        return format_program(self.program(output))

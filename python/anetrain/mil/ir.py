@@ -259,14 +259,6 @@ def format_statement(s: Statement) -> str:
     return f"{res} = {s.op}({args})" + (f"[{attrs}]" if attrs else "") + ";"
 
 
-# maderix's header (upstream.md §4.1), known to compile on M1–M5
-BUILD_INFO = (
-    '[buildInfo = dict<string, string>({{"coremlc-component-MIL", "3510.2.1"}, '
-    '{"coremlc-version", "3505.4.1"}, {"coremltools-component-milinternal", ""}, '
-    '{"coremltools-version", "9.0"}})]'
-)
-
-
 def format_program(p: Program) -> str:
     lines = [f"program({p.version})"]
     if p.attrs:

@@ -50,12 +50,13 @@ from anetrain import native
 from anetrain.config import ModelConfig
 from anetrain.mil.blob import write_blob
 from anetrain.mil.builder import Builder, Var
+from anetrain.mil.check import ALIGN_W
 from anetrain.mil.errors import MilError
 from anetrain.mil.ir import Program, format_program
 from anetrain.rope import rope_tables
 
 MASK_VALUE = -65504.0  # most negative finite fp16, not -inf (upstream.md §5.6)
-ALIGN_W, ALIGN_C = 64, 32  # surface widths multiple of 64 fp16, channels of 32 (upstream.md §2.5)
+ALIGN_C = 32  # surface channels a multiple of 32 (upstream.md §2.5); widths: ALIGN_W (64)
 KERNELS = ("sdpaFwd", "woFwd", "ffnFused", "ffnBwdW2t", "ffnBwdW13t", "wotBwd", "sdpaBwd1",
            "sdpaBwd2", "qBwd", "kvBwd")  # fmt: skip
 WEIGHT = "@model_path/weights/{}.bin"
@@ -105,9 +106,6 @@ class Layout:
 
     def __getitem__(self, name: str) -> Segment:
         return self._index[name]
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._index
 
     @property
     def names(self) -> list[str]:
@@ -231,7 +229,7 @@ class _K:
         return self.b.blob(name, arr.shape, path)
 
     def finish(self, out: Var, outl: Layout) -> KernelSpec:
-        if out.shape != outl.shape[:2] + (1, outl.W) or out.shape[1] != outl.C:
+        if out.shape != outl.shape:
             raise MilError(f"{self.name}: output {out.shape} does not match layout {outl.shape}")
         prog = self.b.program(out)
         return KernelSpec(self.name, format_program(prog), dict(self.weights), self.inp, outl, prog)

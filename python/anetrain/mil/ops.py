@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from anetrain.mil.errors import MilError
-from anetrain.mil.ir import FLOAT_DTYPES, TensorType
+from anetrain.mil.ir import TensorType
 
 _MISSING = object()
 
@@ -436,7 +436,3 @@ def infer(op: str, types: dict[str, object], consts: dict[str, object]) -> Tenso
         if k in types and k not in consts:
             raise MilError(f"argument {k!r} must be a compile-time constant")
     return spec.infer(Args(op, types, consts))
-
-
-def is_float(t: object) -> bool:
-    return isinstance(t, TensorType) and t.dtype in FLOAT_DTYPES

@@ -247,10 +247,8 @@ class Simulation:
         self.output_name = f.outputs[0]
         self.env0: dict[str, object] = {}
         self.steps: list[Callable[[dict], None]] = []
-        types: dict[str, TensorType] = {self.input_name: self.input_type}
         for s in f.stmts:
             t, name = s.results[0]
-            types[name] = t  # type: ignore[assignment]
             if s.op == "const":
                 v: Literal = s.attrs["val"]
                 val = (
@@ -263,7 +261,6 @@ class Simulation:
             if s.op not in IMPL:
                 raise MilError(f"{s.where()}: the simulator does not implement {s.op!r}")
             self.steps.append(self._step(s, t, name))  # type: ignore[arg-type]
-        self.output_type = types[self.output_name]
         self.events: list[str] = []
 
     def _const(self, val, t: TensorType):
