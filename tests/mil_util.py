@@ -21,12 +21,9 @@ def random_case(spec: KernelSpec, cfg, rng: np.random.Generator):
     """
     parts, logical = {}, {}
     for s in spec.inp.segments:
-        if s.stage == "T":  # surface [in, out] holds Wᵀ of W[out, in]
-            w = f16(rng.standard_normal((s.width, s.nch)) / np.sqrt(s.nch))
-            parts[s.name], logical[s.name.removesuffix("_t")] = w.T, w
-        elif s.stage == "raw":  # surface [out, in] holds W
-            w = f16(rng.standard_normal((s.nch, s.width)) / np.sqrt(s.width))
-            parts[s.name], logical[s.name] = w, w
+        if s.stage:  # W[out, in], fan-in scaled; a "T" surface [in, out] holds Wᵀ
+            w = f16(rng.standard_normal(s.weight_shape) / np.sqrt(s.weight_shape[1]))
+            parts[s.name], logical[s.weight] = (w.T if s.stage == "T" else w), w
         else:
             a = f16(rng.standard_normal(s.shape))
             parts[s.name], logical[s.name] = a, a

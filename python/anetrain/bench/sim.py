@@ -19,7 +19,7 @@ def _inputs(spec, rng: np.random.Generator) -> np.ndarray:
     """A packed fp16 input with activation-like values and fan-in-scaled weights."""
     parts = {}
     for s in spec.inp.segments:
-        scale = (1.0 / np.sqrt(s.nch if s.stage == "T" else s.width)) if s.stage else 1.0
+        scale = 1.0 / np.sqrt(s.weight_shape[1]) if s.stage else 1.0  # weights: fan-in
         parts[s.name] = rng.standard_normal(s.shape, dtype=np.float32) * scale
     if "P" in parts:  # attention probabilities: causal softmax rows
         S = spec.inp["P"].width

@@ -80,6 +80,16 @@ class Segment:
     def shape(self) -> tuple[int, int]:
         return (self.nch, self.width)
 
+    @property
+    def weight(self) -> str:
+        """The LayerParams weight staged here ("wq_t" holds Wqᵀ -> "wq"); "" for activations."""
+        return self.name.removesuffix("_t") if self.stage else ""
+
+    @property
+    def weight_shape(self) -> tuple[int, int]:
+        """That weight's W[out, in] shape: the segment's transposed for "T", its own for "raw"."""
+        return (self.width, self.nch) if self.stage == "T" else self.shape
+
 
 @dataclass(frozen=True)
 class Layout:
