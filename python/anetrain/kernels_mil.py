@@ -31,11 +31,8 @@ from anetrain.runtime import Kernel, Runtime, Surface
 # Kernels in the order one micro-step first uses them (the staging order).
 FORWARD = ("sdpaFwd", "woFwd", "ffnFused")
 BACKWARD = ("ffnBwdW2t", "ffnBwdW13t", "wotBwd", "qBwd", "kvBwd")
-
-
-def weight_name(segment: str) -> str:
-    """Segment name -> LayerParams attribute: "wq_t" (holds Wqᵀ) -> "wq", "w2" -> "w2"."""
-    return segment.removesuffix("_t")
+# sdpaBwd2 input segments copied fp16 -> fp16 from sdpaBwd1's surfaces: name -> source ("out"/"inp")
+SDPA_COPIES = {"P": "out", "dP": "out", "q_rope": "inp", "k_tiled": "inp"}
 
 
 def stage_weights(dst: np.ndarray, layout: Layout, lp) -> None:
@@ -47,10 +44,10 @@ def stage_weights(dst: np.ndarray, layout: Layout, lp) -> None:
     for s in layout.segments:
         if not s.stage:
             continue
-        w = getattr(lp, weight_name(s.name))  # fp32 [out, in]
-        want = (s.width, s.nch) if s.stage == "T" else s.shape
-        if w.shape != want:
-            raise MilError(f"staging {s.name}: weight {w.shape}, segment wants W of {want}")
+        w = getattr(lp, s.weight)  # fp32 [out, in]
+        if w.shape != s.weight_shape:
+            raise MilError(f"staging {s.name}: weight {w.shape}, segment wants W of "
+                           f"{s.weight_shape}")  # fmt: skip
         native.pack(dst, s.c0, s.s0, w, transpose=s.stage == "T")
 
 
@@ -75,6 +72,10 @@ class MilKernels:
                 "64 and channels of 32 - use --backend sim or cpu for this size"
             ) from None
         self.specs: dict[str, KernelSpec] = specs
+        for seg, side in SDPA_COPIES.items():  # sdpa_bwd copies these surface to surface
+            s, d = getattr(specs["sdpaBwd1"], side)[seg], specs["sdpaBwd2"].inp[seg]
+            if s.shape != d.shape:
+                raise MilError(f"sdpa_bwd: {seg} is {s.shape} in sdpaBwd1, {d.shape} in sdpaBwd2")
         self.kernels: dict[str, Kernel] = {}
         self.inputs: dict[str, list[Surface]] = {}  # kernel -> per-layer (or one) input surface
         t0 = time.perf_counter()
@@ -205,16 +206,11 @@ class MilKernels:
         (dv,) = self._run("sdpaBwd1", layer, ("dv_full",), q_rope=q, k_tiled=k_tiled,
                           v_tiled=v_tiled, dattn=dattn)  # fmt: skip
         t = time.perf_counter()
-        in1, out1 = self._input("sdpaBwd1", layer), self.kernels["sdpaBwd1"].out
+        surf1 = {"inp": self._input("sdpaBwd1", layer), "out": self.kernels["sdpaBwd1"].out}
         in2 = self._input("sdpaBwd2", layer)
-        l_in1, l_out1 = self.specs["sdpaBwd1"].inp, self.specs["sdpaBwd1"].out
-        l_in2 = self.specs["sdpaBwd2"].inp
-        for seg, src, lsrc in (("P", out1, l_out1), ("dP", out1, l_out1), ("q_rope", in1, l_in1),
-                               ("k_tiled", in1, l_in1)):  # fmt: skip
-            s, d = lsrc[seg], l_in2[seg]
-            if s.shape != d.shape:
-                raise MilError(f"sdpa_bwd: {seg} is {s.shape} in sdpaBwd1, {d.shape} in sdpaBwd2")
-            self.rt.copy(in2, d.c0, d.s0, src, s.c0, s.s0, s.nch, s.width)
+        for seg, side in SDPA_COPIES.items():  # shapes checked equal in __init__
+            s, d = getattr(self.specs["sdpaBwd1"], side)[seg], self.specs["sdpaBwd2"].inp[seg]
+            self.rt.copy(in2, d.c0, d.s0, surf1[side], s.c0, s.s0, s.nch, s.width)
         self.io_seconds += time.perf_counter() - t
         dq, dk = self._run("sdpaBwd2", layer, ("dq", "dk_full"))
         return dq, dk, dv
