@@ -30,6 +30,13 @@ VERSION = 1
 _PREFIX = struct.Struct("<8sIIQII")  # 32 bytes
 _ALIGN = 64
 _CHUNK = 1 << 26  # bytes per write/read/crc chunk
+FILE_NAME = "checkpoint.bin"  # a run directory's checkpoint
+
+
+def resolve(path: str | Path) -> Path:
+    """A run directory -> its checkpoint.bin; anything else as given."""
+    path = Path(path)
+    return path / FILE_NAME if path.is_dir() else path
 
 
 @dataclass

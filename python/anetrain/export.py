@@ -40,9 +40,7 @@ def export(argv: list[str] | None) -> int:
     from anetrain import checkpoint
     from anetrain.convert import write_llama2c
 
-    src = Path(args.checkpoint)
-    if src.is_dir():
-        src = src / "checkpoint.bin"
+    src = checkpoint.resolve(args.checkpoint)
     ck = checkpoint.load(src, with_optimizer=False)
     out = Path(args.output)
     if out.resolve() == src.resolve():

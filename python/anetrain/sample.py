@@ -27,8 +27,6 @@ from anetrain.tokenizer import BOS_ID, Tokenizer
 # stops when the next token is BOS (EOS does not stop it) or at the step limit; every next token is
 # printed as decode(token, next) through safe_printf's filter, so the prompt (after BOS) is echoed.
 
-CKPT_NAME = "checkpoint.bin"
-
 
 # ----------------------------------------------------------------------------
 # model: one token at a time with a KV cache (fp32, the same math as run.c's forward)
@@ -228,9 +226,7 @@ def load_model(path: str | Path) -> tuple[ModelConfig, Params, dict]:
     from anetrain import checkpoint
     from anetrain.convert import is_llama2c, read_llama2c
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / CKPT_NAME
+    path = checkpoint.resolve(path)
     if path.is_file() and is_llama2c(path):
         cfg, params = read_llama2c(path)
         return cfg, params, {}

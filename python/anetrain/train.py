@@ -16,7 +16,6 @@ from anetrain.config import DEFAULT_LR, PRESETS, ConfigError, TrainConfig, prese
 from anetrain.errors import CheckpointError, UserError, run_cli
 
 BACKENDS = ("auto", "cpu", "sim", "ane")
-CKPT_NAME = "checkpoint.bin"
 METRICS_NAME = "metrics.jsonl"
 # Environment variables that size the BLAS thread pools (OpenBLAS, OpenMP, MKL, Accelerate).
 BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
@@ -197,6 +196,7 @@ def train(argv: list[str] | None) -> int:
 
     # --resume DIR keeps writing into DIR unless --out says otherwise
     out = Path(args.out if args.out is not None else (args.resume or "out"))
+    ckpt_path = out / ckpt_io.FILE_NAME
     flags = {k: v for k, v in vars(args).items() if v is not None}
 
     # ---- resume or fresh start
@@ -205,7 +205,7 @@ def train(argv: list[str] | None) -> int:
         if args.init is not None:
             raise UserError("--init starts a new run from a model; it cannot be used with --resume")
         rdir = Path(args.resume or out)
-        resumed = ckpt_io.load(rdir / CKPT_NAME if rdir.is_dir() or not rdir.exists() else rdir)
+        resumed = ckpt_io.load(rdir if rdir.is_file() else rdir / ckpt_io.FILE_NAME)
         saved = dict(resumed.meta.get("train", {}))
         tc_dict = {**saved, **{f: flags[a] for a, f in _TRAIN_FLAGS.items() if a in flags}}
         tc = TrainConfig(**tc_dict)
@@ -251,9 +251,9 @@ def train(argv: list[str] | None) -> int:
                 )
         else:
             cfg = preset(model_name, vocab_size=data.vocab_size, seq_len=args.seq)
-        if (out / CKPT_NAME).exists() and not args.overwrite:
+        if ckpt_path.exists() and not args.overwrite:
             raise UserError(
-                f"{out / CKPT_NAME}: a checkpoint already exists; use --resume to "
+                f"{ckpt_path}: a checkpoint already exists; use --resume to "
                 "continue it or --overwrite to start over"
             )
     _check_out_dir(out)
@@ -322,7 +322,7 @@ def train(argv: list[str] | None) -> int:
             "backend": backend,
             "tokenizer": str(data.tokenizer) if data.tokenizer else None,
         }
-        ckpt_io.save(out / CKPT_NAME, ckpt_io.Checkpoint(cfg, params, opt.m, opt.v, meta))
+        ckpt_io.save(ckpt_path, ckpt_io.Checkpoint(cfg, params, opt.m, opt.v, meta))
 
     def evaluate() -> float:
         losses = [
@@ -430,7 +430,7 @@ def train(argv: list[str] | None) -> int:
         bar.close()
         if step > step0:
             save_checkpoint(step, sampler_state)
-            print(f"\ninterrupted: checkpoint saved at step {step} in {out / CKPT_NAME}")
+            print(f"\ninterrupted: checkpoint saved at step {step} in {ckpt_path}")
         else:
             print("\ninterrupted before the first step; nothing saved")
         return 130
@@ -458,7 +458,7 @@ def train(argv: list[str] | None) -> int:
             print(f"loss scale {scaler.scale:g}, skipped steps {scaler.skipped}")
         for key, val in getattr(kern, "stats", dict)().items():  # backend figures (sim/ane)
             print(f"{key}: {val}")
-        print(f"checkpoint: {out / CKPT_NAME}, metrics: {metrics_path}")
+        print(f"checkpoint: {ckpt_path}, metrics: {metrics_path}")
     return 0
 
 
