@@ -20,15 +20,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+from anetrain.errors import DataError  # noqa: E402
 from anetrain.tokenizer import BOS_ID, EOS_ID, Tokenizer, TokenizerError  # noqa: E402
 
 MAX_VOCAB = 65535  # ids are stored as uint16
 MIN_VOCAB = 259  # <unk>, <s>, </s> and the 256 byte-fallback pieces
 UNK_SURFACE = " \u2047 "  # " ⁇ ", llama2.c train_vocab's unk_surface
-
-
-class DataError(Exception):
-    """A one-line, user-facing error (missing input, bad vocab size, ...)."""
 
 
 # ----------------------------------------------------------------------------
@@ -135,10 +132,7 @@ def load_tokenizer(path: Path) -> tuple[Tokenizer, bytes | None, Callable[[str],
     if path.suffix == ".model":
         blob = path.read_bytes()
         return sp_tokenizer(blob, str(path))
-    try:
-        tok = Tokenizer.load(path)
-    except TokenizerError as e:
-        raise DataError(str(e)) from None
+    tok = Tokenizer.load(path)  # a TokenizerError is reported by main like a DataError
     return tok, None, lambda doc: tok.encode(doc, bos=True, eos=False)
 
 
