@@ -68,6 +68,8 @@ def test_auto_says_what_it_picked(monkeypatch, capsys):
     monkeypatch.delenv("ANETRAIN_ANE_FRAMEWORK", raising=False)
     assert pick_backend("auto") == "cpu"
     assert "backend auto: using cpu (no Apple Neural Engine here)" in capsys.readouterr().out
+    monkeypatch.setenv("ANETRAIN_ANE_FRAMEWORK", str(MOCK_SO))  # the test mock: not for auto
+    assert pick_backend("auto", verbose=False) == "cpu"
     assert pick_backend("sim") == "sim"
 
 
@@ -91,7 +93,6 @@ def test_old_macos_auto_picks_cpu_and_explicit_ane_warns(monkeypatch, capsys):
     from anetrain import backends
 
     monkeypatch.setattr(backends, "apple_silicon", lambda: True)
-    monkeypatch.setattr(backends, "ane_supported", lambda: True)
     monkeypatch.setattr(backends, "_ane_unavailable_reason", lambda: None)
     monkeypatch.setattr(backends, "macos_version", lambda: (14, 6))
     assert pick_backend("auto") == "cpu"
@@ -102,3 +103,7 @@ def test_old_macos_auto_picks_cpu_and_explicit_ane_warns(monkeypatch, capsys):
     assert pick_backend("auto") == "ane"
     assert "using ane (Apple Neural Engine found)" in capsys.readouterr().out
     assert pick_backend("ane") == "ane" and capsys.readouterr().err == ""
+    monkeypatch.setattr(backends, "_ane_unavailable_reason", lambda: "the ANE framework F does "
+                        "not load")  # fmt: skip
+    assert pick_backend("auto") == "cpu"
+    assert "using cpu (the ANE framework F does not load)" in capsys.readouterr().out

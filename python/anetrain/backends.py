@@ -48,17 +48,6 @@ def ane_platform() -> bool:
     return apple_silicon() and old_macos() is None
 
 
-def ane_supported() -> bool:
-    """True on macOS arm64 when the Objective-C runtime is built and the ANE framework loads."""
-    if not apple_silicon():
-        return False
-    try:
-        from anetrain import ane
-    except ImportError:
-        return False
-    return bool(getattr(ane, "available", lambda: False)())
-
-
 def _ane_unavailable_reason() -> str | None:
     """Why --backend ane cannot run here (None: it can). ANETRAIN_ANE_FRAMEWORK (tests) names
     a replacement framework, e.g. the Linux mock, and lifts the macOS arm64 requirement."""
@@ -81,11 +70,12 @@ def _ane_unavailable_reason() -> str | None:
 def pick_backend(name: str, verbose: bool = True) -> str:
     """Resolve `auto` and reject backends this machine cannot run, with a clear reason."""
     if name == "auto":
-        choice = "ane" if ane_platform() and ane_supported() else "cpu"
+        # only on Apple silicon: ANETRAIN_ANE_FRAMEWORK (the test mock) never makes auto pick ane
+        why = (old_macos() or _ane_unavailable_reason()) if apple_silicon() else \
+              "no Apple Neural Engine here"  # fmt: skip
+        choice = "cpu" if why else "ane"
         if verbose:
-            why = "Apple Neural Engine found" if choice == "ane" else \
-                  (apple_silicon() and old_macos()) or "no Apple Neural Engine here"  # fmt: skip
-            print(f"backend auto: using {choice} ({why})")
+            print(f"backend auto: using {choice} ({why or 'Apple Neural Engine found'})")
         return choice
     if name in ("cpu", "sim"):
         return name
