@@ -80,31 +80,39 @@ def host_gflops(cfg, repeat: int = 3) -> float:
     return 2 * 9200 * cfg.dim * cfg.seq_len / best / 1e9
 
 
-class TimedPool:
-    """Mixin for DwPool: records (perf_counter at submit, worker CPU seconds) of every job."""
+def timed_pool(workers: int):
+    """A DwPool whose jobs_log gets (perf_counter at submit, worker CPU seconds) of every job.
 
-    def __init__(self, workers: int) -> None:
-        super().__init__(workers)  # type: ignore[call-arg]
-        self.jobs_log: list[tuple[float, float]] = []
+    (Built here, not at import: anetrain.model loads numpy, which must wait for main() to pin the
+    BLAS threads.)
+    """
+    from anetrain.model import DwPool
 
-    def submit(self, fn, /, *args):
-        t_submit = time.perf_counter()
+    class TimedDwPool(DwPool):
+        def __init__(self, workers: int) -> None:
+            super().__init__(workers)
+            self.jobs_log: list[tuple[float, float]] = []
 
-        def timed():
-            c0 = time.thread_time()  # waiting on earlier jobs (DwPool._after) uses no CPU
-            try:
-                return fn(*args)
-            finally:
-                self.jobs_log.append((t_submit, time.thread_time() - c0))
+        def submit(self, fn, /, *args):
+            t_submit = time.perf_counter()
 
-        return super().submit(timed)  # type: ignore[misc]
+            def timed():
+                c0 = time.thread_time()  # waiting on earlier jobs (DwPool._after) uses no CPU
+                try:
+                    return fn(*args)
+                finally:
+                    self.jobs_log.append((t_submit, time.thread_time() - c0))
+
+            return super().submit(timed)
+
+    return TimedDwPool(workers)
 
 
 def dependency_floor(log: list, jobs: list[tuple[float, float]], kernel: float, crit: float,
                      cores: int) -> tuple[float, float, float]:  # fmt: skip
     """(floor, dW CPU submitted during the last backward, CPU room the backward left them).
 
-    log: one step's evaluations (LatencyRuntime.log), jobs: its dW jobs (TimedPool.jobs_log).
+    log: one step's evaluations (LatencyRuntime.log), jobs: its dW jobs (timed_pool's jobs_log).
     The backward window runs from the last micro-step's first backward evaluation to the last
     evaluation; its ideal length is its kernel time + the main-thread CPU between them.
     """
@@ -127,7 +135,7 @@ def run(cfg, seconds: dict[str, float], steps: int, accum: int, workers: int = 0
     import numpy as np
 
     from anetrain.kernels_mil import MilKernels
-    from anetrain.model import DwPool, micro_step
+    from anetrain.model import micro_step
     from anetrain.optim import AdamW, clip_factor, grad_norm
     from anetrain.params import init_params
     from anetrain.runtime import LatencyRuntime
@@ -138,7 +146,7 @@ def run(cfg, seconds: dict[str, float], steps: int, accum: int, workers: int = 0
     opt = AdamW(params, 0.9, 0.95, 1e-8, 0.1)
     rt = LatencyRuntime(seconds)
     kern = MilKernels(cfg, params, rt)
-    pool = type("TimedDwPool", (TimedPool, DwPool), {})(workers)  # DwPool: imported late (numpy)
+    pool = timed_pool(workers)
     rows, gaps = [], {}
     try:
         for step in range(steps + 1):
