@@ -39,14 +39,11 @@ ane_kernel *ane_compile(ane_ctx *ctx, const char *mil, size_t mil_len, int n_wei
 void ane_free(ane_kernel *k);
 const char *ane_kernel_hex(const ane_kernel *k); /* hexStringIdentifier */
 const char *ane_kernel_dir(const ane_kernel *k); /* NSTemporaryDirectory()/<hex> */
-size_t ane_kernel_in_bytes(const ane_kernel *k);
-size_t ane_kernel_out_bytes(const ane_kernel *k);
 
 /* ---- surfaces -------------------------------------------------------------------------------- */
 /* A flat IOSurface of exactly `bytes` bytes (upstream.md §2.1), zero-filled on Linux. */
 ane_surface *ane_surface_new(size_t bytes, char *err, size_t err_len);
 void ane_surface_free(ane_surface *s);
-size_t ane_surface_size(const ane_surface *s);
 /* Lock for CPU access (read_only = 1 for reads) and return the base address, or NULL. Pair every
  * successful lock with an unlock of the same read_only. */
 void *ane_surface_lock(ane_surface *s, int read_only, char *err, size_t err_len);

@@ -476,12 +476,6 @@ const char *ane_kernel_hex(const ane_kernel *k) {
 const char *ane_kernel_dir(const ane_kernel *k) {
     return k ? k->dir_c : NULL;
 }
-size_t ane_kernel_in_bytes(const ane_kernel *k) {
-    return k ? k->in_bytes : 0;
-}
-size_t ane_kernel_out_bytes(const ane_kernel *k) {
-    return k ? k->out_bytes : 0;
-}
 
 // ---- requests and evaluation --------------------------------------------------------------------
 

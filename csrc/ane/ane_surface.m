@@ -61,10 +61,6 @@ void ane_surface_free(ane_surface *s) {
     free(s);
 }
 
-size_t ane_surface_size(const ane_surface *s) {
-    return s ? s->bytes : 0;
-}
-
 static IOSurfaceLockOptions lock_opts(int read_only) {
     return read_only ? kIOSurfaceLockReadOnly : 0;
 }
