@@ -23,5 +23,5 @@ trap 'rm -rf "$tmp"' EXIT
 "$python" "$root/scripts/prepare_data.py" "$tmp/stories.txt" -o "$out" \
     --vocab-size "$VOCAB_SIZE" --val-fraction "$VAL_FRACTION" --seed "$SPLIT_SEED" \
     --source "make_stories.py --n-stories $N_STORIES --seed $STORY_SEED"
-total=$(du -cb "$out" | tail -n 1 | cut -f 1)
+total=$(cat "$out"/* | wc -c | tr -d ' ')  # portable (macOS du has no -b)
 echo "$out: $total bytes in total" >&2

@@ -30,11 +30,14 @@ expected_size() {
 source "$(dirname "${BASH_SOURCE[0]}")/fetch.sh"
 
 file_size() { wc -c <"$1" | tr -d ' '; }
+sha256() {  # GNU coreutils' sha256sum, or shasum (every macOS)
+    if command -v sha256sum >/dev/null; then sha256sum "$1"; else shasum -a 256 "$1"; fi | cut -d ' ' -f 1
+}
 
 check_tokenizer() {  # check_tokenizer FILE -> 0 if it is llama2.c's tokenizer.bin
     [[ -f "$1" ]] || return 1
     [[ "$(file_size "$1")" == "$tokenizer_size" ]] || return 1
-    [[ "$(sha256sum "$1" | cut -d ' ' -f 1)" == "$tokenizer_sha256" ]]
+    [[ "$(sha256 "$1")" == "$tokenizer_sha256" ]]
 }
 
 check_model() {  # check_model FILE NAME -> 0 if the size matches the table and its v0 header
@@ -74,8 +77,6 @@ get() {  # get URL NAME CHECK...: download to a temp file, check, move into plac
     echo "$out: $(file_size "$out") bytes, ok"
 }
 
-check_tokenizer_named() { check_tokenizer "$1"; }
-
 main() {
     local sizes=("$@") s
     [[ ${#sizes[@]} -gt 0 ]] || sizes=(15M)
@@ -84,7 +85,7 @@ main() {
         case "$s" in 15M | 42M | 110M) ;; *) die "unknown model '$s' (choose 15M, 42M, 110M or all)" ;; esac
     done
     mkdir -p "$dest"
-    get "$tokenizer_url" tokenizer.bin check_tokenizer_named
+    get "$tokenizer_url" tokenizer.bin check_tokenizer
     for s in "${sizes[@]}"; do
         get "$models_url/stories$s.bin" "stories$s.bin" check_model
     done
