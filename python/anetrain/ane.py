@@ -117,15 +117,45 @@ def available(path: str | None = None) -> bool:
 # ---- device ---------------------------------------------------------------------------------
 
 
-class AneDevice:
+class _Handle:
+    """Owns one C object: _live() returns it or raises AneError once freed; free() releases it
+    once (idempotent; also on `with` exit and garbage collection)."""
+
+    _h = None  # the C pointer; None when freed (or when __init__ failed before setting it)
+    _free_fn = ""  # the lib function that releases it
+    _gone = "is freed"
+
+    def _live(self):
+        if self._h is None:
+            raise AneError(f"{type(self).__name__} {self._gone}")
+        return self._h
+
+    def free(self) -> None:
+        h, self._h = self._h, None
+        if h is not None and lib is not None:
+            getattr(lib, self._free_fn)(h)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.free()
+
+    def __del__(self) -> None:
+        self.free()
+
+
+class AneDevice(_Handle):
     """The opened framework: its four classes and a count of successful compiles (the ~119 per
     process budget, upstream.md §1.7). Kernels keep the C context alive after close()."""
+
+    _free_fn, _gone = "ane_close", "is closed"
 
     def __init__(self, framework_path: str | None = None) -> None:
         _require()
         self.framework_path = resolve_framework_path(framework_path)
         err = _err()
-        self._ctx = _ptr(lib.ane_open(self.framework_path.encode(), err, ERR_LEN), err)
+        self._h = _ptr(lib.ane_open(self.framework_path.encode(), err, ERR_LEN), err)
 
     @property
     def compile_count(self) -> int:
@@ -136,43 +166,24 @@ class AneDevice:
         """Compile and load one MIL program; see Kernel."""
         return Kernel(self, mil, weights, in_bytes, out_bytes)
 
-    def _live(self):
-        if self._ctx is None:
-            raise AneError("AneDevice is closed")
-        return self._ctx
-
     def close(self) -> None:
-        ctx, self._ctx = getattr(self, "_ctx", None), None
-        if ctx is not None and lib is not None:
-            lib.ane_close(ctx)
-
-    def __enter__(self) -> AneDevice:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()
+        self.free()
 
 
 # ---- surfaces -------------------------------------------------------------------------------
 
 
-class Surface:
+class Surface(_Handle):
     """One IOSurface of exactly `nbytes` bytes (fp16 tensors: 2 bytes per element, [C, S]
     channel-first, upstream.md §2.3). write/read/copy_from lock and unlock around the copy."""
+
+    _free_fn = "ane_surface_free"
 
     def __init__(self, nbytes: int) -> None:
         _require()
         err = _err()
-        self._s = _ptr(lib.ane_surface_new(int(nbytes), err, ERR_LEN), err)
+        self._h = _ptr(lib.ane_surface_new(int(nbytes), err, ERR_LEN), err)
         self.nbytes = int(nbytes)
-
-    def _live(self):
-        if self._s is None:
-            raise AneError("Surface is freed")
-        return self._s
 
     def write(self, data, offset: int = 0) -> None:
         """Copy bytes-like data or a C-contiguous numpy array into the surface at byte `offset`."""
@@ -219,30 +230,19 @@ class Surface:
         finally:
             _check(lib.ane_surface_unlock(s, int(read_only), err, ERR_LEN), err)
 
-    def free(self) -> None:
-        s, self._s = getattr(self, "_s", None), None
-        if s is not None and lib is not None:
-            lib.ane_surface_free(s)
-
-    def __enter__(self) -> Surface:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.free()
-
-    def __del__(self) -> None:
-        self.free()
 
 
 # ---- kernels and requests -------------------------------------------------------------------
 
 
-class Kernel:
+class Kernel(_Handle):
     """One MIL program, compiled and loaded (upstream.md §1.4).
 
     mil: MIL text (str, or UTF-8 bytes). weights: {BLOBFILE path ("@model_path/weights/x.bin"):
     blob file bytes}, or None for none. in_bytes/out_bytes: exact sizes of the single input and
     output tensors. free() unloads it and removes its temp dir."""
+
+    _free_fn = "ane_free"
 
     def __init__(self, device: AneDevice, mil: str | bytes, weights: Mapping[str, bytes] | None,
                  in_bytes: int, out_bytes: int) -> None:
@@ -258,15 +258,10 @@ class Kernel:
         err = _err()
         k = lib.ane_compile(device._live(), mil_b, len(mil_b), len(items), names, data, sizes,
                             int(in_bytes), int(out_bytes), err, ERR_LEN)
-        self._k = _ptr(k, err)
+        self._h = _ptr(k, err)
         self.in_bytes, self.out_bytes = int(in_bytes), int(out_bytes)
         self.hex = ffi.string(lib.ane_kernel_hex(k)).decode()
         self.tmp_dir = ffi.string(lib.ane_kernel_dir(k)).decode()
-
-    def _live(self):
-        if self._k is None:
-            raise AneError("Kernel is freed")
-        return self._k
 
     def request(self, inp: Surface, out: Surface) -> Request:
         """A reusable request evaluating this kernel from `inp` into `out`."""
@@ -277,49 +272,19 @@ class Kernel:
         err = _err()
         _check(lib.ane_eval(self._live(), request._live(), err, ERR_LEN), err)
 
-    def free(self) -> None:
-        k, self._k = getattr(self, "_k", None), None
-        if k is not None and lib is not None:
-            lib.ane_free(k)
-
-    def __enter__(self) -> Kernel:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.free()
-
-    def __del__(self) -> None:
-        self.free()
 
 
-class Request:
+class Request(_Handle):
     """(kernel, input surface, output surface) for repeated evaluation; sizes must match the
     kernel's. Holds its own references to both surfaces."""
 
+    _free_fn = "ane_request_free"
+
     def __init__(self, kernel: Kernel, inp: Surface, out: Surface) -> None:
         err = _err()
-        self._r = _ptr(lib.ane_request_new(kernel._live(), inp._live(), out._live(), err,
+        self._h = _ptr(lib.ane_request_new(kernel._live(), inp._live(), out._live(), err,
                                            ERR_LEN), err)
         self.kernel, self.inp, self.out = kernel, inp, out
 
-    def _live(self):
-        if self._r is None:
-            raise AneError("Request is freed")
-        return self._r
-
     def eval(self) -> None:
         self.kernel.eval(self)
-
-    def free(self) -> None:
-        r, self._r = getattr(self, "_r", None), None
-        if r is not None and lib is not None:
-            lib.ane_request_free(r)
-
-    def __enter__(self) -> Request:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.free()
-
-    def __del__(self) -> None:
-        self.free()
