@@ -40,7 +40,7 @@ class Decoder:
         L, KV, S, hd = cfg.n_layers, cfg.n_kv_heads, cfg.seq_len, cfg.head_dim
         self.k_cache = np.zeros((L, KV, S, hd), dtype=np.float32)  # (layer, kv head, pos, hd)
         self.v_cache = np.zeros((L, KV, S, hd), dtype=np.float32)
-        self.inv_sqrt = np.float32(math.sqrt(hd))  # run.c divides scores by sqrtf(head_size)
+        self.sqrt_hd = np.float32(math.sqrt(hd))  # run.c divides scores by sqrtf(head_size)
 
     def forward(self, token: int, pos: int) -> np.ndarray:
         """Logits [V] for `token` at position `pos` (positions 0..pos-1 must already be cached)."""
@@ -62,7 +62,7 @@ class Decoder:
             keys = self.k_cache[layer, :, :T]  # (KV, T, hd)
             # query head h uses kv head h // G: group the query heads by their kv head
             att = np.matmul(q.reshape(KV, G, hd), keys.transpose(0, 2, 1))  # (KV, G, T)
-            att /= self.inv_sqrt
+            att /= self.sqrt_hd
             att -= att.max(axis=-1, keepdims=True)
             np.exp(att, out=att)
             att /= att.sum(axis=-1, keepdims=True)
