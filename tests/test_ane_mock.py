@@ -168,9 +168,37 @@ def test_identical_kernels_share_dir_until_last_free(dev):
     k1.free()
     assert os.path.isdir(k2.tmp_dir)
     k2.free()
-    assert not os.path.exists(k2.tmp_dir)
+    assert not os.path.exists(k2.tmp_dir) and not os.path.exists(k2.tmp_dir + ".lock")
     with dev.compile(mil_text("twin"), {W_KEY: b"ac"}, 4, 4) as k3:
         assert k3.hex != k1.hex  # weights are part of the id
+
+
+def test_another_process_keeps_a_shared_dir(dev):
+    """Two runs of one model share the temp dirs (same hex): neither removes them under the
+    other. A second interpreter compiles the same kernel and holds it until told to free it."""
+    code = ("import sys, anetrain.ane as a\n"
+            "d = a.AneDevice(sys.argv[1])\n"
+            f"k = d.compile({mil_text('across')!r}, {{{W_KEY!r}: b'ab'}}, 4, 4)\n"
+            "print(k.tmp_dir, flush=True)\n"
+            "sys.stdin.readline()\n"
+            "k.free()\n")
+    other = subprocess.Popen([sys.executable, "-c", code, str(MOCK_SO)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        shared = other.stdout.readline().strip()
+        k = dev.compile(mil_text("across"), {W_KEY: b"ab"}, 4, 4)
+        assert k.tmp_dir == shared and os.path.exists(shared + ".lock")
+        k.free()
+        assert (Path(shared) / "weights" / "w.bin").read_bytes() == b"ab"  # still in use there
+        other.stdin.write("free\n")
+        other.stdin.flush()
+        assert other.wait(timeout=60) == 0
+    finally:
+        other.kill()
+    assert not os.path.exists(shared) and not os.path.exists(shared + ".lock")
+    with dev.compile(mil_text("across"), {W_KEY: b"ab"}, 4, 4) as k:  # a stale lock is harmless
+        assert (Path(k.tmp_dir) / "model.mil").exists()
+    assert not os.path.exists(k.tmp_dir + ".lock")
 
 
 def test_request_keeps_surfaces_alive(dev, mock):

@@ -8,6 +8,8 @@
 /* Conventions. Every fallible call takes an error buffer (err, err_len), returns -1 or NULL on
  * failure and writes a one-line message there; NSErrors are rendered "<domain> (<code>): <text>".
  * No Objective-C exception escapes: each exported function catches and reports it the same way.
+ * (A C++ exception thrown through the framework's Objective-C frames would not be caught here; none
+ * is known, and catching one would need Objective-C++.)
  * Every *_new/_open/_compile has its *_free/_close, which accept NULL. */
 
 typedef struct ane_ctx ane_ctx;         /* the dlopen()ed framework + its four classes */
@@ -34,8 +36,9 @@ ane_kernel *ane_compile(ane_ctx *ctx, const char *mil, size_t mil_len, int n_wei
                         const char *const *weight_names, const uint8_t *const *weight_data,
                         const size_t *weight_sizes, size_t in_bytes, size_t out_bytes, char *err,
                         size_t err_len);
-/* Unload (QoS 21), release, and remove the temp dir unless a live kernel of the same context
- * shares it (identical MIL + weights give identical dirs, upstream §1.8). */
+/* Unload (QoS 21), release, and remove the temp dir unless a live kernel shares it: identical
+ * MIL + weights give identical dirs (upstream §1.8), in this process or another of the same user;
+ * each kernel holds a shared flock on "<dir>.lock" while it lives. */
 void ane_free(ane_kernel *k);
 const char *ane_kernel_hex(const ane_kernel *k); /* hexStringIdentifier */
 const char *ane_kernel_dir(const ane_kernel *k); /* NSTemporaryDirectory()/<hex> */

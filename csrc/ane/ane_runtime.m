@@ -7,11 +7,14 @@
 #include "ane_internal.h"
 
 #include <dlfcn.h>
-#include <pthread.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define ANE_DEFAULT_FRAMEWORK                                                                      \
@@ -28,10 +31,8 @@ struct ane_ctx {
     Class<ANEInMemoryModel> model_class;
     Class<ANERequest> request_class;
     Class<ANEIOSurfaceObject> surface_object_class;
-    int refs;             /* the caller's + one per live kernel (atomic) */
-    int compiles;         /* successful compile+load pairs (atomic) */
-    pthread_mutex_t lock; /* guards `kernels` and temp-dir removal */
-    ane_kernel *kernels;  /* kernels that own a temp dir, linked through ->next */
+    int refs;     /* the caller's + one per live kernel (atomic) */
+    int compiles; /* successful compile+load pairs (atomic) */
 };
 
 struct ane_kernel {
@@ -40,11 +41,11 @@ struct ane_kernel {
     NSString *dir;              /* retained; NSTemporaryDirectory()/<hex> */
     char *hex;                  /* malloc'd copies for the C accessors */
     char *dir_c;
+    char *lock_c;               /* "<dir>.lock", see dir_lock */
+    int lock_fd;                /* shared flock on lock_c while the kernel lives, else -1 */
     size_t in_bytes, out_bytes;
     uint64_t serial; /* ties requests to their kernel */
     int loaded;
-    int listed; /* in ctx->kernels */
-    ane_kernel *next;
 };
 
 struct ane_request {
@@ -98,7 +99,6 @@ void ane_set_exception(char *err, size_t err_len, const char *fn, id ex) {
 
 static void ctx_unref(ane_ctx *ctx) {
     if (ctx == NULL || __atomic_sub_fetch(&ctx->refs, 1, __ATOMIC_ACQ_REL) > 0) return;
-    pthread_mutex_destroy(&ctx->lock);
     free(ctx);
 }
 
@@ -172,7 +172,6 @@ ane_ctx *ane_open(const char *framework_path, char *err, size_t err_len) {
         return NULL;
     }
     ctx->refs = 1;
-    pthread_mutex_init(&ctx->lock, NULL);
     int rc = -1;
     ANE_POOL_BEGIN;
     @try {
@@ -197,43 +196,57 @@ int ane_compile_count(const ane_ctx *ctx) {
     return ctx ? __atomic_load_n(&ctx->compiles, __ATOMIC_ACQUIRE) : 0;
 }
 
-// ---- temp dir bookkeeping -----------------------------------------------------------------------
+// ---- temp dir sharing ---------------------------------------------------------------------------
 
-/* Identical MIL + weights give the same hex and so the same dir (upstream.md §1.8): a dir is
- * removed only when no other listed kernel uses it. Called with ctx->lock held. */
-static int dir_in_use(const ane_ctx *ctx, const ane_kernel *self) {
-    for (const ane_kernel *o = ctx->kernels; o != NULL; o = o->next)
-        if (o != self && [o->dir isEqualToString:self->dir]) return 1;
-    return 0;
-}
-
-static void kernel_list(ane_kernel *k) {
-    pthread_mutex_lock(&k->ctx->lock);
-    k->next = k->ctx->kernels;
-    k->ctx->kernels = k;
-    k->listed = 1;
-    pthread_mutex_unlock(&k->ctx->lock);
-}
-
-/* Unlink k and remove its dir unless shared. */
-static void kernel_unlist(ane_kernel *k) {
-    if (!k->listed) return;
-    pthread_mutex_lock(&k->ctx->lock);
-    for (ane_kernel **p = &k->ctx->kernels; *p != NULL; p = &(*p)->next)
-        if (*p == k) {
-            *p = k->next;
-            break;
+/* Identical MIL + weights give the same hex and so the same dir (upstream.md §1.8): within this
+ * process, and across processes of one user (two runs of the same model at once). So every kernel
+ * holds a shared flock(2) on "<dir>.lock" from before it writes the dir until it is freed, and
+ * only a kernel that can then take the lock exclusively (no other user left) removes the dir and
+ * the lock file. A lock won on a lock file that was unlinked meanwhile is dropped and retaken on
+ * the new file. (flock locks belong to the open file, so two kernels of one process also count
+ * as two users.) */
+static int dir_lock(ane_kernel *k, char *err, size_t err_len) {
+    for (;;) {
+        int fd = open(k->lock_c, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0) {
+            ane_set_err(err, err_len, "ane_compile: cannot open %s: %s", k->lock_c,
+                        strerror(errno));
+            return -1;
         }
-    k->listed = 0;
-    @try { /* never leave the mutex locked behind an exception */
-        if (!dir_in_use(k->ctx, k)) {
-            NSFileManager *fm = [[[NSFileManager alloc] init] autorelease];
-            [fm removeItemAtPath:k->dir error:NULL]; /* best effort: a free reports nothing */
+        int rc;
+        while ((rc = flock(fd, LOCK_SH)) != 0 && errno == EINTR) {
         }
-    } @catch (id ex) {
-        (void)ex;
+        struct stat held, now;
+        if (rc != 0 || fstat(fd, &held) != 0) {
+            int why = errno;
+            close(fd);
+            ane_set_err(err, err_len, "ane_compile: cannot lock %s: %s", k->lock_c,
+                        strerror(why));
+            return -1;
+        }
+        if (stat(k->lock_c, &now) == 0 && now.st_dev == held.st_dev &&
+            now.st_ino == held.st_ino) {
+            k->lock_fd = fd;
+            return 0;
+        }
+        close(fd); /* its last user removed it while we waited: lock the current file */
     }
-    pthread_mutex_unlock(&k->ctx->lock);
+}
+
+/* Drop k's lock; the last user of the dir removes it (best effort: a free reports nothing). */
+static void dir_release(ane_kernel *k) {
+    if (k->lock_fd < 0) return;
+    if (flock(k->lock_fd, LOCK_EX | LOCK_NB) == 0) {
+        @try {
+            NSFileManager *fm = [[[NSFileManager alloc] init] autorelease];
+            [fm removeItemAtPath:k->dir error:NULL];
+        } @catch (id ex) {
+            (void)ex;
+        }
+        unlink(k->lock_c); /* while still held: a waiter then sees a stale file and retries */
+    }
+    close(k->lock_fd);
+    k->lock_fd = -1;
 }
 
 // ---- kernels ------------------------------------------------------------------------------------
@@ -251,11 +264,12 @@ static void kernel_destroy(ane_kernel *k) {
     }
     [k->model release];
     k->model = nil;
-    kernel_unlist(k);
+    dir_release(k);
     [k->dir release];
     k->dir = nil;
     free(k->hex);
     free(k->dir_c);
+    free(k->lock_c);
     ctx_unref(k->ctx);
     free(k);
 }
@@ -371,11 +385,13 @@ static int compile_impl(ane_kernel *k, const char *mil, size_t mil_len, int n_we
     k->dir = [[NSTemporaryDirectory() stringByAppendingPathComponent:hex] retain];
     k->hex = strdup(ane_cstr(hex));
     k->dir_c = strdup(ane_cstr(k->dir));
-    if (k->hex == NULL || k->dir_c == NULL) {
+    k->lock_c = strdup(ane_cstr([k->dir stringByAppendingString:@".lock"]));
+    if (k->hex == NULL || k->dir_c == NULL || k->lock_c == NULL) {
         ane_set_err(err, err_len, "ane_compile: out of memory");
         return -1;
     }
-    kernel_list(k); /* from here on a failure removes the dir (unless another kernel shares it) */
+    if (dir_lock(k, err, err_len) != 0) return -1;
+    /* from here on a failure removes the dir, unless another kernel (any process) shares it */
 
     /* 5. pre-populate dir/model.mil and dir/weights/... before compiling (§1.4 step 5) */
     NSFileManager *fm = [[[NSFileManager alloc] init] autorelease];
@@ -435,6 +451,7 @@ ane_kernel *ane_compile(ane_ctx *ctx, const char *mil, size_t mil_len, int n_wei
     }
     __atomic_add_fetch(&ctx->refs, 1, __ATOMIC_ACQ_REL);
     k->ctx = ctx;
+    k->lock_fd = -1;
     k->in_bytes = in_bytes;
     k->out_bytes = out_bytes;
     k->serial = __atomic_fetch_add(&g_next_serial, 1, __ATOMIC_RELAXED);

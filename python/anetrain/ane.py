@@ -43,7 +43,7 @@ SYSTEM_FRAMEWORK = (
     "/System/Library/PrivateFrameworks/AppleNeuralEngine.framework/AppleNeuralEngine"
 )
 FRAMEWORK_ENV = "ANETRAIN_ANE_FRAMEWORK"
-ERR_LEN = 1024
+ERR_LEN = 8192  # the NSError text of a rejected program carries the compiler's detail
 
 __all__ = ["AneDevice", "AneError", "Kernel", "Request", "Surface", "available", "built"]
 
