@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import tiny_cfg
 
-from anetrain.optim import AdamW, clip_factor, get_lr, grad_norm
+from anetrain.optim import AdamW, LossScaler, clip_factor, get_lr, grad_norm
 from anetrain.params import init_params
 
 
@@ -70,3 +70,26 @@ def test_lr_schedule_shape():
     vals = [get_lr(i, lr, mn, wu, n) for i in range(wu, n + 1)]
     assert all(a >= b for a, b in zip(vals, vals[1:]))
     assert get_lr(0, lr, mn, 0, 0) == pytest.approx(lr) and not math.isnan(get_lr(0, lr, mn, 0, 0))
+
+
+def test_loss_scaler_restores_only_its_own_kind():
+    fp16 = LossScaler(2.0**12, dynamic=True, interval=2)
+    assert fp16.update(False) and fp16.scale == 2.0**11  # overflow: skip, halve
+    assert not fp16.update(True) and not fp16.update(True) and fp16.scale == 2.0**12
+    saved = fp16.state()
+    again = LossScaler(2.0**12, dynamic=True)
+    again.set_state({**saved, "scale": 512.0})
+    assert (again.scale, again.skipped) == (512.0, 1)
+    cpu = LossScaler(1.0, dynamic=False)
+    cpu.set_state(saved)  # an fp16 run's scale means nothing to the fp32 cpu backend
+    assert cpu.scale == 1.0 and cpu.skipped == 0
+    fresh = LossScaler(2.0**12, dynamic=True)
+    fresh.set_state(LossScaler(1.0, dynamic=False).state())  # a cpu run resumed on sim/ane
+    assert fresh.scale == 2.0**12
+    old = {"scale": 1.0, "clean": 0, "skipped": 0}  # saved before "dynamic" was recorded
+    fresh.set_state(old)
+    assert fresh.scale == 2.0**12
+    fresh.set_state({"scale": 64.0, "clean": 3, "skipped": 6})
+    assert fresh.scale == 64.0
+    floor = LossScaler(LossScaler.MIN_SCALE)
+    assert floor.update(False) and floor.scale == LossScaler.MIN_SCALE

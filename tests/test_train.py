@@ -191,3 +191,31 @@ def test_blas_threads_from_the_environment_win():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                        env=env)  # fmt: skip
     assert r.stdout.split() == ["None", "2", "False"]
+
+
+def test_interrupts_are_held_through_the_optimizer_update():
+    import signal
+
+    from anetrain.train import _hold_interrupts
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with _hold_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("update")  # still runs: the interrupt waits for the block's end
+    assert done == ["update"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with _hold_interrupts():  # no interrupt: nothing raised
+        pass
+
+
+def test_resume_with_a_new_lr_rescales_the_default_min_lr(tmp_path):
+    out = tmp_path / "L"
+    assert main([*TINY, "--steps", "1", "--lr", "1e-3", "--out", str(out)]) == 0
+    assert main(["--quiet", "--resume", str(out), "--steps", "2", "--lr", "2e-3"]) == 0
+    tc = checkpoint.load(out / "checkpoint.bin").meta["train"]
+    assert (tc["lr"], tc["min_lr"]) == (2e-3, pytest.approx(2e-4))
+    assert main(["--quiet", "--resume", str(out), "--steps", "3", "--min-lr", "5e-5"]) == 0
+    assert main(["--quiet", "--resume", str(out), "--steps", "4", "--lr", "4e-3"]) == 0
+    tc = checkpoint.load(out / "checkpoint.bin").meta["train"]
+    assert (tc["lr"], tc["min_lr"]) == (4e-3, 5e-5)  # an explicit min_lr stays

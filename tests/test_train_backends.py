@@ -107,3 +107,60 @@ def test_old_macos_auto_picks_cpu_and_explicit_ane_warns(monkeypatch, capsys):
                         "not load")  # fmt: skip
     assert pick_backend("auto") == "cpu"
     assert "using cpu (the ANE framework F does not load)" in capsys.readouterr().out
+
+
+def _strict_metrics(out: Path) -> list[dict]:
+    def refuse(name: str):
+        raise ValueError(f"metrics.jsonl holds {name}, which is not JSON")
+
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(ln, parse_constant=refuse) for ln in lines]
+
+
+def test_cpu_checkpoint_resumed_on_sim_scales_the_loss(tmp_path, capsys):
+    """A cpu run saves scale 1 (fixed); the sim run continuing it must start at 2^12."""
+    run(tmp_path, "cpu", 2, capsys)
+    out = tmp_path / "cpu"
+    assert main(["--resume", str(out), "--backend", "sim", "--steps", "3"]) == 0
+    rows = _strict_metrics(out)
+    assert rows[-1]["step"] == 3 and rows[-1]["loss_scale"] == 2.0**12, rows[-1]
+
+
+def test_overflowing_gradients_skip_then_stop(tmp_path, capsys, monkeypatch):
+    """A non-finite gradient norm skips the step (metrics: null, skipped 1, scale halved); at
+    the smallest scale it stops with a one-line error and leaves the checkpoint alone; on cpu
+    (no scaling to lower) it stops at once."""
+    import anetrain.optim
+    from anetrain import checkpoint
+
+    real = anetrain.optim.grad_norm
+    calls = []
+
+    def nan_first(*a, **k):
+        calls.append(1)
+        return float("nan") if len(calls) == 1 else real(*a, **k)
+
+    monkeypatch.setattr(anetrain.optim, "grad_norm", nan_first)
+    rows, _ = run(tmp_path, "sim", 2, capsys)
+    assert rows[0]["grad_norm"] is None and rows[0]["skipped"] == 1
+    assert rows[0]["loss_scale"] == 2.0**11 and rows[1]["skipped"] == 1
+    assert rows == _strict_metrics(tmp_path / "sim")
+
+    out = tmp_path / "sim"
+    ck = checkpoint.load(out / "checkpoint.bin")
+    ck.meta["scaler"]["scale"] = anetrain.optim.LossScaler.MIN_SCALE
+    checkpoint.save(out / "checkpoint.bin", ck)
+    saved = (out / "checkpoint.bin").read_bytes()
+    monkeypatch.setattr(anetrain.optim, "grad_norm", lambda *a, **k: float("inf"))
+    assert main(["--quiet", "--resume", str(out), "--steps", "4", "--ckpt-every", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gradient norm is inf even at loss scale" in err[0], err
+    assert str(out / "checkpoint.bin") in err[0] and "step 3" in err[0]
+    assert (out / "checkpoint.bin").read_bytes() == saved
+
+    cpu = tmp_path / "cpu"
+    assert main(["--quiet", "--backend", "cpu", "--model", "tiny", "--steps", "2",
+                 "--out", str(cpu)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "gradient norm is inf at step 1" in err and "no checkpoint was written" in err
+    assert not (cpu / "checkpoint.bin").exists()

@@ -89,6 +89,9 @@ class CpuKernels:
     def update_weights(self) -> None:
         """Called after every optimizer step; the cpu kernels read the masters, so nothing to do."""
 
+    def sync(self) -> None:
+        """Called before every optimizer step; there is no staging to wait for."""
+
     # ---- helpers ----------------------------------------------------------------------------
 
     def _heads(self, x: np.ndarray) -> np.ndarray:

@@ -83,6 +83,8 @@ class LossScaler:
     `scale` 1 with dynamic=False is the fp32 cpu backend (no scaling, never skips).
     """
 
+    MIN_SCALE = 2.0**-24  # the smallest fp16 subnormal: halving stops here
+
     def __init__(self, scale: float = 2.0**12, dynamic: bool = True, interval: int = 1000):
         self.scale, self.dynamic, self.interval = float(scale), dynamic, interval
         self.clean = 0  # consecutive clean steps since the last change
@@ -93,7 +95,7 @@ class LossScaler:
         if not self.dynamic:
             return False
         if not finite:
-            self.scale = max(self.scale / 2.0, 2.0**-24)
+            self.scale = max(self.scale / 2.0, self.MIN_SCALE)
             self.clean = 0
             self.skipped += 1
             return True
@@ -104,9 +106,24 @@ class LossScaler:
         return False
 
     def state(self) -> dict:
-        return {"scale": self.scale, "clean": self.clean, "skipped": self.skipped}
+        return {
+            "scale": self.scale,
+            "clean": self.clean,
+            "skipped": self.skipped,
+            "dynamic": self.dynamic,
+        }
 
     def set_state(self, st: dict) -> None:
+        """Continue a saved run's scaling, if it was of the same kind (fp16 dynamic or fp32 fixed).
+
+        A state saved by the other kind is ignored: resuming a cpu run on sim/ane must start
+        at this scaler's scale, not the cpu's 1 (under which fp16 gradients vanish, upstream.md
+        §8.1), and an fp16 run's scale means nothing to the cpu backend. (States saved before
+        "dynamic" was recorded: a fixed scaler never leaves scale 1, clean 0, skipped 0.)
+        """
+        saved_dynamic = st.get("dynamic", (st["scale"], st["clean"], st["skipped"]) != (1.0, 0, 0))
+        if bool(saved_dynamic) != self.dynamic:
+            return
         self.scale, self.clean, self.skipped = (
             float(st["scale"]),
             int(st["clean"]),

@@ -8,8 +8,11 @@ import math
 import os
 import platform
 import resource
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from anetrain.config import DEFAULT_LR, PRESETS, ConfigError, TrainConfig, preset
@@ -175,6 +178,27 @@ def _check_out_dir(out: Path) -> None:
         raise UserError(f"{out}: output directory is not writable ({e.strerror or e})") from None
 
 
+@contextmanager
+def _hold_interrupts():
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt.
+
+    Around the optimizer update: an interrupt there would save a checkpoint whose weights and
+    Adam moments are half updated (AdamW runs on worker threads) while its step counter and
+    data position are the previous step's. Outside the main thread (no signals) it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def peak_rss_mb() -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if platform.system() == "Darwin" else rss / 1024  # bytes on macOS, KiB else
@@ -208,6 +232,9 @@ def train(argv: list[str] | None) -> int:
         resumed = ckpt_io.load(rdir if rdir.is_file() else rdir / ckpt_io.FILE_NAME)
         saved = dict(resumed.meta.get("train", {}))
         tc_dict = {**saved, **{f: flags[a] for a, f in _TRAIN_FLAGS.items() if a in flags}}
+        if "lr" in flags and "min_lr" not in flags and \
+                math.isclose(saved.get("min_lr", -1.0), saved.get("lr", 0.0) / 10):  # fmt: skip
+            tc_dict["min_lr"] = flags["lr"] / 10  # the saved min_lr was the default lr/10
         tc = TrainConfig(**tc_dict)
         cfg = resumed.model
         if args.model is not None:
@@ -324,6 +351,12 @@ def train(argv: list[str] | None) -> int:
         }
         ckpt_io.save(ckpt_path, ckpt_io.Checkpoint(cfg, params, opt.m, opt.v, meta))
 
+    def stop(problem: str) -> UserError:
+        """The error that ends a diverged run; nothing is saved after it."""
+        kept = "the checkpoint there is kept as it was" if ckpt_path.exists() else \
+            "no checkpoint was written"  # fmt: skip
+        return UserError(f"{ckpt_path}: {problem} at step {step + 1}; stopping, {kept}")
+
     def evaluate() -> float:
         losses = [
             loss_only(params, kern, x, y) for x, y in eval_windows(data.val, S, tc.eval_batches)
@@ -379,20 +412,23 @@ def train(argv: list[str] | None) -> int:
                     sync=micro == tc.accum - 1,  # dW jobs run on behind the next micro-step
                 )
                 if not math.isfinite(loss):
-                    raise UserError(
-                        f"{data.source}: loss is {loss} at step {step + 1} (micro-step "
-                        f"{micro + 1}); stopping, the last checkpoint is kept as it was"
-                    )
+                    raise stop(f"loss is {loss} (micro-step {micro + 1} of {tc.accum})")
                 loss_sum += loss
             scale = 1.0 / (tc.accum * scaler.scale)  # unscale, average over micro-steps
             norm = grad_norm(grads, scale, threads)
-            skipped = scaler.update(math.isfinite(norm))
-            if not skipped:
-                scale *= clip_factor(norm, tc.clip)
-                opt.step(grads, lr, grad_scale=scale)
-                kern.update_weights()
-            step += 1
-            sampler_state = sampler.state()
+            finite = math.isfinite(norm)
+            if not finite and (not scaler.dynamic or scaler.scale <= scaler.MIN_SCALE):
+                at = f" even at loss scale {scaler.scale:g}" if scaler.dynamic else ""
+                raise stop(f"the gradient norm is {norm}{at}")
+            with _hold_interrupts():  # the update and the counters move together or not at all
+                skipped = scaler.update(finite)  # fp16 overflow: skip the step, halve the scale
+                if not skipped:
+                    scale *= clip_factor(norm, tc.clip)
+                    kern.sync()  # no weight staging may still be reading the masters
+                    opt.step(grads, lr, grad_scale=scale)
+                    kern.update_weights()
+                step += 1
+                sampler_state = sampler.state()
             ms = (time.perf_counter() - t0) * 1000.0
             step_ms.append(ms)
             rec = {
@@ -401,7 +437,7 @@ def train(argv: list[str] | None) -> int:
                 "lr": lr,
                 "tokens": step * tokens_per_step,
                 "ms": round(ms, 3),
-                "grad_norm": norm,
+                "grad_norm": norm if finite else None,  # strict JSON: no NaN/Infinity
             }
             if scaler.dynamic:
                 rec["loss_scale"] = scaler.scale
