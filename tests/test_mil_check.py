@@ -52,6 +52,19 @@ def test_dim_limit_spatial():
     )
 
 
+def test_dim_limit_on_the_packed_input():
+    """Weight columns widen the one input past 16384 even when every slice of it is small
+    (dim 2048, hidden 5632: ffnFused's input is [1, 2048, 1, 17152])."""
+    body = (
+        'tensor<int32, [4]> b = const()[name=string("b"), val=tensor<int32, [4]>([0,0,0,0])];\n'
+        'tensor<int32, [4]> z = const()[name=string("z"), val=tensor<int32, [4]>([1,64,1,256])];\n'
+        'tensor<fp16, [1, 64, 1, 256]> y = slice_by_size(x=x, begin=b, size=z)[name=string("y")];'
+    )
+    rejects(prog(body, "tensor<fp16, [1, 64, 1, 17152]> x"),
+            r"func main: input 'x' \[1, 64, 1, 17152\]: dim 3 = 17152 > 16384")
+    sim(prog(body, "tensor<fp16, [1, 64, 1, 16384]> x"))  # at the limit: fine
+
+
 def test_dim_limit_names_line_and_op():
     body = (
         f'{PERM}\ntensor<int32, [4]> s = const()[name=string("s"), val=tensor<int32, [4]>([1,1,1,32768])];\n'  # noqa: E501
@@ -141,6 +154,28 @@ def test_conv_bias_rejected():
     w = {"@model_path/weights/w.bin": write_blob(np.eye(64).reshape(64, 64, 1, 1)),
          "@model_path/weights/b.bin": write_blob(np.zeros(64))}  # fmt: skip
     rejects(prog(body), r"conv 'cv': conv\(bias=...\) is rejected", w)
+
+
+@pytest.mark.parametrize("op, shape", [("conv", "[64, 64, 1, 1]"), ("linear", "[64, 64]")])
+def test_runtime_weight_needs_matmul(op, shape):
+    """conv and linear take only const weights on the ANE (upstream.md §9): one computed from the
+    input is refused, the same weight as a BLOBFILE const is fine."""
+    n = 64 * 64
+    s = f'tensor<int32, [{shape.count(",") + 1}]> s = const()[name=string("s"), ' \
+        f'val=tensor<int32, [{shape.count(",") + 1}]>({shape})];'  # fmt: skip
+    x2 = ('tensor<int32, [3]> s2 = const()[name=string("s2"), '
+          'val=tensor<int32, [3]>([1,64,64])];\n'
+          'tensor<fp16, [1, 64, 64]> x2 = reshape(shape=s2, x=x)[name=string("x2")];\n')
+    xin, yt = ("x", "[1, 64, 1, 64]") if op == "conv" else ("x2", "[1, 64, 64]")
+    computed = (f"{s}\n{x2}tensor<fp16, {shape}> w = reshape(shape=s, x=x)[name=string(\"w\")];\n"
+                f'tensor<fp16, {yt}> y = {op}(weight=w, x={xin})[name=string("op")];')
+    params = "tensor<fp16, [1, 64, 1, 64]> x"
+    rejects(prog(computed, params), rf"{op} 'op': {op} weight 'w' is computed, not a const")
+    blob = (f'{x2}tensor<fp16, {shape}> w = const()[name=string("w"), val=tensor<fp16, {shape}>'
+            '(BLOBFILE(path=string("@model_path/weights/w.bin"), offset=uint64(64)))];\n'
+            f'tensor<fp16, {yt}> y = {op}(weight=w, x={xin})[name=string("op")];')
+    w = {"@model_path/weights/w.bin": write_blob(np.arange(n).reshape(64, 64) % 3)}
+    sim(prog(blob, params), w)
 
 
 def test_inline_bool_rejected():

@@ -76,7 +76,10 @@ def check_program(
             add("E", "io-type", fw, f"input {n!r} is {t}; expected tensor<fp16, [1, C, H, W]>")
         else:
             env[n] = t
-    cvals: dict[str, object] = {}
+            for b in _dims(t):  # the packed input too: weight columns widen it (§7.2 #3)
+                add("E", "dim-limit", fw, f"input {n!r} {list(t.shape)}: {b}")
+    cvals: dict[str, object] = {}  # inline const name -> value
+    consts: set[str] = set()  # every const's name (inline and BLOBFILE)
     n_blob, io = 0, [(n, t) for t, n in f.params if isinstance(t, TensorType)]
     for s in f.stmts:
         w = s.where()
@@ -88,6 +91,7 @@ def check_program(
                 for b in _dims(t):
                     add("E", "dim-limit", w, f"{n!r} {list(t.shape)}: {b}")
         if s.op == "const":
+            consts.add(s.results[0][1])
             v = s.attrs["val"]
             if isinstance(v.value, BlobRef):
                 n_blob += 1
@@ -104,7 +108,7 @@ def check_program(
                         add("E", "inline-bool", w, f"inline bool {k}=...; bind it to a named const")
                     else:
                         add("W", "inline-literal", w, f"inline literal for {k}; use a named const")
-        _op_rules(s, env, cvals, add)
+        _op_rules(s, env, cvals, consts, add)
         if s.op in DECOMPOSE:
             add(
                 "W",
@@ -140,7 +144,8 @@ def check_program(
     return out, blobs
 
 
-def _op_rules(s: Statement, env: dict[str, TensorType], cvals: dict, add) -> None:
+def _op_rules(s: Statement, env: dict[str, TensorType], cvals: dict, consts: set[str],
+              add) -> None:  # fmt: skip
     w = s.where()
 
     def t(k: str) -> TensorType | None:
@@ -153,6 +158,11 @@ def _op_rules(s: Statement, env: dict[str, TensorType], cvals: dict, add) -> Non
         add(
             "E", "sdpa-mask", w, "attn_mask is silently ignored on the ANE; decompose the attention"
         )
+    if s.op in ("conv", "linear"):  # upstream.md §9, mil_reference.md §2.6
+        wt = s.args.get("weight")
+        if isinstance(wt, Ref) and wt.name not in consts:
+            add("E", "const-weight", w, f"{s.op} weight {wt.name!r} is computed, not a const; the "
+                "ANE takes runtime weights only through matmul")  # fmt: skip
     if s.op == "conv":
         if "bias" in s.args:
             add(
