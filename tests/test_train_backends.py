@@ -141,7 +141,9 @@ def test_overflowing_gradients_skip_then_stop(tmp_path, capsys, monkeypatch):
         return float("nan") if len(calls) == 1 else real(*a, **k)
 
     monkeypatch.setattr(anetrain.optim, "grad_norm", nan_first)
-    rows, _ = run(tmp_path, "sim", 2, capsys)
+    rows, text = run(tmp_path, "sim", 2, capsys)
+    assert "step 1: gradients overflowed fp16 at loss scale 4096; step skipped, loss scale now " \
+           "2048" in text  # fmt: skip
     assert rows[0]["grad_norm"] is None and rows[0]["skipped"] == 1
     assert rows[0]["loss_scale"] == 2.0**11 and rows[1]["skipped"] == 1
     assert rows == _strict_metrics(tmp_path / "sim")
@@ -164,3 +166,24 @@ def test_overflowing_gradients_skip_then_stop(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "gradient norm is inf at step 1" in err and "no checkpoint was written" in err
     assert not (cpu / "checkpoint.bin").exists()
+
+
+def test_sim_overflow_is_one_error_line_not_warnings(tmp_path, capsys):
+    """Weights that overflow fp16 make the simulator see inf; training reports that as skips or
+    the one-line NaN-loss error, without a MilOverflowWarning per evaluation."""
+    import warnings
+
+    from anetrain import checkpoint
+    from anetrain.mil import MilOverflowWarning
+
+    run(tmp_path, "sim", 1, capsys)
+    out = tmp_path / "sim"
+    ck = checkpoint.load(out / "checkpoint.bin")
+    ck.params.layers[0].wq[...] *= 1e6  # q = Wq xn far beyond 65504
+    checkpoint.save(out / "checkpoint.bin", ck)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(["--quiet", "--resume", str(out), "--steps", "3"]) == 2
+    assert not [w for w in seen if issubclass(w.category, MilOverflowWarning)]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "loss is nan" in err[0], err

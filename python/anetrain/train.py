@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -214,6 +215,7 @@ def train(argv: list[str] | None) -> int:
     from anetrain.backends import make_kernels, pick_backend
     from anetrain.convert import load_init
     from anetrain.data import WindowSampler, check_length, eval_windows, open_dataset
+    from anetrain.mil import MilOverflowWarning
     from anetrain.model import loss_only, micro_step
     from anetrain.optim import AdamW, LossScaler, clip_factor, get_lr, grad_norm
     from anetrain.params import init_params
@@ -400,17 +402,19 @@ def train(argv: list[str] | None) -> int:
             loss_sum = 0.0
             for micro in range(tc.accum):
                 x, y = sampler.next()
-                loss = micro_step(
-                    params,
-                    grads,
-                    kern,
-                    x,
-                    y,
-                    accumulate=micro > 0,
-                    loss_scale=scaler.scale,
-                    dw_pool=dw_pool,
-                    sync=micro == tc.accum - 1,  # dW jobs run on behind the next micro-step
-                )
+                with warnings.catch_warnings():  # sim: an fp16 overflow is reported as a skip
+                    warnings.simplefilter("ignore", MilOverflowWarning)
+                    loss = micro_step(
+                        params,
+                        grads,
+                        kern,
+                        x,
+                        y,
+                        accumulate=micro > 0,
+                        loss_scale=scaler.scale,
+                        dw_pool=dw_pool,
+                        sync=micro == tc.accum - 1,  # dW jobs run on behind the next micro-step
+                    )
                 if not math.isfinite(loss):
                     raise stop(f"loss is {loss} (micro-step {micro + 1} of {tc.accum})")
                 loss_sum += loss
@@ -421,6 +425,7 @@ def train(argv: list[str] | None) -> int:
                 at = f" even at loss scale {scaler.scale:g}" if scaler.dynamic else ""
                 raise stop(f"the gradient norm is {norm}{at}")
             with _hold_interrupts():  # the update and the counters move together or not at all
+                old_scale = scaler.scale
                 skipped = scaler.update(finite)  # fp16 overflow: skip the step, halve the scale
                 if not skipped:
                     scale *= clip_factor(norm, tc.clip)
@@ -446,6 +451,9 @@ def train(argv: list[str] | None) -> int:
                 (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps
             ):
                 rec["val_loss"] = evaluate()
+            if skipped and not args.quiet:
+                tqdm.write(f"step {step}: gradients overflowed fp16 at loss scale {old_scale:g}; "
+                           f"step skipped, loss scale now {scaler.scale:g}")  # fmt: skip
             metrics.write(json.dumps(rec) + "\n")
             metrics.flush()
             if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps:
