@@ -87,6 +87,37 @@ def test_macos_version_is_read_from_the_system(monkeypatch):
     assert backends.macos_version() is None and backends.old_macos() is None
 
 
+def test_rosetta_python_is_told_to_use_an_arm64_python(monkeypatch, capsys):
+    """An x86_64 Python under Rosetta on an Apple-silicon Mac: auto and --backend ane say so,
+    an Intel Mac (sysctl prints nothing) gets the plain 'no ANE' reasons."""
+    import subprocess
+
+    from anetrain import backends
+
+    monkeypatch.delenv("ANETRAIN_ANE_FRAMEWORK", raising=False)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(backends.platform, "machine", lambda: "x86_64")
+    translated = "1\n"
+
+    def fake_run(cmd, **kw):
+        assert cmd == ["sysctl", "-in", "sysctl.proc_translated"], cmd
+        return subprocess.CompletedProcess(cmd, 0, translated, "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    assert backends.under_rosetta()
+    assert pick_backend("auto") == "cpu"
+    assert "using cpu (this Python is x86_64 running under Rosetta" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="--backend ane: this Python is x86_64 running under "
+                       "Rosetta; the Apple Neural Engine needs an arm64 Python"):  # fmt: skip
+        pick_backend("ane")
+    translated = ""  # an Intel Mac
+    assert not backends.under_rosetta()
+    assert pick_backend("auto") == "cpu"
+    assert "using cpu (no Apple Neural Engine here)" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="needs macOS on Apple silicon \\(this is darwin x86_64"):
+        pick_backend("ane")
+
+
 def test_old_macos_auto_picks_cpu_and_explicit_ane_warns(monkeypatch, capsys):
     """On Apple silicon with macOS < 15 auto falls back to cpu and says why; --backend ane
     still runs (nothing here proves it fails) but warns that the kernels will not compile."""

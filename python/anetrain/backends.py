@@ -18,6 +18,25 @@ def apple_silicon() -> bool:
     return sys.platform == "darwin" and platform.machine() == "arm64"
 
 
+def under_rosetta() -> bool:
+    """An x86_64 Python translated by Rosetta on an Apple-silicon Mac: the ANE is there, but
+    an x86_64 process cannot use it (the fix is an arm64 Python)."""
+    if sys.platform != "darwin" or platform.machine() != "x86_64":
+        return False
+    import subprocess
+
+    try:  # 1 in a translated process; empty (-i: no error) on an Intel Mac
+        out = subprocess.run(["sysctl", "-in", "sysctl.proc_translated"], capture_output=True,
+                             text=True, timeout=5).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.strip() == "1"
+
+
+ROSETTA = ("this Python is x86_64 running under Rosetta; the Apple Neural Engine needs an arm64 "
+           "Python (python3 -c 'import platform; print(platform.machine())' must print arm64)")
+
+
 # The ANE programs are MIL program(1.3) with the ios18 opset, which the reference system
 # compiles on macOS 15 and 26 (upstream.md §9); older compilers predate the ios18 opset.
 MIN_MACOS = (15, 0)
@@ -57,6 +76,8 @@ def _ane_unavailable_reason() -> str | None:
         return f"anetrain.ane does not import ({e})"
     override = os.environ.get(ane.FRAMEWORK_ENV)
     if not override and not apple_silicon():
+        if under_rosetta():
+            return ROSETTA
         return (f"the Apple Neural Engine needs macOS on Apple silicon (this is {sys.platform} "
                 f"{platform.machine()})")
     if not ane.built():
@@ -71,8 +92,10 @@ def pick_backend(name: str, verbose: bool = True) -> str:
     """Resolve `auto` and reject backends this machine cannot run, with a clear reason."""
     if name == "auto":
         # only on Apple silicon: ANETRAIN_ANE_FRAMEWORK (the test mock) never makes auto pick ane
-        why = (old_macos() or _ane_unavailable_reason()) if apple_silicon() else \
-              "no Apple Neural Engine here"  # fmt: skip
+        if apple_silicon():
+            why = old_macos() or _ane_unavailable_reason()
+        else:
+            why = ROSETTA if under_rosetta() else "no Apple Neural Engine here"
         choice = "cpu" if why else "ane"
         if verbose:
             print(f"backend auto: using {choice} ({why or 'Apple Neural Engine found'})")
