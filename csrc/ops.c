@@ -450,7 +450,7 @@ static size_t adamw_simd(float *p, float *m, float *v, const float *g, size_t n,
 }
 #endif
 
-/* 16 lanes where the CPU has AVX-512F: one core is bound by the two divisions and the square
+/* 16 lanes where the CPU (and OS) has AVX-512F: one core is bound by the two divisions and the square
  * root at 4 lanes (110M params: 96 ms on one Zen 4 core, 64 ms at 16 lanes), which matters when
  * the second core is shared with a spinning BLAS worker. Same operations, bit-identical. */
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -495,7 +495,9 @@ void anet_adamw(float *p, float *m, float *v, const float *g, size_t n, double l
     };
     size_t i = 0;
 #ifdef ADAMW_AVX512
-    if (__builtin_cpu_supports("avx512f")) i = adamw_avx512(p, m, v, g, n, &k);
+    /* not __builtin_cpu_supports: Apple's x86_64 toolchain has no __cpu_model to back it */
+    if (anet_fp16_impl_available(3 /* AVX-512F with OS-enabled ZMM state, see anet.h */))
+        i = adamw_avx512(p, m, v, g, n, &k);
 #endif
     i += adamw_simd(p + i, m + i, v + i, g + i, n - i, &k);
     for (; i < n; i++)
