@@ -518,3 +518,25 @@ def test_clang_arm64_build_fuses_no_multiply_add(tmp_path):
                     "-S", str(root / "csrc/ops.c"), "-o", str(asm)], check=True)  # fmt: skip
     fused = re.findall(r"\b(?:fmadd|fmsub|fnmadd|fnmsub|fmla|fmls)\b", asm.read_text())
     assert not fused, f"{len(fused)} fused multiply-adds"
+
+
+@pytest.mark.skipif(shutil.which("clang") is None or shutil.which("nm") is None,
+                    reason="clang and nm are needed")
+def test_c_core_needs_no_compiler_runtime_cpu_probe(tmp_path):
+    """Apple's x86_64 toolchain (Intel Macs, Rosetta, universal2 wheels) has no __cpu_model, so
+    __builtin_cpu_supports leaves an undefined symbol that only fails at import. The C core
+    compiled by clang for x86-64 must reference no __cpu_* symbol (fp16.c has its own probe)."""
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "csrc"))
+    try:
+        from ffi_native import CFLAGS, SOURCES
+    finally:
+        sys.path.pop(0)
+    for src in SOURCES:
+        obj = tmp_path / (Path(src).stem + ".o")
+        subprocess.run(["clang", "--target=x86_64-linux-gnu", *CFLAGS, "-I", str(root / "csrc"),
+                        "-c", str(root / src), "-o", str(obj)], check=True)  # fmt: skip
+        undefined = subprocess.run(["nm", "-u", str(obj)], capture_output=True, text=True,
+                                   check=True).stdout.split()  # fmt: skip
+        probes = [s for s in undefined if s.lstrip("_").startswith("cpu_")]
+        assert not probes, f"{src} needs {probes} from the compiler runtime"
