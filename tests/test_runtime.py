@@ -154,15 +154,41 @@ def test_run_compiles_exactly_ten_kernels(ane_rt, mock):
 def test_injected_failures_surface_as_ane_error(ane_rt, mock, ane_mod):
     cfg = tiny_cfg()
     mock.fail("compile", code=11, description="mock compiler rejected MIL")
-    with pytest.raises(ane_mod.AneError, match=r"\(11\): mock compiler rejected MIL"):
+    with pytest.raises(ane_mod.AneError, match=r"^kernel sdpaFwd: .*\(11\): mock compiler "
+                       "rejected MIL"):  # fmt: skip
         MilKernels(cfg, init_params(cfg, np.random.default_rng(0)), ane_rt)
     mil = MilKernels(cfg, init_params(cfg, np.random.default_rng(0)), ane_rt)
     x = np.zeros((cfg.q_dim, cfg.seq_len), np.float32)
     mock.fail("eval", code=6, description="program inference error")
-    with pytest.raises(ane_mod.AneError, match=r"\(6\): program inference error"):
+    with pytest.raises(ane_mod.AneError, match=r"^kernel woFwd: .*\(6\): program inference "
+                       "error"):  # fmt: skip
         mil.wo_fwd(0, x)
     mil.wo_fwd(0, x)  # one-shot fault; the kernel still works
     mil.close()
+
+
+def test_make_kernels_owns_and_closes_its_ane_runtime(mock, ane_mod, monkeypatch):
+    """What train.py gets: closing the kernels closes the runtime too (unloads, removes the
+    temp dirs at the end of the run, not at interpreter exit); a failed compile of the third
+    kernel frees the two already compiled."""
+    from anetrain.backends import make_kernels
+
+    monkeypatch.setenv(ane_mod.FRAMEWORK_ENV, str(MOCK_SO))
+    mock.reset(reset_compiles=True)
+    cfg = tiny_cfg()
+    params = init_params(cfg, np.random.default_rng(0))
+    kern = make_kernels("ane", cfg, params)
+    assert mock.loaded_models() == 10 and mock.live_surfaces() > 0
+    kern.close()
+    assert mock.loaded_models() == 0 and mock.live_surfaces() == 0 and mock.live_objects() == 0
+    with pytest.raises(ane_mod.AneError, match="closed"):  # the runtime's C context is gone
+        kern.rt.device.compile("x", {}, 4, 4)
+    mock.reset(reset_compiles=True)
+    mock.set_compile_limit(2)
+    with pytest.raises(ane_mod.AneError, match="^kernel ffnFused: .*ANECCompile"):
+        make_kernels("ane", cfg, params)
+    assert mock.loaded_models() == 0 and mock.live_surfaces() == 0 and mock.live_objects() == 0
+    mock.reset(reset_compiles=True)
 
 
 def test_simulator_error_inside_mock_eval_is_ane_error(ane_rt, ane_mod, monkeypatch):

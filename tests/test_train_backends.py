@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -47,9 +48,16 @@ def test_ane_backend_on_the_mock(tmp_path, capsys, monkeypatch):
     if not ane.built():
         pytest.skip("anetrain._ane is not built (ANETRAIN_OBJC=gnustep pip install -e .)")
     monkeypatch.setenv(ane.FRAMEWORK_ENV, str(MOCK_SO))
+    spec = importlib.util.spec_from_file_location("mock_control",
+                                                  ROOT / "tests" / "mock" / "mock_control.py")
+    control = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(control)
+    mock = control.MockFramework(MOCK_SO)
     rows, report = run(tmp_path, "ane", 5, capsys)
     assert len(rows) == 5 and all(r["skipped"] == 0 for r in rows)
     assert "compiles: 10 kernels (ane runtime)" in report
+    # the run unloaded and released everything before returning, not at interpreter exit
+    assert mock.loaded_models() == 0 and mock.live_surfaces() == 0 and mock.live_objects() == 0
     sim, _ = run(tmp_path, "sim", 5, capsys)
     assert [r["loss"] for r in rows] == [r["loss"] for r in sim]  # the mock runs the simulator
 

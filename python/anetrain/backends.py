@@ -131,5 +131,9 @@ def make_kernels(backend: str, cfg: ModelConfig, params: Params, threads: int | 
         from anetrain.runtime import AneRuntime, SimRuntime
 
         runtime = SimRuntime() if backend == "sim" else AneRuntime()
-        return MilKernels(cfg, params, runtime)
+        try:
+            return MilKernels(cfg, params, runtime, own_runtime=True)
+        except BaseException:
+            runtime.close()  # kernels compiled before the failure are freed with it
+            raise
     raise ConfigError(f"backend {backend!r} is not available")

@@ -58,8 +58,10 @@ class MilKernels:
     overlap_dw = True  # model.py: dW sgemms on worker threads (DwPool), behind kernel evaluations
 
     def __init__(self, cfg: ModelConfig, params: Params, runtime: Runtime,
-                 async_staging: bool = True) -> None:  # fmt: skip
+                 async_staging: bool = True, own_runtime: bool = False) -> None:  # fmt: skip
+        """own_runtime: close() closes the runtime too (make_kernels built it for us)."""
         self.cfg, self.params, self.rt = cfg, params, runtime
+        self.own_runtime = own_runtime
         self.name = runtime.name
         self.S = cfg.seq_len
         self.cos, self.sin = rope_tables(cfg.head_dim, self.S, cfg.rope_theta)  # [S, hd/2] each
@@ -244,12 +246,17 @@ class MilKernels:
         }  # fmt: skip
 
     def close(self) -> None:
-        """Finish staging, free every kernel and surface (the runtime stays open)."""
+        """Finish staging, free every kernel and surface, and close the runtime if we own it
+        (on the ANE: unload, release, remove the temp dirs now, not at interpreter exit)."""
         if self._pool is not None:
-            self.sync()
-            self._pool.shutdown()
-            self._pool = None
+            try:
+                self.sync()
+            finally:
+                self._pool.shutdown()
+                self._pool = None
         for k in self.kernels.values():
             k.free()
         self.kernels.clear()
         self.inputs.clear()
+        if self.own_runtime:
+            self.rt.close()

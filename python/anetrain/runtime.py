@@ -233,8 +233,16 @@ class AneSurface:
 class AneKernel:
     def __init__(self, runtime: AneRuntime, spec: KernelSpec) -> None:
         self.rt, self.spec = runtime, spec
-        self.k = runtime.device.compile(spec.mil, spec.weights, spec.inp.nbytes, spec.out.nbytes)
-        self.out = AneSurface(spec.out.C, spec.out.W)  # [C_out, S]
+        try:
+            self.k = runtime.device.compile(spec.mil, spec.weights, spec.inp.nbytes,
+                                            spec.out.nbytes)  # fmt: skip
+        except RuntimeError as e:  # ane.AneError: say which kernel
+            raise type(e)(f"kernel {spec.name}: {e}") from None
+        try:
+            self.out = AneSurface(spec.out.C, spec.out.W)  # [C_out, S]
+        except BaseException:
+            self.k.free()
+            raise
         self.requests: dict[int, object] = {}  # id(input surface) -> ane.Request
         self.inputs: list[AneSurface] = []
 
@@ -248,7 +256,10 @@ class AneKernel:
 
     def eval(self, inp: AneSurface) -> None:
         t = time.perf_counter()
-        self.k.eval(self.requests[id(inp)])
+        try:
+            self.k.eval(self.requests[id(inp)])
+        except RuntimeError as e:  # ane.AneError: say which kernel
+            raise type(e)(f"kernel {self.spec.name}: {e}") from None
         self.rt.evals += 1
         self.rt.eval_seconds += time.perf_counter() - t
 

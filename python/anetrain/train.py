@@ -482,6 +482,9 @@ def train(argv: list[str] | None) -> int:
         metrics.close()
         if dw_pool is not None:
             dw_pool.shutdown()
+        close_kernels = getattr(kern, "close", None)  # sim/ane: free kernels, surfaces, temp dirs
+        if close_kernels is not None:
+            close_kernels()
     bar.close()
 
     # ---- efficiency report
