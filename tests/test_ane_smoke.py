@@ -89,10 +89,83 @@ def test_smoke_script_reports_framework_errors_as_failures(monkeypatch, capsys, 
     report = tmp_path / "r.json"
     assert smoke.main(["--models", "tiny", "--json", str(report)]) == 1
     out = capsys.readouterr().out
-    assert re.search(r"tiny: compile 10 kernels\s+FAIL\s+AneError: .*\(11\): mock compiler", out)
-    assert "rejected MIL" in json.loads(report.read_text())["models"]["tiny"]["error"]
+    assert re.search(r"tiny: compile 10 kernels\s+FAIL\s+1 of 10 failed", out)
+    assert re.search(r"tiny: compile sdpaFwd\s+FAIL\s+AneError: .*\(11\): mock compiler", out)
+    rep = json.loads(report.read_text())
+    comp = rep["models"]["tiny"]["compile"]  # the other nine were still compiled and timed
+    assert len(comp) == 10 and [k for k, v in comp.items() if not v["ok"]] == ["sdpaFwd"]
+    assert "rejected MIL" in comp["sdpaFwd"]["error"] and rep["compiles"] == 9
+    assert all(v["compile_s"] >= 0 for k, v in comp.items() if k != "sdpaFwd")
     monkeypatch.setattr(_FailingRuntime, "fail_compile", False, raising=False)
     assert smoke.main(["--models", "tiny"]) == 1
     out = capsys.readouterr().out
     assert re.search(r"tiny: woFwd vs cpu\s+FAIL\s+AneError: .*program inference error", out)
     assert re.search(r"tiny: ffnFused vs cpu\s+PASS", out)
+
+
+def test_smoke_script_reports_a_framework_that_does_not_open(monkeypatch, capsys, tmp_path):
+    smoke = _load_script()
+
+    def no_framework():
+        raise ane.AneError("dlopen(/System/Library/PrivateFrameworks/X): image not found")
+
+    ran = []
+    monkeypatch.setattr(smoke, "AneRuntime", no_framework)
+    monkeypatch.setattr(smoke, "train", lambda backend, *a: ran.append(backend) or
+                        {"ok": backend == "cpu", "error": "framework", "wall_s": 1.0})
+    report = tmp_path / "r.json"
+    assert smoke.main(["--json", str(report)]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"open the ANE framework\s+FAIL\s+dlopen\(.*image not found", out)
+    assert ran == ["ane", "cpu"] and re.search(r"steps on cpu\s+PASS", out)
+    assert "image not found" in json.loads(report.read_text())["framework"]["error"]
+
+
+def test_training_child_crash_and_hang_become_one_line_errors(monkeypatch):
+    smoke = _load_script()
+    calls = []
+
+    def killed(cmd, **kw):
+        calls.append((cmd, kw))
+        return subprocess.CompletedProcess(cmd, -11, "", "Fatal Python error: Segmentation "
+                                           "fault\n\nThread 0x1 (most recent call first):\n")
+    monkeypatch.setattr(smoke.subprocess, "run", killed)
+    r = smoke.train("ane", "tiny", 3, 1, None, 60.0)
+    assert r == {"ok": False, "error": "killed by SIGSEGV", "output": "Fatal Python error: "
+                 "Segmentation fault\n\nThread 0x1 (most recent call first):"}  # fmt: skip
+    cmd, kw = calls[0]
+    assert cmd[1:3] == ["-X", "faulthandler"] and kw["timeout"] == 60.0
+
+    def hung(cmd, **kw):
+        raise subprocess.TimeoutExpired(cmd, kw["timeout"], stderr=b"step 1/3")
+
+    monkeypatch.setattr(smoke.subprocess, "run", hung)
+    r = smoke.train("ane", "tiny", 3, 1, None, 5.0)
+    assert not r["ok"] and r["error"] == "no result after 5 s (hung?)" and r["output"] == "step 1/3"
+
+    def silent(cmd, **kw):
+        return subprocess.CompletedProcess(cmd, 3, "", "")
+
+    monkeypatch.setattr(smoke.subprocess, "run", silent)
+    assert smoke.train("cpu", "tiny", 3, 1, None, 5.0)["error"] == "exit status 3"
+
+
+def test_aligned_tiny_passes_every_ane_rule_and_trains():
+    """The tiny the smoke test uses on a real ANE draws no checker warning (sizes, head_dim,
+    I/O bytes), and the training child really runs with those sizes."""
+    import warnings
+
+    from anetrain.mil.kernels import build_kernels
+    from anetrain.runtime import check_for_device
+
+    smoke = _load_script()
+    cfg = smoke.model_cfg("tiny", strict=True)
+    assert cfg.n_kv_heads < cfg.n_heads  # GQA: its programs get compiled by the smoke test
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for spec in build_kernels(cfg, strict=True).values():
+            check_for_device(spec)
+    r = smoke.train("cpu", "tiny", 2, 1, smoke.ANE_TINY, 600.0)
+    assert r["ok"], r
+    assert len(r["losses"]) == 2 and "dim 128" in r["model"] and "hidden 384" in r["model"]
+    assert "seq 256" in r["model"]
