@@ -6,7 +6,8 @@
 
 1. opens AppleNeuralEngine.framework (or $ANETRAIN_ANE_FRAMEWORK, e.g. the Linux mock);
 2. for each model: compiles the ten kernels once (timed), evaluates each once on random
-   non-symmetric data and compares with CpuKernels (relative L2 and max errors);
+   non-symmetric data and compares with CpuKernels (relative L2 and max errors), and checks that
+   an fp16 overflow comes out as inf (what dynamic loss scaling detects), not saturated;
 3. trains `--steps` steps on --backend ane and on --backend cpu from the same seed and compares
    the first and final losses (1% / 5%);
 4. prints a pass/fail table and a JSON report (chip, macOS version, times, errors).
@@ -74,15 +75,21 @@ def model_cfg(name: str, strict: bool):
     return cfg
 
 
+def probe_params(cfg, rng: np.random.Generator):
+    """Non-symmetric, fan-in scaled weights (rows sum to ~N(0, 1)), norms != 1."""
+    params = init_params(cfg, rng)
+    for t in params.tensors.values():
+        t[...] = rng.standard_normal(t.shape, dtype=np.float32) / np.sqrt(t.shape[-1]) \
+            if t.ndim == 2 else rng.uniform(0.5, 1.5, t.shape)  # fmt: skip
+    return params
+
+
 def check_kernels(name: str, rt: AneRuntime, seed: int) -> dict:
     """Compile the ten kernels (timed, with our checker's warnings), evaluate each once against
     CpuKernels. If one fails to compile, the rest are still compiled one by one and reported."""
     cfg = model_cfg(name, rt.strict)
     rng = np.random.default_rng(seed)
-    params = init_params(cfg, rng)
-    for t in params.tensors.values():  # non-symmetric, fan-in scaled weights, norms != 1
-        t[...] = rng.standard_normal(t.shape, dtype=np.float32) / np.sqrt(t.shape[-1]) \
-            if t.ndim == 2 else rng.uniform(0.5, 1.5, t.shape)  # fmt: skip
+    params = probe_params(cfg, rng)
     out: dict = {"config": cfg.to_dict(), "compile": {}, "kernels": {}}
     compile_fn = rt.compile
 
@@ -116,9 +123,27 @@ def check_kernels(name: str, rt: AneRuntime, seed: int) -> dict:
         rt.compile = compile_fn  # type: ignore[method-assign]
     try:
         _eval_kernels(out["kernels"], cfg, params, mil, rt, rng)
+        out["overflow"] = overflow_probe(cfg, mil)
     finally:
         mil.close()
     return out
+
+
+def overflow_probe(cfg, mil: MilKernels) -> dict:
+    """Dynamic loss scaling sees an fp16 overflow only as inf/NaN in the gradients, so the ANE
+    must round an overflow to inf (IEEE), not saturate at 65504. woFwd on inputs of 60000:
+    out[c] = 60000 * sum_j Wo[c, j] exceeds 65504 wherever |sum_j Wo[c, j]| > 1.1."""
+    x = np.full((cfg.q_dim, cfg.seq_len), 60000.0, np.float32)  # [Q, S]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the simulator's overflow warning
+            y = mil.wo_fwd(0, x)  # [D, S]
+    except AneError as e:
+        return {"ok": False, "error": f"AneError: {e}"}
+    finite = np.abs(y[np.isfinite(y)])
+    top = float(finite.max()) if finite.size else None
+    return {"ok": bool(np.isinf(y).any()), "inf": int(np.isinf(y).sum()),
+            "nan": int(np.isnan(y).sum()), "max_finite": top}
 
 
 def _eval_kernels(results: dict, cfg, params, mil: MilKernels, rt, rng) -> None:
@@ -279,7 +304,10 @@ def model_rows(name: str, rt: AneRuntime, seed: int, models: dict) -> list[tuple
         rows.append((f"{name}: {k} vs cpu", v["ok"], v.get("error") or f"rel "
                      f"{v['rel_l2']:.2e} max {v['max_rel']:.2e}, eval "
                      f"{1e3 * v['eval_s']:.2f} ms"))  # fmt: skip
-    return rows
+    o = r["overflow"]
+    detail = o.get("error") or (f"{o['inf']} inf values" if o["ok"] else f"no inf, largest "
+                                f"{o['max_finite']}: saturating? loss scaling would miss overflows")
+    return rows + [(f"{name}: fp16 overflow gives inf", o["ok"], detail)]
 
 
 if __name__ == "__main__":

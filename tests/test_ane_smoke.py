@@ -169,3 +169,27 @@ def test_aligned_tiny_passes_every_ane_rule_and_trains():
     assert r["ok"], r
     assert len(r["losses"]) == 2 and "dim 128" in r["model"] and "hidden 384" in r["model"]
     assert "seq 256" in r["model"]
+
+
+def test_overflow_probe_tells_inf_from_saturation():
+    """On the simulator (IEEE fp16) an overflowing woFwd gives inf; a device that saturated at
+    65504 instead would fail the row, since loss scaling only sees inf/NaN gradients."""
+    import numpy as np
+
+    from anetrain.kernels_mil import MilKernels
+
+    smoke = _load_script()
+    cfg = smoke.model_cfg("tiny", strict=False)
+    mil = MilKernels(cfg, smoke.probe_params(cfg, np.random.default_rng(0)), SimRuntime())
+    try:
+        r = smoke.overflow_probe(cfg, mil)
+        assert r["ok"] and r["inf"] > 0 and r["nan"] == 0, r
+
+        class Saturating:
+            def wo_fwd(self, layer, x):
+                return np.clip(mil.wo_fwd(layer, x), -65504, 65504)
+
+        r = smoke.overflow_probe(cfg, Saturating())
+        assert not r["ok"] and r["inf"] == 0 and r["max_finite"] == 65504.0, r
+    finally:
+        mil.close()
