@@ -191,5 +191,37 @@ def test_overflow_probe_tells_inf_from_saturation():
 
         r = smoke.overflow_probe(cfg, Saturating())
         assert not r["ok"] and r["inf"] == 0 and r["max_finite"] == 65504.0, r
+
+        class NaNs:  # NaN is as visible to loss scaling as inf
+            def wo_fwd(self, layer, x):
+                y = mil.wo_fwd(layer, x)
+                return np.where(np.isinf(y), np.nan, y)
+
+        r = smoke.overflow_probe(cfg, NaNs())
+        assert r["ok"] and r["inf"] == 0 and r["nan"] > 0, r
     finally:
         mil.close()
+
+
+class _NoSurfaceRuntime(_StrictSim):
+    """Every kernel compiles, but woFwd's input surface cannot be made."""
+
+    def compile(self, spec):
+        k = super().compile(spec)
+        if spec.name == "woFwd":
+            def no_surface():
+                raise ane.AneError("ane_surface_create: IOSurfaceCreate returned NULL")
+
+            k.new_input = no_surface
+        return k
+
+
+def test_smoke_script_reports_a_failure_after_the_compiles(monkeypatch, capsys, tmp_path):
+    smoke = _load_script()
+    monkeypatch.setattr(smoke, "AneRuntime", _NoSurfaceRuntime)
+    monkeypatch.setattr(smoke, "train", lambda *a: {"ok": False, "error": "not run here"})
+    report = tmp_path / "r.json"
+    assert smoke.main(["--models", "tiny", "--json", str(report)]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"tiny: compile 10 kernels\s+FAIL\s+AneError: .*IOSurfaceCreate", out)
+    assert "IOSurfaceCreate" in json.loads(report.read_text())["models"]["tiny"]["error"]

@@ -183,3 +183,32 @@ def test_strict_runtime_refuses_misaligned_sizes():
     cfg = tiny_cfg()  # hidden 176, seq 16: not 64-aligned
     with pytest.raises(ConfigError, match="--backend ane: .*hidden 176.*multiples of 64"):
         MilKernels(cfg, init_params(cfg, np.random.default_rng(0)), StrictSim())
+
+
+def test_close_after_a_staging_error_frees_everything(monkeypatch):
+    """A staging failure reaches the kernel call that needed the surface; close() afterwards
+    (train.py's finally) raises nothing more and still frees every kernel and the runtime."""
+    from anetrain import kernels_mil
+
+    cfg = tiny_cfg()
+    closed = []
+
+    class Rt(SimRuntime):
+        def close(self):
+            closed.append(True)
+
+    mil = MilKernels(cfg, init_params(cfg, np.random.default_rng(0)), Rt(), own_runtime=True)
+    mil.sync()  # the constructor's staging is done
+    real = kernels_mil.stage_weights
+
+    def failing(dst, layout, lp):
+        if "w1" in [s.weight for s in layout.segments if s.stage]:
+            raise OSError("staging boom")
+        real(dst, layout, lp)
+
+    monkeypatch.setattr(kernels_mil, "stage_weights", failing)
+    mil.update_weights()
+    with pytest.raises(OSError, match="staging boom"):
+        mil.ffn_fused(0, np.zeros((cfg.dim, cfg.seq_len), np.float32))
+    mil.close()
+    assert mil.kernels == {} and mil.inputs == {} and closed == [True]

@@ -248,15 +248,14 @@ class MilKernels:
     def close(self) -> None:
         """Finish staging, free every kernel and surface, and close the runtime if we own it
         (on the ANE: unload, release, remove the temp dirs now, not at interpreter exit)."""
-        if self._pool is not None:
-            try:
-                self.sync()
-            finally:
-                self._pool.shutdown()
-                self._pool = None
-        for k in self.kernels.values():
-            k.free()
-        self.kernels.clear()
-        self.inputs.clear()
-        if self.own_runtime:
-            self.rt.close()
+        try:
+            if self._pool is not None:  # waits for queued staging, raising nothing: an error
+                self._pool.shutdown()  # there reached the caller already, or no longer matters
+                self._pool, self._pending = None, {}
+        finally:
+            for k in self.kernels.values():
+                k.free()
+            self.kernels.clear()
+            self.inputs.clear()
+            if self.own_runtime:
+                self.rt.close()

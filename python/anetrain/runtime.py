@@ -236,8 +236,8 @@ class AneKernel:
         try:
             self.k = runtime.device.compile(spec.mil, spec.weights, spec.inp.nbytes,
                                             spec.out.nbytes)  # fmt: skip
-        except RuntimeError as e:  # ane.AneError: say which kernel
-            raise type(e)(f"kernel {spec.name}: {e}") from None
+        except runtime.AneError as e:  # say which kernel
+            raise runtime.AneError(f"kernel {spec.name}: {e}") from e
         try:
             self.out = AneSurface(spec.out.C, spec.out.W)  # [C_out, S]
         except BaseException:
@@ -258,8 +258,8 @@ class AneKernel:
         t = time.perf_counter()
         try:
             self.k.eval(self.requests[id(inp)])
-        except RuntimeError as e:  # ane.AneError: say which kernel
-            raise type(e)(f"kernel {self.spec.name}: {e}") from None
+        except self.rt.AneError as e:  # say which kernel
+            raise self.rt.AneError(f"kernel {self.spec.name}: {e}") from e
         self.rt.evals += 1
         self.rt.eval_seconds += time.perf_counter() - t
 
@@ -288,6 +288,7 @@ class AneRuntime(_Timed):
         super().__init__()
         from anetrain import ane
 
+        self.AneError = ane.AneError  # (anetrain.ane is imported only when this runtime is used)
         self.framework_path = ane.resolve_framework_path(framework_path)
         self.device = ane.AneDevice(self.framework_path)
         self.mock = self.framework_path != ane.SYSTEM_FRAMEWORK and _install_mock_sim(
