@@ -108,7 +108,7 @@ def test_rosetta_python_is_told_to_use_an_arm64_python(monkeypatch, capsys):
     translated = "1\n"
 
     def fake_run(cmd, **kw):
-        assert cmd == ["sysctl", "-in", "sysctl.proc_translated"], cmd
+        assert cmd == ["/usr/sbin/sysctl", "-in", "sysctl.proc_translated"], cmd
         return subprocess.CompletedProcess(cmd, 0, translated, "")
 
     monkeypatch.setattr(subprocess, "run", fake_run)

@@ -26,8 +26,8 @@ def under_rosetta() -> bool:
     import subprocess
 
     try:  # 1 in a translated process; empty (-i: no error) on an Intel Mac
-        out = subprocess.run(["sysctl", "-in", "sysctl.proc_translated"], capture_output=True,
-                             text=True, timeout=5).stdout  # fmt: skip
+        out = subprocess.run(["/usr/sbin/sysctl", "-in", "sysctl.proc_translated"],
+                             capture_output=True, text=True, timeout=5).stdout  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return False
     return out.strip() == "1"
