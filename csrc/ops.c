@@ -450,9 +450,9 @@ static size_t adamw_simd(float *p, float *m, float *v, const float *g, size_t n,
 }
 #endif
 
-/* 16 lanes where the CPU (and OS) has AVX-512F: one core is bound by the two divisions and the square
- * root at 4 lanes (110M params: 96 ms on one Zen 4 core, 64 ms at 16 lanes), which matters when
- * the second core is shared with a spinning BLAS worker. Same operations, bit-identical. */
+/* 16 lanes where the CPU (and OS) has AVX-512F: one core is bound by the two divisions and the
+ * square root at 4 lanes (110M params: 96 ms on one Zen 4 core, 64 ms at 16 lanes), which matters
+ * when the second core is shared with a spinning BLAS worker. Same operations, bit-identical. */
 #if defined(__x86_64__) && defined(__GNUC__)
 #define ADAMW_AVX512 1
 __attribute__((target("avx512f")))
