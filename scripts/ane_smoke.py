@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from anetrain.ane import FRAMEWORK_ENV, AneError
-from anetrain.backends import old_macos
+from anetrain.backends import old_macos, under_rosetta
 from anetrain.config import ConfigError, preset
 from anetrain.kernels_cpu import CpuKernels, tile_kv
 from anetrain.kernels_mil import MilKernels
@@ -59,9 +59,9 @@ CALLS = {  # kernel -> (MilKernels/CpuKernels method, activation shapes as cfg a
 def machine() -> dict:
     info = {"platform": platform.platform(), "machine": platform.machine(),
             "macos": platform.mac_ver()[0] or None, "old_macos": old_macos(),
-            "python": platform.python_version()}  # fmt: skip
+            "python": platform.python_version(), "rosetta": under_rosetta()}  # fmt: skip
     try:
-        info["chip"] = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"],
+        info["chip"] = subprocess.run(["/usr/sbin/sysctl", "-n", "machdep.cpu.brand_string"],
                                       capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         info["chip"] = None
