@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from anetrain.ane import FRAMEWORK_ENV, AneError
-from anetrain.backends import old_macos, under_rosetta
+from anetrain.backends import ROSETTA, old_macos, under_rosetta
 from anetrain.config import ConfigError, preset
 from anetrain.kernels_cpu import CpuKernels, tile_kv
 from anetrain.kernels_mil import MilKernels
@@ -238,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"machine": machine(), "models": {}, "train": {}}
     if report["machine"]["old_macos"]:
         print(f"warning: {report['machine']['old_macos']}; expect the compiles to fail")
+    if report["machine"]["rosetta"]:
+        print(f"warning: {ROSETTA}")
     rows: list[tuple[str, bool, str]] = []
     t = time.perf_counter()
     try:
