@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from anetrain.config import preset
+
+ROOT = Path(__file__).resolve().parents[1]
+MOCK_SO = ROOT / "build" / "mock" / "libane_mock.so"  # make mock
+
+
+def mock_framework():
+    """tests/mock/mock_control.py's MockFramework over the built mock (counters, faults)."""
+    spec = importlib.util.spec_from_file_location("mock_control",
+                                                  ROOT / "tests" / "mock" / "mock_control.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.MockFramework(MOCK_SO)
 
 
 @pytest.fixture

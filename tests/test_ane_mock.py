@@ -6,7 +6,6 @@ otherwise. The mock implements the private classes under their real names (tests
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -16,21 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import MOCK_SO, ROOT, mock_framework
 
 ane = pytest.importorskip("anetrain.ane")
 if not ane.built():
     pytest.skip("anetrain._ane is not built (ANETRAIN_OBJC=gnustep pip install -e .)",
                 allow_module_level=True)
 
-ROOT = Path(__file__).resolve().parents[1]
-MOCK_SO = ROOT / "build" / "mock" / "libane_mock.so"
 if not MOCK_SO.exists():
     pytest.skip(f"{MOCK_SO.relative_to(ROOT)} is not built (make mock)", allow_module_level=True)
-
-_spec = importlib.util.spec_from_file_location("mock_control", ROOT / "tests" / "mock" /
-                                               "mock_control.py")
-mock_control = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mock_control)
 
 DOMAIN = "com.apple.appleneuralengine"
 W_KEY = "@model_path/weights/w.bin"
@@ -38,7 +31,7 @@ W_KEY = "@model_path/weights/w.bin"
 
 @pytest.fixture(scope="module")
 def mock():
-    return mock_control.MockFramework(MOCK_SO)
+    return mock_framework()
 
 
 @pytest.fixture(autouse=True)

@@ -9,16 +9,14 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import MOCK_SO, ROOT
 
 from anetrain import ane
 from anetrain.runtime import SimRuntime
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "ane_smoke.py"
-MOCK_SO = ROOT / "build" / "mock" / "libane_mock.so"
 
 
 def _load_script():

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import perturb_norms, tiny_cfg
+from conftest import MOCK_SO, ROOT, mock_framework, perturb_norms, tiny_cfg
 
 from anetrain import native
 from anetrain.kernels_mil import MilKernels
@@ -18,9 +16,6 @@ from anetrain.mil.sim import Simulation
 from anetrain.model import DwPool, micro_step
 from anetrain.params import init_params
 from anetrain.runtime import LatencyRuntime, SimRuntime
-
-ROOT = Path(__file__).resolve().parents[1]
-MOCK_SO = ROOT / "build" / "mock" / "libane_mock.so"
 
 
 def _specs(cfg=None):
@@ -98,11 +93,7 @@ def ane_mod():
 
 @pytest.fixture(scope="module")
 def mock(ane_mod):
-    spec = importlib.util.spec_from_file_location("mock_control",
-                                                  ROOT / "tests" / "mock" / "mock_control.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.MockFramework(MOCK_SO)
+    return mock_framework()
 
 
 @pytest.fixture

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import MOCK_SO, mock_framework
 
 from anetrain.backends import pick_backend
 from anetrain.config import ConfigError
 from anetrain.train import main
-
-ROOT = Path(__file__).resolve().parents[1]
-MOCK_SO = ROOT / "build" / "mock" / "libane_mock.so"
 
 
 def run(tmp_path: Path, backend: str, steps: int, capsys, *extra: str):
@@ -48,11 +45,7 @@ def test_ane_backend_on_the_mock(tmp_path, capsys, monkeypatch):
     if not ane.built():
         pytest.skip("anetrain._ane is not built (ANETRAIN_OBJC=gnustep pip install -e .)")
     monkeypatch.setenv(ane.FRAMEWORK_ENV, str(MOCK_SO))
-    spec = importlib.util.spec_from_file_location("mock_control",
-                                                  ROOT / "tests" / "mock" / "mock_control.py")
-    control = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(control)
-    mock = control.MockFramework(MOCK_SO)
+    mock = mock_framework()
     rows, report = run(tmp_path, "ane", 5, capsys)
     assert len(rows) == 5 and all(r["skipped"] == 0 for r in rows)
     assert "compiles: 10 kernels (ane runtime)" in report
