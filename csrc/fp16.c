@@ -142,8 +142,39 @@ static uint64_t read_xcr0(void) {
     return ((uint64_t)hi << 32) | lo;
 }
 
+#if defined(__APPLE__)
+#include <sys/sysctl.h>
+
+/* Leading decimal number of s, advancing *s past it (kern.osrelease is "major.minor.patch"). */
+static int leading_int(const char **s) {
+    int v = 0;
+    for (; **s >= '0' && **s <= '9'; (*s)++) v = v * 10 + (**s - '0');
+    return v;
+}
+
+/* macOS creates threads with the AVX-512 state masked off in XCR0 and enables it on the first
+ * AVX-512 instruction (xnu osfmk/i386/fpu.c), so XCR0 cannot tell; Apple's documented test is the
+ * hw.optional.avx512f sysctl. Kernels before macOS 12.2 (Darwin 21.3) could lose the opmask
+ * registers across a context switch, so AVX-512 is not used there. */
+static int apple_avx512_usable(void) {
+    int on = 0;
+    size_t n = sizeof on;
+    if (sysctlbyname("hw.optional.avx512f", &on, &n, NULL, 0) != 0 || !on) return 0;
+    char rel[32] = {0};
+    n = sizeof rel - 1;
+    if (sysctlbyname("kern.osrelease", rel, &n, NULL, 0) != 0) return 0;
+    const char *p = rel;
+    int major = leading_int(&p), minor = 0;
+    if (*p == '.') {
+        p++;
+        minor = leading_int(&p);
+    }
+    return major > 21 || (major == 21 && minor >= 3);
+}
+#endif
+
 /* Bitmask of runnable implementations, from cpuid leaf 1 (OSXSAVE, AVX, F16C), the OS-enabled
- * register state in XCR0, and cpuid leaf 7 (AVX512F). */
+ * register state in XCR0 (on macOS a sysctl instead, for AVX-512), and cpuid leaf 7 (AVX512F). */
 static int detect_x86(void) {
     int mask = 1 << IMPL_SCALAR;
     unsigned a, b, c, d;
@@ -155,7 +186,12 @@ static int detect_x86(void) {
     mask |= 1 << IMPL_F16C;
     if (__get_cpuid_max(0, NULL) >= 7) {
         __cpuid_count(7, 0, a, b, c, d);
-        if ((b & (1u << 16)) && (xcr0 & 0xe6u) == 0xe6u) mask |= 1 << IMPL_AVX512;
+#if defined(__APPLE__)
+        int zmm_state = apple_avx512_usable();
+#else
+        int zmm_state = (xcr0 & 0xe6u) == 0xe6u; /* opmask + ZMM upper halves + ZMM16-31 */
+#endif
+        if ((b & (1u << 16)) && zmm_state) mask |= 1 << IMPL_AVX512;
     }
     return mask;
 }

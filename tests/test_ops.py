@@ -540,3 +540,33 @@ def test_c_core_needs_no_compiler_runtime_cpu_probe(tmp_path):
                                    check=True).stdout.split()  # fmt: skip
         probes = [s for s in undefined if s.lstrip("_").startswith("cpu_")]
         assert not probes, f"{src} needs {probes} from the compiler runtime"
+
+
+@pytest.mark.skipif(shutil.which("clang") is None, reason="clang is needed")
+def test_avx512_probe_on_macos_asks_sysctl(tmp_path):
+    """macOS enables the AVX-512 register state lazily, so XCR0 says "no" until first use; the
+    x86-64 macOS build must ask hw.optional.avx512f (and the macOS release) instead. Compiled for
+    x86_64-apple-macos against stub libc headers (no SDK here); Linux keeps the XCR0 test."""
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "csrc"))
+    try:
+        from ffi_native import CFLAGS
+    finally:
+        sys.path.pop(0)
+    stubs = {"string.h": "void *memcpy(void *, const void *, size_t);",
+             "stdlib.h": "void *malloc(size_t); void free(void *);\n"
+                         "int posix_memalign(void **, size_t, size_t);",
+             "sys/sysctl.h": "int sysctlbyname(const char *, void *, size_t *, void *, size_t);"}
+    for name, decls in stubs.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(f"#pragma once\n#include <stddef.h>\n{decls}\n")
+    asm = {}
+    for target, extra in (("x86_64-apple-macos11", ["-nostdlibinc", "-I", str(tmp_path)]),
+                          ("x86_64-linux-gnu", [])):
+        out = tmp_path / f"{target}.s"
+        subprocess.run(["clang", f"--target={target}", *CFLAGS, *extra, "-I", str(root / "csrc"),
+                        "-S", str(root / "csrc/fp16.c"), "-o", str(out)], check=True)  # fmt: skip
+        asm[target] = out.read_text()
+    mac, linux = asm["x86_64-apple-macos11"], asm["x86_64-linux-gnu"]
+    assert "_sysctlbyname" in mac and "hw.optional.avx512f" in mac and "kern.osrelease" in mac
+    assert "sysctlbyname" not in linux and "xgetbv" in linux
