@@ -69,6 +69,20 @@ def test_interrupted_run_metrics_are_trimmed_on_resume(tmp_path):
     assert [r["step"] for r in _metrics(out)] == [1, 2, 3, 4, 5]
 
 
+def test_torn_metrics_line_is_dropped_on_resume(tmp_path, capsys):
+    """A run killed while writing a metrics line leaves half a JSON record; resume drops it
+    (with a note naming the file) instead of failing on it."""
+    out = tmp_path / "T"
+    assert main([*TINY, "--steps", "4", "--ckpt-every", "2", "--out", str(out)]) == 0
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')
+    capsys.readouterr()
+    assert main(["--threads", "2", "--resume", str(out), "--steps", "6"]) == 0
+    assert f"{out / 'metrics.jsonl'}: dropped 1 unreadable line(s)" in capsys.readouterr().out
+    assert [r["step"] for r in _metrics(out)] == [1, 2, 3, 4, 5, 6]
+    assert not (out / "metrics.jsonl.tmp").exists()
+
+
 # ---- bad input: one line naming the file and the problem, exit 2, nothing saved is touched
 
 

@@ -55,6 +55,30 @@ def test_ane_backend_on_the_mock(tmp_path, capsys, monkeypatch):
     assert [r["loss"] for r in rows] == [r["loss"] for r in sim]  # the mock runs the simulator
 
 
+def test_setup_failure_after_compile_frees_the_kernels(tmp_path, monkeypatch, capsys):
+    """An error between compiling the kernels and the loop (here: the metrics file) closes them
+    at once; on the ANE that unloads the models and removes their temp dirs."""
+    import anetrain.backends
+    import anetrain.train
+    from anetrain.errors import UserError
+
+    made = []
+    real_make = anetrain.backends.make_kernels
+
+    def make_and_keep(*args):  # holds a reference, so no __del__ can free them for us
+        made.append(real_make(*args))
+        return made[-1]
+
+    def fail(path, step):
+        raise UserError(f"{path}: disk full")
+
+    monkeypatch.setattr(anetrain.backends, "make_kernels", make_and_keep)
+    monkeypatch.setattr(anetrain.train, "_prepare_metrics", fail)
+    rc = main(["--backend", "sim", "--model", "tiny", "--steps", "2", "--out", str(tmp_path)])
+    assert rc == 2 and "disk full" in capsys.readouterr().err
+    assert len(made) == 1 and made[0].kernels == {} and made[0].inputs == {}
+
+
 @pytest.mark.skipif(sys.platform == "darwin", reason="macOS may have a real ANE")
 def test_ane_elsewhere_is_a_clear_error(monkeypatch, capsys, tmp_path):
     monkeypatch.delenv("ANETRAIN_ANE_FRAMEWORK", raising=False)

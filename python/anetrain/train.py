@@ -179,6 +179,39 @@ def _check_out_dir(out: Path) -> None:
         raise UserError(f"{out}: output directory is not writable ({e.strerror or e})") from None
 
 
+def _prepare_metrics(path: Path, resume_step: int | None) -> int:
+    """Start the metrics file: empty for a new run; on resume keep the records up to the
+    checkpoint's step and drop the rest, including lines that do not parse (a run killed while
+    writing one). Rewritten through a temporary file, so a crash here loses nothing.
+    Returns the number of unreadable lines dropped."""
+    if resume_step is None or not path.exists():
+        path.write_text("")
+        return 0
+    keep, bad = [], 0
+    for ln in path.read_text(errors="replace").splitlines():
+        if not ln.strip():
+            continue
+        try:
+            rec = json.loads(ln)
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict):
+            bad += 1
+        elif rec.get("step", 0) <= resume_step:
+            keep.append(ln + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, path)
+    return bad
+
+
+def _close_kernels(kern) -> None:
+    """sim/ane: unload the kernels, free their surfaces, remove their temp dirs (cpu: nothing)."""
+    close = getattr(kern, "close", None)
+    if close is not None:
+        close()
+
+
 @contextmanager
 def _hold_interrupts():
     """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt.
@@ -311,33 +344,33 @@ def train(argv: list[str] | None) -> int:
         sampler.set_state(resumed.meta["sampler"])
     backend = pick_backend(tc.backend, verbose=not args.quiet)
     kern = make_kernels(backend, cfg, params, threads)
-    # fp16 kernels need loss scaling; the fp32 cpu kernels do not (scale 1, never skips)
-    fp16 = getattr(kern, "fp16", False)
-    scaler = LossScaler(2.0**12 if fp16 else 1.0, dynamic=fp16)
-    if resumed is not None and "scaler" in resumed.meta:
-        scaler.set_state(resumed.meta["scaler"])
     dw_pool, dw_note = None, ""
-    if getattr(kern, "overlap_dw", False):  # dW sgemms on worker threads, behind kernel evals
-        from anetrain.model import DwPool
+    try:  # setup after the compile: a failure here must not leak kernels or worker threads
+        # fp16 kernels need loss scaling; the fp32 cpu kernels do not (scale 1, never skips)
+        fp16 = getattr(kern, "fp16", False)
+        scaler = LossScaler(2.0**12 if fp16 else 1.0, dynamic=fp16)
+        if resumed is not None and "scaler" in resumed.meta:
+            scaler.set_state(resumed.meta["scaler"])
+        if getattr(kern, "overlap_dw", False):  # dW sgemms on worker threads, behind kernel evals
+            from anetrain.model import DwPool
 
-        dw_pool = DwPool(threads)
-        blas_each = ", BLAS 1 thread each" if blas_threads == 1 else ""
-        dw_note = f" ({threads} dW worker{'s' if threads > 1 else ''}{blas_each})"
-    elif blas_threads == 1 and threads > 1 and not args.quiet:  # guessed sim/ane, got cpu
-        print(f"note: BLAS runs on 1 thread (set up for the ane backend); pass --backend {backend} "
-              f"to use {threads}")  # fmt: skip
+            dw_pool = DwPool(threads)
+            blas_each = ", BLAS 1 thread each" if blas_threads == 1 else ""
+            dw_note = f" ({threads} dW worker{'s' if threads > 1 else ''}{blas_each})"
+        elif blas_threads == 1 and threads > 1 and not args.quiet:  # guessed sim/ane, got cpu
+            print(f"note: BLAS runs on 1 thread (set up for the ane backend); pass --backend "
+                  f"{backend} to use {threads}")  # fmt: skip
 
-    metrics_path = out / METRICS_NAME
-    if resumed is not None and metrics_path.exists():  # drop lines past the checkpoint's step
-        keep = [
-            ln
-            for ln in metrics_path.read_text().splitlines()
-            if ln.strip() and json.loads(ln).get("step", 0) <= step0
-        ]
-        metrics_path.write_text("".join(ln + "\n" for ln in keep))
-    elif resumed is None:
-        metrics_path.write_text("")
-    metrics = open(metrics_path, "a")
+        metrics_path = out / METRICS_NAME
+        dropped = _prepare_metrics(metrics_path, step0 if resumed is not None else None)
+        if dropped and not args.quiet:
+            print(f"note: {metrics_path}: dropped {dropped} unreadable line(s)")
+        metrics = open(metrics_path, "a")
+    except BaseException:
+        if dw_pool is not None:
+            dw_pool.shutdown()
+        _close_kernels(kern)
+        raise
 
     def save_checkpoint(step: int, sampler_state: dict) -> None:
         meta = {
@@ -482,9 +515,7 @@ def train(argv: list[str] | None) -> int:
         metrics.close()
         if dw_pool is not None:
             dw_pool.shutdown()
-        close_kernels = getattr(kern, "close", None)  # sim/ane: free kernels, surfaces, temp dirs
-        if close_kernels is not None:
-            close_kernels()
+        _close_kernels(kern)
     bar.close()
 
     # ---- efficiency report
