@@ -122,6 +122,16 @@ def test_bad_flags(tmp_path, capsys):
     assert "--accum" in _err(capsys, [*TINY, "--accum", "0", "--out", str(tmp_path)])
 
 
+@pytest.mark.parametrize("flag, value", [("--eval-every", "-3"), ("--ckpt-every", "-1"),
+                                         ("--wd", "-0.1"), ("--min-lr", "nan"), ("--clip", "nan"),
+                                         ("--lr", "inf"), ("--eval-batches", "0"),
+                                         ("--warmup", "-1")])  # fmt: skip
+def test_out_of_range_settings_are_refused_before_anything_runs(tmp_path, capsys, flag, value):
+    e = _err(capsys, [*TINY, flag, value, "--out", str(tmp_path / "o")])
+    assert e.startswith("anetrain.train: error: " + flag) and value in e
+    assert not (tmp_path / "o").exists()
+
+
 def test_unwritable_output_dir(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")

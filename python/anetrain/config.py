@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from anetrain.errors import UserError
@@ -151,18 +152,19 @@ class TrainConfig:
     backend: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.steps < 0:
-            raise ConfigError(f"--steps must be >= 0, got {self.steps}")
+        # (written as "not x >= 0" so that NaN fails too)
+        if not self.lr > 0 or math.isinf(self.lr):
+            raise ConfigError(f"--lr must be > 0 and finite, got {self.lr}")
+        for flag, name in (("--steps", "steps"), ("--warmup", "warmup"), ("--clip", "clip"),
+                           ("--lr-decay-steps", "lr_decay_steps"), ("--min-lr", "min_lr"),
+                           ("--wd", "weight_decay"), ("--eval-every", "eval_every"),
+                           ("--ckpt-every", "ckpt_every")):  # fmt: skip
+            if not getattr(self, name) >= 0 or math.isinf(getattr(self, name)):
+                raise ConfigError(f"{flag} must be >= 0 and finite, got {getattr(self, name)}")
         if self.accum < 1:
             raise ConfigError(f"--accum must be >= 1, got {self.accum}")
-        if self.warmup < 0:
-            raise ConfigError(f"--warmup must be >= 0, got {self.warmup}")
-        if self.clip < 0:
-            raise ConfigError(f"--clip must be >= 0, got {self.clip}")
-        if self.lr_decay_steps < 0:
-            raise ConfigError(f"--lr-decay-steps must be >= 0, got {self.lr_decay_steps}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if self.eval_batches < 1:
+            raise ConfigError(f"--eval-batches must be >= 1, got {self.eval_batches}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
