@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import struct
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from anetrain.mil import MilError
@@ -68,13 +69,38 @@ def test_rejects_bad_offsets_and_types():
         read_blob(b, 64, "fp16", (3, 8))
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=300), st.integers(0, 400))
-def test_fuzz_reader_only_raises_milerror(data, off):
+@st.composite
+def damaged_blob_files(draw):
+    """(file bytes, offset, dtype, shape): a valid 1-3 blob file with a few bytes overwritten,
+    maybe cut short and/or extended, read at a true record offset or an arbitrary one, with the
+    true shape or another (random bytes alone almost never get past the 64-byte header)."""
+    arrays = [(draw(st.sampled_from(["fp16", "fp32"])), np.arange(draw(st.integers(1, 40))) / 3)
+              for _ in range(draw(st.integers(1, 3)))]  # fmt: skip
+    good, offsets = write_blobs(arrays)
+    k = draw(st.integers(0, len(arrays) - 1))
+    b = bytearray(good)
+    for _ in range(draw(st.integers(0, 3))):
+        b[draw(st.integers(0, len(b) - 1))] = draw(st.integers(0, 255))
+    cut = draw(st.one_of(st.none(), st.integers(0, len(b)),  # anywhere, or inside blob k's data
+                         st.integers(offsets[k] + 64, offsets[k] + 64 + arrays[k][1].size)))
+    b = b[:cut] if cut is not None else b + draw(st.binary(max_size=16))
+    off = draw(st.one_of(st.just(offsets[k]), st.integers(0, len(b) + 64)))
+    shape = draw(st.one_of(st.just(arrays[k][1].shape), st.tuples(st.integers(0, 50))))
+    return bytes(b), off, arrays[k][0], shape
+
+
+@settings(max_examples=400, deadline=None)
+@given(damaged_blob_files())
+def test_fuzz_reader_only_raises_milerror(case):
+    data, off, dtype, shape = case
     try:
-        read_blob(data, off, "fp16", (3, 4))
-    except MilError:
-        pass
+        out = read_blob(data, off, dtype, shape)
+    except MilError as e:
+        event("rejected: " + re.sub(r"0x[0-9A-F]+|\d+", "#", str(e).split(": ", 1)[1]))
+        return
+    event("read")
+    assert out.shape == tuple(shape) and out.dtype == np.dtype({"fp16": np.float16,
+                                                               "fp32": np.float32}[dtype])
 
 
 @settings(max_examples=200, deadline=None)
