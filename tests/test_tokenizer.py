@@ -152,12 +152,35 @@ def test_malformed_files(tmp_path: Path) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=64))
-def test_parser_fuzz(blob: bytes) -> None:
+def test_parser_fuzz_random_bytes_raise_only_tokenizer_error(blob: bytes) -> None:
     try:
         tok = Tokenizer.from_bytes(blob)
     except TokenizerError:
         return
     assert tok.to_bytes() == blob
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.binary(min_size=4, max_size=4), st.binary(max_size=12)), min_size=1,
+             max_size=8),  # (raw float32 score bits, NaN payloads included; piece)
+    st.integers(0, 3),
+    st.data(),
+)  # fmt: skip
+def test_parser_fuzz_valid_files_round_trip_and_prefixes_fail_cleanly(records, slack, data):
+    longest = max(len(p) for _, p in records)
+    blob = struct.pack("<I", longest + slack) + b"".join(
+        score + struct.pack("<i", len(p)) + p for score, p in records
+    )
+    tok = Tokenizer.from_bytes(blob)
+    assert tok.pieces == [p for _, p in records] and tok.max_token_length == longest + slack
+    assert tok.to_bytes() == blob
+    cut = data.draw(st.integers(0, len(blob) - 1))
+    try:  # a prefix parses only when it ends on a record boundary, to the records before it
+        short = Tokenizer.from_bytes(blob[:cut])
+    except TokenizerError:
+        return
+    assert short.pieces == tok.pieces[: len(short.pieces)] and short.to_bytes() == blob[:cut]
 
 
 # ----------------------------------------------------------------------------
