@@ -48,7 +48,8 @@ def test_dim_limit_spatial():
             f'{PERM}\ntensor<fp16, [1, 64, 16448, 1]> y = transpose(perm=pm, x=x)[name=string("y")];',  # noqa: E501
             "tensor<fp16, [1, 64, 1, 16448]> x",
         ),
-        r"line 1: func main: .*dim 3 = 16448 > 16384|dim-limit",
+        r"line 4: func main: input 'x' \[1, 64, 1, 16448\]: dim 3 = 16448 > 16384 \[dim-limit\]; "
+        r"line 6: transpose 'y': .*dim 2 = 16448 > 16384 \[dim-limit\]",
     )
 
 
@@ -217,7 +218,7 @@ def test_missing_blob_rejected():
     )
     rejects(
         prog(body),
-        r"metadata size 128 bytes, MIL type fp16\[1, 64, 1, 1\] needs 128|needs 128",
+        r"line 5: const 'w': .*metadata size 64 bytes, MIL type fp16\[1, 64, 1, 1\] needs 128",
         {"@model_path/weights/w.bin": write_blob(np.zeros(32))},
     )
 

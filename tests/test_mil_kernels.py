@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -58,7 +59,7 @@ def simulate(spec, packed, **kw) -> dict[str, np.ndarray]:
 def test_kernel_matches_fp32_reference(cfg_name, kernel):
     cfg = CONFIGS[cfg_name]
     spec = specs(cfg_name)[kernel]
-    rng = np.random.default_rng(abs(hash((cfg_name, kernel))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{cfg_name}/{kernel}".encode()))  # same every run
     packed, logical = random_case(spec, cfg, rng)
     got = simulate(spec, packed)
     ref = REFERENCE[kernel](cfg, **logical)
