@@ -43,7 +43,7 @@ neon:
 	mkdir -p build
 	aarch64-linux-gnu-gcc -std=c11 -O2 -Wall -Wextra -Icsrc csrc/fp16.c tests/c/test_fp16.c \
 	  -o build/test_fp16_arm64 -lm
-	qemu-aarch64 -L /usr/aarch64-linux-gnu build/test_fp16_arm64
+	qemu-aarch64 -L /usr/aarch64-linux-gnu build/test_fp16_arm64 neon
 
 test: deps build ctest
 ifdef HAVE_ARM64CC

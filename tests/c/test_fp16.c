@@ -117,11 +117,24 @@ static void test_encode(int impl) {
     free(x); free(ref); free(got);
 }
 
-int main(void) {
+/* usage: test_fp16 [IMPL...]  each named implementation must exist here (make neon: "neon"),
+ * so a build that silently lost a fast path fails instead of testing nothing */
+int main(int argc, char **argv) {
+    for (int a = 1; a < argc; a++) {
+        int found = 0;
+        for (int impl = 1; impl < N_IMPLS; impl++)
+            if (!strcmp(argv[a], NAMES[impl])) found = anet_fp16_impl_available(impl) ? 1 : -1;
+        if (found != 1) {
+            printf("required impl=%s is %s\n", argv[a], found ? "not available" : "unknown");
+            return 1;
+        }
+    }
     int best = anet_fp16_best_impl();
     printf("best impl=%s\n", NAMES[best]);
     if (anet_f32_to_f16(NULL, NULL, 0, 99) != -1) { printf("bad impl accepted\n"); failed++; }
-    for (int impl = 0; impl < N_IMPLS; impl++) {
+    /* scalar (impl 0) is the reference every other path is compared with (and tests/test_fp16.py
+     * checks it against numpy), so the loop starts at 1 */
+    for (int impl = 1; impl < N_IMPLS; impl++) {
         if (!anet_fp16_impl_available(impl)) {
             printf("impl=%s not available\n", NAMES[impl]);
             continue;
