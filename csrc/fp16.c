@@ -143,14 +143,8 @@ static uint64_t read_xcr0(void) {
 }
 
 #if defined(__APPLE__)
+#include <stdlib.h>
 #include <sys/sysctl.h>
-
-/* Leading decimal number of s, advancing *s past it (kern.osrelease is "major.minor.patch"). */
-static int leading_int(const char **s) {
-    int v = 0;
-    for (; **s >= '0' && **s <= '9'; (*s)++) v = v * 10 + (**s - '0');
-    return v;
-}
 
 /* macOS creates threads with the AVX-512 state masked off in XCR0 and enables it on the first
  * AVX-512 instruction (xnu osfmk/i386/fpu.c), so XCR0 cannot tell; Apple's documented test is the
@@ -160,15 +154,11 @@ static int apple_avx512_usable(void) {
     int on = 0;
     size_t n = sizeof on;
     if (sysctlbyname("hw.optional.avx512f", &on, &n, NULL, 0) != 0 || !on) return 0;
-    char rel[32] = {0};
+    char rel[32] = {0}; /* kern.osrelease: "major.minor.patch" */
     n = sizeof rel - 1;
     if (sysctlbyname("kern.osrelease", rel, &n, NULL, 0) != 0) return 0;
-    const char *p = rel;
-    int major = leading_int(&p), minor = 0;
-    if (*p == '.') {
-        p++;
-        minor = leading_int(&p);
-    }
+    char *end;
+    long major = strtol(rel, &end, 10), minor = *end == '.' ? strtol(end + 1, NULL, 10) : 0;
     return major > 21 || (major == 21 && minor >= 3);
 }
 #endif

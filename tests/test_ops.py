@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from anetrain import native
 from anetrain.rope import rope_tables
@@ -502,20 +503,25 @@ def test_sumsq(n, threads):
     assert native.sumsq(x.reshape(1, -1), threads=threads) == got
 
 
+def _clang(target: str, src: str, out: Path, *extra: str, mode: str = "-S") -> Path:
+    """Compile csrc/<src> with clang for `target` and the extension's own CFLAGS (read from the
+    build script csrc/ffi_native.py, which lives outside the package)."""
+    sys.path.insert(0, str(ROOT / "csrc"))
+    try:
+        from ffi_native import CFLAGS
+    finally:
+        sys.path.pop(0)
+    subprocess.run(["clang", f"--target={target}", *CFLAGS, *extra, "-I", str(ROOT / "csrc"),
+                    mode, str(ROOT / src), "-o", str(out)], check=True)  # fmt: skip
+    return out
+
+
 @pytest.mark.skipif(shutil.which("clang") is None or not Path("/usr/aarch64-linux-gnu").is_dir(),
                     reason="clang and the aarch64 C headers (libc6-dev-arm64-cross) are needed")
 def test_clang_arm64_build_fuses_no_multiply_add(tmp_path):
     """As on a Mac: clang for arm64 with our flags emits no fmadd/fmla in ops.c, so the NEON
     AdamW loop and its scalar tail round alike (clang contracts a*b+c by default)."""
-    root = Path(__file__).resolve().parent.parent
-    sys.path.insert(0, str(root / "csrc"))
-    try:
-        from ffi_native import CFLAGS
-    finally:
-        sys.path.pop(0)
-    asm = tmp_path / "ops.s"
-    subprocess.run(["clang", "--target=aarch64-linux-gnu", *CFLAGS, "-I", str(root / "csrc"),
-                    "-S", str(root / "csrc/ops.c"), "-o", str(asm)], check=True)  # fmt: skip
+    asm = _clang("aarch64-linux-gnu", "csrc/ops.c", tmp_path / "ops.s")
     fused = re.findall(r"\b(?:fmadd|fmsub|fnmadd|fnmsub|fmla|fmls)\b", asm.read_text())
     assert not fused, f"{len(fused)} fused multiply-adds"
 
@@ -526,16 +532,13 @@ def test_c_core_needs_no_compiler_runtime_cpu_probe(tmp_path):
     """Apple's x86_64 toolchain (Intel Macs, Rosetta, universal2 wheels) has no __cpu_model, so
     __builtin_cpu_supports leaves an undefined symbol that only fails at import. The C core
     compiled by clang for x86-64 must reference no __cpu_* symbol (fp16.c has its own probe)."""
-    root = Path(__file__).resolve().parent.parent
-    sys.path.insert(0, str(root / "csrc"))
+    sys.path.insert(0, str(ROOT / "csrc"))
     try:
-        from ffi_native import CFLAGS, SOURCES
+        from ffi_native import SOURCES
     finally:
         sys.path.pop(0)
     for src in SOURCES:
-        obj = tmp_path / (Path(src).stem + ".o")
-        subprocess.run(["clang", "--target=x86_64-linux-gnu", *CFLAGS, "-I", str(root / "csrc"),
-                        "-c", str(root / src), "-o", str(obj)], check=True)  # fmt: skip
+        obj = _clang("x86_64-linux-gnu", src, tmp_path / (Path(src).stem + ".o"), mode="-c")
         undefined = subprocess.run(["nm", "-u", str(obj)], capture_output=True, text=True,
                                    check=True).stdout.split()  # fmt: skip
         probes = [s for s in undefined if s.lstrip("_").startswith("cpu_")]
@@ -547,26 +550,16 @@ def test_avx512_probe_on_macos_asks_sysctl(tmp_path):
     """macOS enables the AVX-512 register state lazily, so XCR0 says "no" until first use; the
     x86-64 macOS build must ask hw.optional.avx512f (and the macOS release) instead. Compiled for
     x86_64-apple-macos against stub libc headers (no SDK here); Linux keeps the XCR0 test."""
-    root = Path(__file__).resolve().parent.parent
-    sys.path.insert(0, str(root / "csrc"))
-    try:
-        from ffi_native import CFLAGS
-    finally:
-        sys.path.pop(0)
     stubs = {"string.h": "void *memcpy(void *, const void *, size_t);",
              "stdlib.h": "void *malloc(size_t); void free(void *);\n"
-                         "int posix_memalign(void **, size_t, size_t);",
+                         "int posix_memalign(void **, size_t, size_t);\n"
+                         "long strtol(const char *, char **, int);",
              "sys/sysctl.h": "int sysctlbyname(const char *, void *, size_t *, void *, size_t);"}
     for name, decls in stubs.items():
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(f"#pragma once\n#include <stddef.h>\n{decls}\n")
-    asm = {}
-    for target, extra in (("x86_64-apple-macos11", ["-nostdlibinc", "-I", str(tmp_path)]),
-                          ("x86_64-linux-gnu", [])):
-        out = tmp_path / f"{target}.s"
-        subprocess.run(["clang", f"--target={target}", *CFLAGS, *extra, "-I", str(root / "csrc"),
-                        "-S", str(root / "csrc/fp16.c"), "-o", str(out)], check=True)  # fmt: skip
-        asm[target] = out.read_text()
-    mac, linux = asm["x86_64-apple-macos11"], asm["x86_64-linux-gnu"]
+    mac = _clang("x86_64-apple-macos11", "csrc/fp16.c", tmp_path / "mac.s", "-Werror",
+                 "-nostdlibinc", "-I", str(tmp_path)).read_text()  # fmt: skip
+    linux = _clang("x86_64-linux-gnu", "csrc/fp16.c", tmp_path / "linux.s").read_text()
     assert "_sysctlbyname" in mac and "hw.optional.avx512f" in mac and "kern.osrelease" in mac
     assert "sysctlbyname" not in linux and "xgetbv" in linux

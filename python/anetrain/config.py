@@ -152,15 +152,15 @@ class TrainConfig:
     backend: str = "auto"
 
     def __post_init__(self) -> None:
-        # (written as "not x >= 0" so that NaN fails too)
-        if not self.lr > 0 or math.isinf(self.lr):
+        if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"--lr must be > 0 and finite, got {self.lr}")
         for flag, name in (("--steps", "steps"), ("--warmup", "warmup"), ("--clip", "clip"),
                            ("--lr-decay-steps", "lr_decay_steps"), ("--min-lr", "min_lr"),
                            ("--wd", "weight_decay"), ("--eval-every", "eval_every"),
                            ("--ckpt-every", "ckpt_every")):  # fmt: skip
-            if not getattr(self, name) >= 0 or math.isinf(getattr(self, name)):
-                raise ConfigError(f"{flag} must be >= 0 and finite, got {getattr(self, name)}")
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{flag} must be >= 0 and finite, got {v}")
         if self.accum < 1:
             raise ConfigError(f"--accum must be >= 1, got {self.accum}")
         if self.eval_batches < 1:

@@ -205,8 +205,11 @@ def _prepare_metrics(path: Path, resume_step: int | None) -> int:
     return bad
 
 
-def _close_kernels(kern) -> None:
-    """sim/ane: unload the kernels, free their surfaces, remove their temp dirs (cpu: nothing)."""
+def _release(kern, dw_pool) -> None:
+    """Stop the dW workers; sim/ane: unload the kernels, free their surfaces, remove their temp
+    dirs (cpu kernels hold nothing)."""
+    if dw_pool is not None:
+        dw_pool.shutdown()
     close = getattr(kern, "close", None)
     if close is not None:
         close()
@@ -367,9 +370,7 @@ def train(argv: list[str] | None) -> int:
             print(f"note: {metrics_path}: dropped {dropped} unreadable line(s)")
         metrics = open(metrics_path, "a")
     except BaseException:
-        if dw_pool is not None:
-            dw_pool.shutdown()
-        _close_kernels(kern)
+        _release(kern, dw_pool)
         raise
 
     def save_checkpoint(step: int, sampler_state: dict) -> None:
@@ -513,9 +514,7 @@ def train(argv: list[str] | None) -> int:
         return 130
     finally:
         metrics.close()
-        if dw_pool is not None:
-            dw_pool.shutdown()
-        _close_kernels(kern)
+        _release(kern, dw_pool)
     bar.close()
 
     # ---- efficiency report
