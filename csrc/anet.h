@@ -9,10 +9,12 @@
  * (element (c, t) at c*S + t); fp16 values are IEEE binary16 bit patterns stored as uint16_t. */
 
 /* ---- fp32 <-> fp16 (fp16.c) ------------------------------------------------------------- */
-/* Implementations: 0 = scalar reference (bit-exact, round-to-nearest-even, subnormals, inf, NaN),
- * 1 = F16C/AVX (x86-64, chosen by cpuid), 2 = NEON (aarch64), 3 = AVX-512F (x86-64, cpuid).
+/* Implementations: scalar reference (bit-exact, round-to-nearest-even, subnormals, inf, NaN),
+ * F16C/AVX (x86-64, chosen by cpuid), NEON (aarch64), AVX-512F (x86-64, cpuid + OS state).
  * All implementations agree bit-for-bit on every input; NaNs come out quiet, keeping sign and
  * the top payload bits (what F16C and AArch64 FCVT do). */
+enum { ANET_FP16_SCALAR = 0, ANET_FP16_F16C = 1, ANET_FP16_NEON = 2, ANET_FP16_AVX512 = 3,
+       ANET_FP16_COUNT = 4 };
 int anet_fp16_best_impl(void);            /* the fastest implementation this CPU supports */
 int anet_fp16_impl_available(int impl);   /* 1 if `impl` is compiled in and this CPU runs it */
 /* Convert n values with implementation `impl` (-1 = best). Returns 0, or -1 if impl unavailable. */
@@ -21,16 +23,17 @@ int anet_f16_to_f32(float *out, const uint16_t *in, size_t n, int impl);
 
 /* ---- packing into channel-first fp16 surfaces (pack.c) ------------------------------------ */
 /* A surface buffer is fp16 [C, W] row-major (channel c occupies elements c*W .. c*W+W-1).
- * A segment is a channel range x spatial range inside it. Returns 0, or -1 on out-of-range. */
+ * A segment is a channel range x spatial range inside it. `impl` is the fp16 implementation
+ * (-1 = best). Returns 0, or -1 on out-of-range or an unavailable impl (nothing written). */
 
 /* Write fp32 src [rows, cols] as fp16 into the segment at (c0, s0).
  * transpose = 0: src row r -> channel c0 + r, columns -> spatial s0 .. s0+cols-1 (segment rows x cols)
  * transpose = 1: src column j -> channel c0 + j, rows -> spatial s0 .. s0+rows-1 (segment cols x rows) */
 int anet_pack_f16(uint16_t *dst, int dst_c, int dst_w, int c0, int s0,
-                  const float *src, int rows, int cols, int transpose);
+                  const float *src, int rows, int cols, int transpose, int impl);
 /* Read the fp16 segment at (c0, s0) of shape [rows, cols] into fp32 dst [rows, cols]. */
 int anet_unpack_f16(float *dst, const uint16_t *src, int src_c, int src_w, int c0, int s0,
-                    int rows, int cols);
+                    int rows, int cols, int impl);
 /* Copy an fp16 segment [nch, width] from (src_c0, src_s0) of src to (dst_c0, dst_s0) of dst. */
 int anet_copy_f16(uint16_t *dst, int dst_c, int dst_w, int dst_c0, int dst_s0,
                   const uint16_t *src, int src_c, int src_w, int src_c0, int src_s0,
@@ -77,9 +80,10 @@ void anet_causal_softmax_bwd(float *ds, const float *p, const float *dp, int n, 
 /* RoPE in place on channel-first x [n_heads*head_dim, S]; llama2.c interleaved pairs
  * (channel h*hd + 2i, h*hd + 2i + 1). cos/sin tables [S, head_dim/2] (position-major).
  * fwd: x0' = x0*c - x1*s, x1' = x0*s + x1*c.  bwd (transpose rotation): g0' = g0*c + g1*s,
- * g1' = -g0*s + g1*c. */
-void anet_rope_fwd(float *x, const float *cos_t, const float *sin_t, int n_heads, int head_dim, int S);
-void anet_rope_bwd(float *x, const float *cos_t, const float *sin_t, int n_heads, int head_dim, int S);
+ * g1' = -g0*s + g1*c. Returns 0, or -1 (x untouched) if its 2*head_dim/2*S-float scratch table
+ * cannot be allocated. */
+int anet_rope_fwd(float *x, const float *cos_t, const float *sin_t, int n_heads, int head_dim, int S);
+int anet_rope_bwd(float *x, const float *cos_t, const float *sin_t, int n_heads, int head_dim, int S);
 
 /* Embedding gather x[d,t] = emb[tok[t], d] (x [D,S], emb [V,D]) and scatter-add
  * demb[tok[t], d] += dx[d,t]. Return 0, or -1 if a token id is outside [0, V). */

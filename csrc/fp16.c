@@ -3,9 +3,6 @@
 
 #include "anet.h"
 
-/* Implementation ids (anet.h documents 0..2; 3 is the AVX-512F variant of the x86 path). */
-enum { IMPL_SCALAR = 0, IMPL_F16C = 1, IMPL_NEON = 2, IMPL_AVX512 = 3, IMPL_COUNT = 4 };
-
 // ---- scalar reference ---------------------------------------------------------------------------
 
 static inline uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
@@ -166,14 +163,14 @@ static int apple_avx512_usable(void) {
 /* Bitmask of runnable implementations, from cpuid leaf 1 (OSXSAVE, AVX, F16C), the OS-enabled
  * register state in XCR0 (on macOS a sysctl instead, for AVX-512), and cpuid leaf 7 (AVX512F). */
 static int detect_x86(void) {
-    int mask = 1 << IMPL_SCALAR;
+    int mask = 1 << ANET_FP16_SCALAR;
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return mask;
     const unsigned need = (1u << 27) | (1u << 28) | (1u << 29);             /* OSXSAVE, AVX, F16C */
     if ((c & need) != need) return mask;
     uint64_t xcr0 = read_xcr0();
     if ((xcr0 & 6u) != 6u) return mask;                                      /* XMM + YMM state */
-    mask |= 1 << IMPL_F16C;
+    mask |= 1 << ANET_FP16_F16C;
     if (__get_cpuid_max(0, NULL) >= 7) {
         __cpuid_count(7, 0, a, b, c, d);
 #if defined(__APPLE__)
@@ -181,7 +178,7 @@ static int detect_x86(void) {
 #else
         int zmm_state = (xcr0 & 0xe6u) == 0xe6u; /* opmask + ZMM upper halves + ZMM16-31 */
 #endif
-        if ((b & (1u << 16)) && zmm_state) mask |= 1 << IMPL_AVX512;
+        if ((b & (1u << 16)) && zmm_state) mask |= 1 << ANET_FP16_AVX512;
     }
     return mask;
 }
@@ -224,28 +221,28 @@ static int g_impl_mask = 0;
 static int impl_mask(void) {
     int m = __atomic_load_n(&g_impl_mask, __ATOMIC_RELAXED);
     if (m) return m;
-    m = 1 << IMPL_SCALAR;
+    m = 1 << ANET_FP16_SCALAR;
 #if defined(__x86_64__) || defined(__i386__)
     m = detect_x86();
 #elif defined(__aarch64__)
-    m |= 1 << IMPL_NEON;
+    m |= 1 << ANET_FP16_NEON;
 #endif
     __atomic_store_n(&g_impl_mask, m, __ATOMIC_RELAXED);
     return m;
 }
 
 int anet_fp16_impl_available(int impl) {
-    return impl >= 0 && impl < IMPL_COUNT && ((impl_mask() >> impl) & 1);
+    return impl >= 0 && impl < ANET_FP16_COUNT && ((impl_mask() >> impl) & 1);
 }
 
 int anet_fp16_best_impl(void) {
     int m = impl_mask();
     /* F16C before AVX-512: the conversion is memory-bound and the 512-bit path measured slower
      * (64M floats: 21 vs 32 ms best-of-15 on a Xeon with AVX-512). */
-    if (m & (1 << IMPL_F16C)) return IMPL_F16C;
-    if (m & (1 << IMPL_AVX512)) return IMPL_AVX512;
-    if (m & (1 << IMPL_NEON)) return IMPL_NEON;
-    return IMPL_SCALAR;
+    if (m & (1 << ANET_FP16_F16C)) return ANET_FP16_F16C;
+    if (m & (1 << ANET_FP16_AVX512)) return ANET_FP16_AVX512;
+    if (m & (1 << ANET_FP16_NEON)) return ANET_FP16_NEON;
+    return ANET_FP16_SCALAR;
 }
 
 int anet_f32_to_f16(uint16_t *out, const float *in, size_t n, int impl) {
@@ -253,11 +250,11 @@ int anet_f32_to_f16(uint16_t *out, const float *in, size_t n, int impl) {
     if (!anet_fp16_impl_available(impl)) return -1;
     switch (impl) {
 #if defined(__x86_64__) || defined(__i386__)
-    case IMPL_F16C: f32_to_f16_f16c(out, in, n); return 0;
-    case IMPL_AVX512: f32_to_f16_avx512(out, in, n); return 0;
+    case ANET_FP16_F16C: f32_to_f16_f16c(out, in, n); return 0;
+    case ANET_FP16_AVX512: f32_to_f16_avx512(out, in, n); return 0;
 #endif
 #if defined(__aarch64__)
-    case IMPL_NEON: f32_to_f16_neon(out, in, n); return 0;
+    case ANET_FP16_NEON: f32_to_f16_neon(out, in, n); return 0;
 #endif
     default: f32_to_f16_scalar(out, in, n); return 0;
     }
@@ -268,11 +265,11 @@ int anet_f16_to_f32(float *out, const uint16_t *in, size_t n, int impl) {
     if (!anet_fp16_impl_available(impl)) return -1;
     switch (impl) {
 #if defined(__x86_64__) || defined(__i386__)
-    case IMPL_F16C: f16_to_f32_f16c(out, in, n); return 0;
-    case IMPL_AVX512: f16_to_f32_avx512(out, in, n); return 0;
+    case ANET_FP16_F16C: f16_to_f32_f16c(out, in, n); return 0;
+    case ANET_FP16_AVX512: f16_to_f32_avx512(out, in, n); return 0;
 #endif
 #if defined(__aarch64__)
-    case IMPL_NEON: f16_to_f32_neon(out, in, n); return 0;
+    case ANET_FP16_NEON: f16_to_f32_neon(out, in, n); return 0;
 #endif
     default: f16_to_f32_scalar(out, in, n); return 0;
     }

@@ -182,12 +182,18 @@ void anet_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, con
 #define PREFETCH_SEG(p, n, rw)                                                                    \
     for (int pf_ = 0; pf_ < (n); pf_ += 16) __builtin_prefetch((p) + pf_, (rw))
 
+/* 1 if every id of tok [n] is in [0, V) */
+static int tokens_ok(const int32_t *tok, int V, int n) {
+    for (int t = 0; t < n; t++)
+        if (tok[t] < 0 || tok[t] >= V) return 0;
+    return 1;
+}
+
 ANET_CLONES
 int anet_cross_entropy(float *dlogits, double *loss, const float *logits, const int32_t *targets,
                        int V, int S, int t0, int t1, float scale) {
     /* dlogits [V,S] (may alias logits), loss [S], logits [V,S], targets [S]; positions [t0, t1) */
-    for (int t = t0; t < t1; t++)
-        if (targets[t] < 0 || targets[t] >= V) return -1;
+    if (!tokens_ok(targets + t0, V, t1 - t0)) return -1;
     float mx[TB], tgt[TB], inv[TB];
     double sum[TB];
     const float g = scale / (float)S;
@@ -295,60 +301,45 @@ void anet_causal_softmax_bwd(float *ds, const float *p, const float *dp, int n, 
 // ---- RoPE ---------------------------------------------------------------------------------------
 
 /* Rotate every pair by +angle (dir = 1, forward) or -angle (dir = -1, the transpose / backward). */
-static void rope(float *x, const float *cos_t, const float *sin_t, int n_heads, int hd, int S,
-                 float dir) {
+static int rope(float *x, const float *cos_t, const float *sin_t, int n_heads, int hd, int S,
+                float dir) {
     /* x [n_heads*hd, S]; cos_t, sin_t [S, hd/2] */
     int half = hd / 2;
-    /* Transposed tables [hd/2, S] make the inner loop contiguous in t (vectorisable); fall back to
-     * strided table reads if the scratch allocation fails. */
+    /* Transposed tables ct, st [hd/2, S] make the inner loop contiguous in t (vectorisable). */
     float *ct = malloc(sizeof(float) * 2 * (size_t)half * (size_t)S);
-    float *st = ct ? ct + (size_t)half * S : NULL;
-    if (ct)
-        for (int t = 0; t < S; t++)
-            for (int i = 0; i < half; i++) {
-                ct[(size_t)i * S + t] = cos_t[(size_t)t * half + i];
-                st[(size_t)i * S + t] = dir * sin_t[(size_t)t * half + i];
-            }
+    if (!ct) return -1;
+    float *st = ct + (size_t)half * S;
+    for (int t = 0; t < S; t++)
+        for (int i = 0; i < half; i++) {
+            ct[(size_t)i * S + t] = cos_t[(size_t)t * half + i];
+            st[(size_t)i * S + t] = dir * sin_t[(size_t)t * half + i];
+        }
     for (int h = 0; h < n_heads; h++)
         for (int i = 0; i < half; i++) {
             float *x0 = x + (size_t)(h * hd + 2 * i) * S;
             float *x1 = x0 + S;
-            if (ct) {
-                const float *c = ct + (size_t)i * S, *s = st + (size_t)i * S;
-                for (int t = 0; t < S; t++) {
-                    float a = x0[t], b = x1[t];
-                    x0[t] = a * c[t] - b * s[t];
-                    x1[t] = a * s[t] + b * c[t];
-                }
-            } else {
-                for (int t = 0; t < S; t++) {
-                    float c = cos_t[(size_t)t * half + i], s = dir * sin_t[(size_t)t * half + i];
-                    float a = x0[t], b = x1[t];
-                    x0[t] = a * c - b * s;
-                    x1[t] = a * s + b * c;
-                }
+            const float *c = ct + (size_t)i * S, *s = st + (size_t)i * S;
+            for (int t = 0; t < S; t++) {
+                float a = x0[t], b = x1[t];
+                x0[t] = a * c[t] - b * s[t];
+                x1[t] = a * s[t] + b * c[t];
             }
         }
     free(ct);
+    return 0;
 }
 
-void anet_rope_fwd(float *x, const float *cos_t, const float *sin_t, int n_heads, int head_dim,
-                   int S) {
-    rope(x, cos_t, sin_t, n_heads, head_dim, S, 1.0f);
+int anet_rope_fwd(float *x, const float *cos_t, const float *sin_t, int n_heads, int head_dim,
+                  int S) {
+    return rope(x, cos_t, sin_t, n_heads, head_dim, S, 1.0f);
 }
 
-void anet_rope_bwd(float *x, const float *cos_t, const float *sin_t, int n_heads, int head_dim,
-                   int S) {
-    rope(x, cos_t, sin_t, n_heads, head_dim, S, -1.0f);
+int anet_rope_bwd(float *x, const float *cos_t, const float *sin_t, int n_heads, int head_dim,
+                  int S) {
+    return rope(x, cos_t, sin_t, n_heads, head_dim, S, -1.0f);
 }
 
 // ---- embedding ----------------------------------------------------------------------------------
-
-static int tokens_ok(const int32_t *tok, int V, int S) {
-    for (int t = 0; t < S; t++)
-        if (tok[t] < 0 || tok[t] >= V) return 0;
-    return 1;
-}
 
 int anet_embed_fwd(float *x, const float *emb, const int32_t *tok, int V, int D, int S) {
     /* x [D,S], emb [V,D], tok [S]; blocks of 64 channels keep the strided writes in cache */
@@ -496,7 +487,7 @@ void anet_adamw(float *p, float *m, float *v, const float *g, size_t n, double l
     size_t i = 0;
 #ifdef ADAMW_AVX512
     /* not __builtin_cpu_supports: Apple's x86_64 toolchain has no __cpu_model to back it */
-    if (anet_fp16_impl_available(3 /* AVX-512F with OS-enabled ZMM state, see anet.h */))
+    if (anet_fp16_impl_available(ANET_FP16_AVX512))
         i = adamw_avx512(p, m, v, g, n, &k);
 #endif
     i += adamw_simd(p + i, m + i, v + i, g + i, n - i, &k);

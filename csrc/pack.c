@@ -13,14 +13,21 @@ static int seg_ok(int C, int W, int c0, int s0, int nch, int width) {
     return (int64_t)c0 + nch <= C && (int64_t)s0 + width <= W;
 }
 
+/* impl -1 -> the best one, resolved once per call instead of once per row; -1 if unavailable */
+static int resolve_impl(int impl) {
+    if (impl == -1) return anet_fp16_best_impl();
+    return anet_fp16_impl_available(impl) ? impl : -1;
+}
+
 int anet_pack_f16(uint16_t *dst, int dst_c, int dst_w, int c0, int s0,
-                  const float *src, int rows, int cols, int transpose) {
+                  const float *src, int rows, int cols, int transpose, int impl) {
     /* dst: [dst_c, dst_w] fp16 surface; src: [rows, cols] fp32 */
+    if ((impl = resolve_impl(impl)) < 0) return -1;
     if (!transpose) {
         if (!seg_ok(dst_c, dst_w, c0, s0, rows, cols)) return -1;
         for (int r = 0; r < rows; r++)
             anet_f32_to_f16(dst + (size_t)(c0 + r) * dst_w + s0, src + (size_t)r * cols,
-                            (size_t)cols, -1);
+                            (size_t)cols, impl);
         return 0;
     }
     /* Segment is [cols, rows]: src column j -> channel c0+j. Walk 32x32 tiles so both the strided
@@ -37,19 +44,20 @@ int anet_pack_f16(uint16_t *dst, int dst_c, int dst_w, int c0, int s0,
             }
             for (int j = 0; j < jn; j++) /* tile row j -> in contiguous fp16 of channel c0+j0+j */
                 anet_f32_to_f16(dst + (size_t)(c0 + j0 + j) * dst_w + s0 + i0, tile + j * TILE,
-                                (size_t)in, -1);
+                                (size_t)in, impl);
         }
     }
     return 0;
 }
 
 int anet_unpack_f16(float *dst, const uint16_t *src, int src_c, int src_w, int c0, int s0,
-                    int rows, int cols) {
+                    int rows, int cols, int impl) {
     /* dst: [rows, cols] fp32; src: [src_c, src_w] fp16 surface */
+    if ((impl = resolve_impl(impl)) < 0) return -1;
     if (!seg_ok(src_c, src_w, c0, s0, rows, cols)) return -1;
     for (int r = 0; r < rows; r++)
         anet_f16_to_f32(dst + (size_t)r * cols, src + (size_t)(c0 + r) * src_w + s0, (size_t)cols,
-                        -1);
+                        impl);
     return 0;
 }
 

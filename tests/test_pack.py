@@ -120,3 +120,29 @@ def test_type_errors():
         native.pack(dst, 0, 0, np.zeros(4, np.float32))
     with pytest.raises(ValueError, match="contiguous"):
         native.pack(dst, 0, 0, np.zeros((4, 4), np.float32)[:, ::2])
+
+
+@pytest.mark.parametrize("transpose", [0, 1])
+def test_every_fp16_impl_packs_alike_and_an_unknown_one_writes_nothing(transpose):
+    """pack/unpack take the fp16 implementation explicitly (native passes _impl_id(-1), so
+    ANETRAIN_FORCE_SCALAR reaches them); all available ones give the same bits."""
+    lib, ffi = native.lib, native.ffi
+    src = rand((37, 45), 3)  # odd sizes: partial 32x32 tiles and vector tails
+    want = surface(64, 64)
+    native.pack(want, 2, 3, src, transpose=bool(transpose))
+    for name, impl in native.IMPLS.items():
+        if not native.fp16_impls()[name]:
+            continue
+        got = surface(64, 64)
+        assert lib.anet_pack_f16(ffi.from_buffer("uint16_t[]", got), 64, 64, 2, 3,
+                                 ffi.from_buffer("float[]", src), 37, 45, transpose, impl) == 0
+        assert np.array_equal(got, want), name
+        back = np.zeros((45, 37) if transpose else (37, 45), np.float32)
+        assert lib.anet_unpack_f16(ffi.from_buffer("float[]", back), ffi.from_buffer(
+            "uint16_t[]", got), 64, 64, 2, 3, *back.shape, impl) == 0  # fmt: skip
+        rounded = f16(src).view(np.float16).astype(np.float32)
+        assert np.array_equal(back, rounded.T if transpose else rounded), name
+    untouched = surface(64, 64)
+    assert lib.anet_pack_f16(ffi.from_buffer("uint16_t[]", untouched), 64, 64, 2, 3,
+                             ffi.from_buffer("float[]", src), 37, 45, transpose, 99) == -1
+    assert (untouched == SENTINEL).all()

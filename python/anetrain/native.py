@@ -19,7 +19,9 @@ import numpy as np
 
 from anetrain._native import ffi, lib
 
-IMPLS = {"scalar": 0, "f16c": 1, "neon": 2, "avx512": 3}  # ids of anet.h's fp16 implementations
+# anet.h's fp16 implementations by name
+IMPLS = {"scalar": lib.ANET_FP16_SCALAR, "f16c": lib.ANET_FP16_F16C, "neon": lib.ANET_FP16_NEON,
+         "avx512": lib.ANET_FP16_AVX512}  # fmt: skip
 _CHUNK_ALIGN = 4096  # elements; chunk boundaries stay cache-line and vector aligned
 _MIN_PARALLEL = 1 << 16  # below this many elements threads are not worth their overhead
 _PIECES = 8  # at most this many ranges per thread for large jobs (see _chunks)
@@ -27,7 +29,7 @@ _MIN_PIECE = 1 << 18  # elements; smaller ranges are not worth a pool task each
 
 
 def getenv(key: str, default: int = 0) -> int:
-    """Integer debug knob from the environment (the one place anetrain reads ANETRAIN_* knobs)."""
+    """Integer debug knob from the environment (unset or blank: default)."""
     value = os.environ.get(key, "").strip()
     return int(value) if value else default
 
@@ -120,10 +122,10 @@ def _chunks(
     """Contiguous [lo, hi) ranges covering [0, n), inner boundaries b at (b + phase) % align == 0.
 
     unit: elements of work per index (V per cross-entropy position, S*S per score matrix). One
-    range when threads <= 1 or the work n*unit < min_n. Large jobs get up to _PIECES ranges per
-    thread, which pool threads take as they free up: a thread sharing its core with a spinning
-    OpenBLAS worker (they spin ~0.1 s after every sgemm) then does fewer instead of holding up
-    the others.
+    range when threads <= 1 or the work n*unit < min_n. Large jobs get up to _PIECES
+    ranges per thread, which pool threads take as they free up: a thread sharing its core with a
+    spinning OpenBLAS worker (they spin ~0.1 s after every sgemm) then does fewer instead of
+    holding up the others.
     """
     if threads <= 1 or n < 2 or n * unit < min_n:
         return [(0, n)]
@@ -164,9 +166,7 @@ def fp16_impls() -> dict[str, bool]:
 
 def best_impl() -> str:
     """Name of the implementation impl=-1 uses (honours ANETRAIN_FORCE_SCALAR)."""
-    if FORCE_SCALAR:
-        return "scalar"
-    best = lib.anet_fp16_best_impl()
+    best = _impl_id(-1)
     return next(name for name, i in IMPLS.items() if i == best)
 
 
@@ -228,9 +228,8 @@ def pack(dst: np.ndarray, c0: int, s0: int, src: np.ndarray, transpose: bool = F
     dst = _arr("dst", dst, np.uint16, ndim=2, writable=True)
     src = _arr("src", src, np.float32, ndim=2)
     rows, cols = src.shape
-    rc = lib.anet_pack_f16(
-        _u16(dst), dst.shape[0], dst.shape[1], c0, s0, _f32(src), rows, cols, int(bool(transpose))
-    )
+    rc = lib.anet_pack_f16(_u16(dst), dst.shape[0], dst.shape[1], c0, s0, _f32(src), rows, cols,
+                           int(bool(transpose)), _impl_id(-1))  # fmt: skip
     if rc != 0:
         seg = (cols, rows) if transpose else (rows, cols)
         raise ValueError(
@@ -246,7 +245,8 @@ def unpack(
     if rows < 0 or cols < 0:
         raise ValueError(f"unpack: negative segment shape ({rows}, {cols})")
     out = _out("out", out, np.float32, (rows, cols))
-    rc = lib.anet_unpack_f16(_f32(out), _u16(src), src.shape[0], src.shape[1], c0, s0, rows, cols)
+    rc = lib.anet_unpack_f16(_f32(out), _u16(src), src.shape[0], src.shape[1], c0, s0, rows, cols,
+                             _impl_id(-1))  # fmt: skip
     if rc != 0:
         raise ValueError(
             f"unpack: segment ({rows}, {cols}) at (c0={c0}, s0={s0}) does not fit in "
@@ -494,14 +494,16 @@ def _rope_args(
 def rope_fwd(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, n_heads: int) -> np.ndarray:
     """Rotate x [n_heads*hd, S] in place (tables [S', hd/2] with S' >= S; rows 0..S-1 used)."""
     x, cos, sin, hd, S = _rope_args(x, cos, sin, n_heads)
-    lib.anet_rope_fwd(_f32(x), _f32(cos), _f32(sin), n_heads, hd, S)
+    if lib.anet_rope_fwd(_f32(x), _f32(cos), _f32(sin), n_heads, hd, S):
+        raise MemoryError("rope: no memory for the transposed tables")
     return x
 
 
 def rope_bwd(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, n_heads: int) -> np.ndarray:
     """Inverse (= transpose) rotation in place: the backward of rope_fwd."""
     x, cos, sin, hd, S = _rope_args(x, cos, sin, n_heads)
-    lib.anet_rope_bwd(_f32(x), _f32(cos), _f32(sin), n_heads, hd, S)
+    if lib.anet_rope_bwd(_f32(x), _f32(cos), _f32(sin), n_heads, hd, S):
+        raise MemoryError("rope: no memory for the transposed tables")
     return x
 
 

@@ -6,7 +6,7 @@
 #include "anet.h"
 
 static const char *NAMES[] = {"scalar", "f16c", "neon", "avx512"};
-#define N_IMPLS 4
+
 #define N_RANDOM (1u << 24)
 
 static int passed = 0, failed = 0;
@@ -122,7 +122,7 @@ static void test_encode(int impl) {
 int main(int argc, char **argv) {
     for (int a = 1; a < argc; a++) {
         int found = 0;
-        for (int impl = 1; impl < N_IMPLS; impl++)
+        for (int impl = 1; impl < ANET_FP16_COUNT; impl++)
             if (!strcmp(argv[a], NAMES[impl])) found = anet_fp16_impl_available(impl) ? 1 : -1;
         if (found != 1) {
             printf("required impl=%s is %s\n", argv[a], found ? "not available" : "unknown");
@@ -134,7 +134,7 @@ int main(int argc, char **argv) {
     if (anet_f32_to_f16(NULL, NULL, 0, 99) != -1) { printf("bad impl accepted\n"); failed++; }
     /* scalar (impl 0) is the reference every other path is compared with (and tests/test_fp16.py
      * checks it against numpy), so the loop starts at 1 */
-    for (int impl = 1; impl < N_IMPLS; impl++) {
+    for (int impl = 1; impl < ANET_FP16_COUNT; impl++) {
         if (!anet_fp16_impl_available(impl)) {
             printf("impl=%s not available\n", NAMES[impl]);
             continue;
