@@ -145,6 +145,10 @@ def test_existing_checkpoint_is_never_clobbered(tmp_path, capsys):
     before = (out / "checkpoint.bin").read_bytes()
     # a fresh run into the same directory is refused
     assert "already exists" in _err(capsys, [*TINY, "--steps", "2", "--out", str(out)])
+    # ... before any model or dataset is read (a 438 MB --init would be loaded for nothing)
+    e = _err(capsys, [*TINY, "--init", str(tmp_path / "absent.bin"), "--data",
+                      str(tmp_path / "absent"), "--out", str(out)])  # fmt: skip
+    assert "already exists" in e
     # resume with a different model is refused
     e = _err(capsys, ["--quiet", "--resume", str(out), "--model", "stories15m", "--steps", "3"])
     assert "does not match" in e

@@ -267,7 +267,7 @@ def train(argv: list[str] | None) -> int:
         if args.init is not None:
             raise UserError("--init starts a new run from a model; it cannot be used with --resume")
         rdir = Path(args.resume or out)
-        resumed = ckpt_io.load(rdir if rdir.is_file() else rdir / ckpt_io.FILE_NAME)
+        resumed = ckpt_io.load(ckpt_io.resolve(rdir))
         saved = dict(resumed.meta.get("train", {}))
         tc_dict = {**saved, **{f: flags[a] for a, f in _TRAIN_FLAGS.items() if a in flags}}
         if "lr" in flags and "min_lr" not in flags and \
@@ -297,6 +297,11 @@ def train(argv: list[str] | None) -> int:
                 f"checkpoint's {cfg.vocab_size}"
             )
     else:
+        if ckpt_path.exists() and not args.overwrite:  # before reading a model or a dataset
+            raise UserError(
+                f"{ckpt_path}: a checkpoint already exists; use --resume to "
+                "continue it or --overwrite to start over"
+            )
         init = load_init(args.init, args.model, args.seq) if args.init is not None else None
         model_name = args.model or (init.preset if init else "tiny") or "llama2c"
         if "lr" not in flags:
@@ -316,11 +321,6 @@ def train(argv: list[str] | None) -> int:
                 )
         else:
             cfg = preset(model_name, vocab_size=data.vocab_size, seq_len=args.seq)
-        if ckpt_path.exists() and not args.overwrite:
-            raise UserError(
-                f"{ckpt_path}: a checkpoint already exists; use --resume to "
-                "continue it or --overwrite to start over"
-            )
     _check_out_dir(out)
     decay_steps = tc.lr_decay_steps or tc.steps
     S = cfg.seq_len
