@@ -52,6 +52,22 @@ def test_recycled_buffers_give_identical_steps(rng):
     assert (runs[0][1] == runs[2][1]).all() and (runs[2][1] == fresh.flat).all()
 
 
+def test_evaluation_does_not_drain_the_buffer_pool(rng):
+    """A forward that no backward consumes (loss_only) leaves its probabilities in the cache;
+    the next forward hands them back to the pool instead of dropping them."""
+    from anetrain.model import loss_only
+
+    cfg = tiny_cfg()
+    params = init_params(cfg, rng)
+    kern = CpuKernels(cfg, params)
+    toks = rng.integers(0, cfg.vocab_size, cfg.seq_len + 1).astype(np.int32)
+    micro_step(params, params.zeros_like(), kern, toks[:-1], toks[1:], accumulate=False)
+    held = len(kern._spare) + len(kern._probs_cache)
+    for _ in range(3):
+        loss_only(params, kern, toks[:-1], toks[1:])
+        assert len(kern._spare) + len(kern._probs_cache) == held, (len(kern._spare), held)
+
+
 
 @pytest.mark.parametrize("kv_heads", [None, 2])
 def test_backward_reuses_forward_probabilities(rng, monkeypatch, kv_heads):

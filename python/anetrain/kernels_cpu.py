@@ -142,6 +142,9 @@ class CpuKernels:
         native.rope_fwd(k, self.cos, self.sin, cfg.n_kv_heads)
         k_tiled = tile_kv(k, cfg)
         p = self._probs(q, k_tiled)  # (H, S, S)
+        stale = self._probs_cache.get(layer)  # a forward no backward consumed (evaluation)
+        if stale is not None:
+            self._recycle(stale[2])
         self._probs_cache[layer] = (q, k_tiled, p)
         vh = self._heads(tile_kv(v, cfg))  # (H, hd, S)
         hd, S = cfg.head_dim, self.S

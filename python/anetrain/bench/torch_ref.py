@@ -16,11 +16,11 @@ from anetrain.params import Params
 
 
 class TorchLlama(torch.nn.Module):
-    def __init__(self, cfg: ModelConfig, params: Params | None = None):
+    def __init__(self, cfg: ModelConfig, params: Params):
         super().__init__()
         self.cfg = cfg
-        names = [n for n, _ in (params.names if params is not None else Params(cfg).names)]
-        src = params.tensors if params is not None else Params(cfg).tensors
+        names = [n for n, _ in params.names]
+        src = params.tensors
         # parameter names with '.' are not allowed in a ParameterDict key: use '/'
         self.p = torch.nn.ParameterDict(
             {n.replace(".", "/"): torch.nn.Parameter(torch.tensor(np.array(src[n]))) for n in names}
