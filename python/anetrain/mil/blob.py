@@ -7,6 +7,7 @@ import struct
 import numpy as np
 
 from anetrain.mil.errors import MilError
+from anetrain.mil.ir import NP_DTYPES
 
 # Layout, all little-endian (coremltools MILBlob StorageFormat.hpp):
 #   file header   @0   u32 count, u32 version (= 2), 7 x u64 reserved         -> 64 bytes
@@ -21,8 +22,6 @@ SENTINEL = 0xDEADBEEF
 ALIGN = 64
 DTYPE_CODES = {"fp16": 1, "fp32": 2, "uint8": 3, "int8": 4, "int16": 6, "uint16": 7,
                "int32": 14, "uint32": 15}  # fmt: skip
-NP = {"fp16": np.float16, "fp32": np.float32, "uint8": np.uint8, "int8": np.int8,
-      "int16": np.int16, "uint16": np.uint16, "int32": np.int32, "uint32": np.uint32}  # fmt: skip
 _CODE_NAMES = {v: k for k, v in DTYPE_CODES.items()}
 
 
@@ -39,7 +38,7 @@ def write_blobs(arrays: list[tuple[str, np.ndarray]]) -> tuple[bytes, list[int]]
     for dtype, a in arrays:
         if dtype not in DTYPE_CODES:
             raise MilError(f"blob: unsupported dtype {dtype!r}")
-        data = np.ascontiguousarray(a, dtype=np.dtype(NP[dtype]).newbyteorder("<")).tobytes()
+        data = np.ascontiguousarray(a, dtype=np.dtype(NP_DTYPES[dtype]).newbyteorder("<")).tobytes()
         out.extend(b"\0" * (_align(len(out)) - len(out)))
         meta = len(out)
         out.extend(
@@ -90,7 +89,7 @@ def read_blob(
         raise MilError(f"{where}: metadata dtype {got} does not match the MIL type {dtype}")
     if pad_bits or any(res):
         raise MilError(f"{where}: padding/reserved metadata fields are not zero")
-    want = int(np.prod(shape, dtype=np.int64)) * np.dtype(NP[dtype]).itemsize
+    want = int(np.prod(shape, dtype=np.int64)) * np.dtype(NP_DTYPES[dtype]).itemsize
     if size != want:
         raise MilError(
             f"{where}: metadata size {size} bytes, MIL type {dtype}{list(shape)} needs {want}"
@@ -113,8 +112,8 @@ def read_blob(
         raise MilError(f"{where}: header count {count} but {seen} blob records found")
     arr = np.frombuffer(
         mv,
-        dtype=np.dtype(NP[dtype]).newbyteorder("<"),
-        count=want // np.dtype(NP[dtype]).itemsize,
+        dtype=np.dtype(NP_DTYPES[dtype]).newbyteorder("<"),
+        count=want // np.dtype(NP_DTYPES[dtype]).itemsize,
         offset=data_off,
     )
-    return arr.reshape(shape).astype(NP[dtype], copy=True)
+    return arr.reshape(shape).astype(NP_DTYPES[dtype], copy=True)

@@ -20,8 +20,7 @@ NP_DTYPES: dict[str, type | None] = {
     "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64,
 }  # fmt: skip
 FLOAT_DTYPES = ("fp16", "fp32", "fp64")
-ITEMSIZE = {"fp16": 2, "fp32": 4, "fp64": 8, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2,
-            "int32": 4, "uint32": 4, "int64": 8, "uint64": 8, "bool": 1}  # fmt: skip
+ITEMSIZE = {d: np.dtype(t).itemsize for d, t in NP_DTYPES.items() if t is not None}  # bytes
 
 
 @dataclass(frozen=True)

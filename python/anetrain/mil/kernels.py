@@ -202,24 +202,26 @@ class _K:
         self.x = self.b.input("x", inp.shape)  # [1, C, 1, W] fp16
         self.weights: dict[str, bytes] = {}
 
+    def seg(self, seg: str, tag: str) -> Var:
+        """The input's segment `seg`, where the layout puts it: [1, C, 1, W]."""
+        s = self.inp[seg]
+        return self.b.slice(f"{tag}_s", self.x, [0, s.c0, 0, s.s0], [1, s.nch, 1, s.width])
+
     def act_t(self, seg: str, tag: str) -> Var:
         """Activation segment [C, S] -> [1, 1, S, C] (the dyn-matmul's left operand)."""
         s, b = self.inp[seg], self.b
-        a = b.slice(f"{tag}_s", self.x, [0, s.c0, 0, s.s0], [1, s.nch, 1, s.width])  # [1,C,1,S]
-        a = b.reshape(f"{tag}_r", a, [1, 1, s.nch, s.width])  # [1,1,C,S]
+        a = b.reshape(f"{tag}_r", self.seg(seg, tag), [1, 1, s.nch, s.width])  # [1,1,C,S]
         return b.transpose(f"{tag}_t", a)  # [1,1,S,C]
 
     def block(self, seg: str, tag: str) -> Var:
         """Weight segment [C, N] -> [1, 1, C, N]."""
-        s, b = self.inp[seg], self.b
-        w = b.slice(f"{tag}_s", self.x, [0, s.c0, 0, s.s0], [1, s.nch, 1, s.width])  # [1,C,1,N]
-        return b.reshape(f"{tag}_r", w, [1, 1, s.nch, s.width])  # [1,1,C,N]
+        s = self.inp[seg]
+        return self.b.reshape(f"{tag}_r", self.seg(seg, tag), [1, 1, s.nch, s.width])  # [1,1,C,N]
 
     def heads(self, seg: str, nh: int, tag: str) -> Var:
         """Channel segment [nh·HD, S] -> [1, nh, S, HD]."""
         s, b, hd = self.inp[seg], self.b, self.cfg.head_dim
-        a = b.slice(f"{tag}_s", self.x, [0, s.c0, 0, s.s0], [1, s.nch, 1, s.width])  # [1,nh·HD,1,S]
-        a = b.reshape(f"{tag}_r", a, [1, nh, hd, s.width])  # [1,nh,HD,S]
+        a = b.reshape(f"{tag}_r", self.seg(seg, tag), [1, nh, hd, s.width])  # [1,nh,HD,S]
         return b.transpose(f"{tag}_h", a)  # [1,nh,S,HD]
 
     def to_chan(self, y: Var, tag: str) -> Var:
@@ -409,8 +411,8 @@ def sdpa_bwd2(cfg: ModelConfig) -> KernelSpec:
         "sdpaBwd2", cfg, _channels(S, [("P", H * S), ("dP", H * S), ("q_rope", Q), ("k_tiled", Q)])
     )
     b = k.b
-    p = b.reshape("p_r", b.slice("p_s", k.x, [0, 0, 0, 0], [1, H * S, 1, S]), [1, H, S, S])
-    dp = b.reshape("dp_r", b.slice("dp_s", k.x, [0, H * S, 0, 0], [1, H * S, 1, S]), [1, H, S, S])
+    p = b.reshape("p_r", k.seg("P", "p"), [1, H, S, S])  # [1,H·S,1,S] -> [1,H,S,S]
+    dp = b.reshape("dp_r", k.seg("dP", "dp"), [1, H, S, S])
     q, kk = k.heads("q_rope", H, "q"), k.heads("k_tiled", H, "k")  # [1,H,S,HD]
     rs = b.op("reduce_sum", "rs", x=b.op("mul", "pdp", x=p, y=dp), axes=[-1], keep_dims=True)
     ds = b.op("mul", "ds0", x=p, y=b.op("sub", "dd", x=dp, y=rs))  # P⊙(dP − rowsum(P⊙dP))
