@@ -74,10 +74,14 @@ class MilKernels:
                 "64 and channels of 32 - use --backend sim or cpu for this size"
             ) from None
         self.specs: dict[str, KernelSpec] = specs
-        for seg, side in SDPA_COPIES.items():  # sdpa_bwd copies these surface to surface
-            s, d = getattr(specs["sdpaBwd1"], side)[seg], specs["sdpaBwd2"].inp[seg]
+        # sdpa_bwd copies these surface to surface: (sdpaBwd1 side, its segment, sdpaBwd2's)
+        b1, b2 = specs["sdpaBwd1"], specs["sdpaBwd2"]
+        self._sdpa_copies = [(side, getattr(b1, side)[seg], b2.inp[seg])
+                             for seg, side in SDPA_COPIES.items()]  # fmt: skip
+        for _, s, d in self._sdpa_copies:
             if s.shape != d.shape:
-                raise MilError(f"sdpa_bwd: {seg} is {s.shape} in sdpaBwd1, {d.shape} in sdpaBwd2")
+                raise MilError(f"sdpa_bwd: {s.name} is {s.shape} in sdpaBwd1, {d.shape} in "
+                               "sdpaBwd2")  # fmt: skip
         self.kernels: dict[str, Kernel] = {}
         self.inputs: dict[str, list[Surface]] = {}  # kernel -> per-layer (or one) input surface
         t0 = time.perf_counter()
@@ -210,8 +214,7 @@ class MilKernels:
         t = time.perf_counter()
         surf1 = {"inp": self._input("sdpaBwd1", layer), "out": self.kernels["sdpaBwd1"].out}
         in2 = self._input("sdpaBwd2", layer)
-        for seg, side in SDPA_COPIES.items():  # shapes checked equal in __init__
-            s, d = getattr(self.specs["sdpaBwd1"], side)[seg], self.specs["sdpaBwd2"].inp[seg]
+        for side, s, d in self._sdpa_copies:  # shapes checked equal in __init__
             self.rt.copy(in2, d.c0, d.s0, surf1[side], s.c0, s.s0, s.nch, s.width)
         self.io_seconds += time.perf_counter() - t
         dq, dk = self._run("sdpaBwd2", layer, ("dq", "dk_full"))
