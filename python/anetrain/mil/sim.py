@@ -185,6 +185,27 @@ def _cast(c: _Cfg, x, dtype):
     )
 
 
+def _constant_moves(op: str, fixed: dict, t: TensorType) -> Callable | None:
+    """reshape / transpose / slice_by_size whose parameters are constants (every kernel's are):
+    the target shape, perm or slice is resolved once here instead of on every evaluation (the
+    static type check has already validated it against the input's shape). Consumes the
+    parameters from `fixed`; None for anything else."""
+    if op == "reshape" and "shape" in fixed:
+        del fixed["shape"]
+        return lambda c, x, shape=t.shape: x.reshape(shape)
+    if op == "transpose" and "perm" in fixed:
+        perm = tuple(int(v) for v in fixed.pop("perm"))
+        return lambda c, x: np.transpose(x, perm)
+    if op == "slice_by_size" and "begin" in fixed and "size" in fixed:
+        begin = [int(v) for v in fixed["begin"]]
+        if min(begin) < 0:  # counted from the end: needs the input's shape
+            return None
+        del fixed["begin"], fixed["size"]
+        sl = tuple(slice(b, b + n) for b, n in zip(begin, t.shape, strict=True))
+        return lambda c, x: x[sl]
+    return None
+
+
 IMPL: dict[str, Callable] = {
     "add": lambda c, x, y: np.add(x, y), "sub": lambda c, x, y: np.subtract(x, y),
     "mul": lambda c, x, y: np.multiply(x, y), "real_div": lambda c, x, y: np.divide(x, y),
@@ -284,6 +305,7 @@ class Simulation:
                     refs.append((k, b.name))
             else:
                 fixed[k] = self._const(b.value, b.type)
+        impl = _constant_moves(s.op, fixed, t) or impl
         exact = s.op in _MOVES
         fp16 = t.dtype == "fp16"
         npdt = NP_DTYPES.get(t.dtype)
