@@ -30,5 +30,6 @@ test-objc: build-objc mock
 # the Apple (modern runtime) dialect as a syntax check; gcc does not know its rules
 lint-objc:
 	clang -fobjc-runtime=macosx-13.0 -fsyntax-only -Wall -Wextra -Wno-unused-parameter \
+	  -Wundeclared-selector -Werror \
 	  $(filter-out -std=gnu11,$(OBJC_CFLAGS)) -std=gnu11 -idirafter $$(gcc -print-file-name=include) \
 	  $(OBJC_SRCS) tests/mock/ane_mock.m
