@@ -21,19 +21,20 @@ die() { echo "download_tinystories: error: $*" >&2; exit 1; }
 source "$(dirname "${BASH_SOURCE[0]}")/fetch.sh"
 
 check_shard() {  # check_shard FILE: uint16 tokens, even size, all ids < vocab
-    "$python" - "$1" "$vocab" <<'PY' || die "$1: not a valid uint16 token shard"
+    # the package's own token-file check (no build needed)
+    PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}" "$python" - "$1" "$vocab" <<'PY' ||
 import sys
-import numpy as np
+from anetrain.data import load_tokens
+from anetrain.errors import UserError
 path, vocab = sys.argv[1], int(sys.argv[2])
-raw = np.fromfile(path, dtype=np.uint8)
-if raw.size == 0 or raw.size % 2:
-    sys.exit(f"{path}: {raw.size} bytes (expected a non-zero even byte count)")
-tokens = raw.view("<u2")
-if int(tokens.max()) >= vocab:
-    sys.exit(f"{path}: token id {int(tokens.max())} >= {vocab}")
-print(f"{path}: {raw.size:,} bytes, {tokens.size:,} tokens, max id {int(tokens.max())}, "
+try:
+    tokens = load_tokens(path, vocab)
+except UserError as e:
+    sys.exit(str(e))
+print(f"{path}: {2 * tokens.size:,} bytes, {tokens.size:,} tokens, max id {int(tokens.max())}, "
       f"{int((tokens == 1).sum()):,} stories")
 PY
+        die "$1: not a valid uint16 token shard"
 }
 
 main() {
