@@ -14,8 +14,10 @@
 On the real ANE `tiny` runs widened to pass every size rule of our checker (ANE_TINY: 64-aligned
 widths, head_dim >= 32, >= 48 KB per I/O tensor; GQA 4:2, so the GQA programs are compiled too);
 other unaligned models (stories15m: dim 288) are reported as FAIL with the reason. Every kernel
-is compiled even when one fails, and a framework that does not open, a crashed or hung training
-run, still end in the table and the JSON report.
+is compiled even when one fails, and a framework that does not open, a crash or a hang while
+compiling, evaluating or training, still end in the table and the JSON report: each model's
+kernel checks and each training run happen in a child process, and --json is rewritten after
+every section.
 """
 
 from __future__ import annotations
@@ -174,6 +176,51 @@ def _eval_kernels(results: dict, cfg, params, mil: MilKernels, rt, rng) -> None:
                           "ok": bool(rel <= KERNEL_TOL and np.isfinite(rel))}  # fmt: skip
 
 
+def run_child(cmd: list[str], timeout: float, env: dict | None = None):
+    """Run a child Python (`-X faulthandler`): (None, stdout) when it exits 0, else
+    ({"ok": False, "error", "output"}, None) naming a crash ("killed by SIGSEGV", faulthandler's
+    stack in the output), a hang (no result after `timeout` s) or its last line of output."""
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        tail = (e.stderr or b"")[-2000:]
+        return {"ok": False, "error": f"no result after {timeout:g} s (hung?)",
+                "output": tail.decode(errors="replace") if isinstance(tail, bytes) else tail}, None
+    if r.returncode == 0:
+        return None, r.stdout
+    text = (r.stderr or r.stdout).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if r.returncode < 0:  # killed by a signal: faulthandler's stack is in the output
+        try:
+            name = signal.Signals(-r.returncode).name
+        except ValueError:
+            name = str(-r.returncode)
+        error = f"killed by {name}"
+    else:
+        error = lines[-1] if lines else f"exit status {r.returncode}"
+    return {"ok": False, "error": error, "output": text[-4000:]}, None
+
+
+def kernels_in_child(name: str, seed: int, timeout: float) -> dict:
+    """check_kernels for one model in a child process, so that a crash or a hang inside the
+    framework costs that model's rows, not the report: {"rows", "model", "compiles"}, or
+    run_child's error dict."""
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "kernels.json"
+        cmd = [sys.executable, "-X", "faulthandler", str(Path(__file__).resolve()),
+               "--child-kernels", name, "--seed", str(seed), "--child-out", str(out)]  # fmt: skip
+        err, _ = run_child(cmd, timeout)
+        return err or json.loads(out.read_text())
+
+
+def kernels_here(name: str, rt: AneRuntime, seed: int) -> dict:
+    """What the child does (and --in-process): one model's rows, report entry and compiles."""
+    models: dict = {}
+    c0 = rt.compiles
+    rows = model_rows(name, rt, seed, models)
+    return {"rows": rows, "model": models[name], "compiles": rt.compiles - c0}
+
+
 def train(backend: str, model: str, steps: int, seed: int, overrides: dict | None,
           timeout: float) -> dict:  # fmt: skip
     """Run the train CLI in a child (a crash in the framework must not take the report with
@@ -187,27 +234,12 @@ def train(backend: str, model: str, steps: int, seed: int, overrides: dict | Non
             env["ANETRAIN_SMOKE_CFG"] = json.dumps(overrides)
             cmd = [sys.executable, "-X", "faulthandler", "-c", _TRAIN_ALIGNED, *args]
         t = time.perf_counter()
-        try:
-            r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-        except subprocess.TimeoutExpired as e:
-            tail = (e.stderr or b"")[-2000:]
-            return {"ok": False, "error": f"no result after {timeout:g} s (hung?)",
-                    "output": tail.decode(errors="replace") if isinstance(tail, bytes) else tail}
+        err, stdout = run_child(cmd, timeout, env)
+        if err:
+            return err
         wall = time.perf_counter() - t
-        if r.returncode != 0:
-            text = (r.stderr or r.stdout).strip()
-            lines = [ln for ln in text.splitlines() if ln.strip()]
-            if r.returncode < 0:  # killed by a signal: faulthandler's stack is in the output
-                try:
-                    name = signal.Signals(-r.returncode).name
-                except ValueError:
-                    name = str(-r.returncode)
-                error = f"killed by {name}"
-            else:
-                error = lines[-1] if lines else f"exit status {r.returncode}"
-            return {"ok": False, "error": error, "output": text[-4000:]}
         rows = [json.loads(ln) for ln in (Path(d) / "metrics.jsonl").read_text().splitlines()]
-    out = r.stdout.strip().splitlines()
+    out = stdout.strip().splitlines()
     return {"ok": True, "losses": [r["loss"] for r in rows], "wall_s": wall,
             "skipped": rows[-1].get("skipped", 0), "report": out[-9:],
             "model": next((ln for ln in out if ln.startswith("model:")), None)}
@@ -224,6 +256,17 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def save(path: str | None, report: dict) -> str:
+    """The report as JSON text, also written to `path` (atomically) when given; called after
+    every section, so a report survives even if this process itself dies later."""
+    text = json.dumps(report, indent=1, default=str)
+    if path:
+        tmp = Path(path).with_name(Path(path).name + ".tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, path)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     p.add_argument("--models", default="tiny,stories110m", help="kernel checks (comma list)")
@@ -231,9 +274,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=1800.0,
-                   help="seconds before a training run counts as hung (1800)")
-    p.add_argument("--json", default=None, help="also write the JSON report here")
+                   help="seconds before one model's kernel checks or a training run count as "
+                        "hung (1800)")  # fmt: skip
+    p.add_argument("--json", default=None,
+                   help="also write the JSON report here (rewritten after every section)")
+    p.add_argument("--in-process", action="store_true",
+                   help="check the kernels in this process, not in a child per model (a crash "
+                        "in the framework then ends the script without a report)")
+    p.add_argument("--child-kernels", help=argparse.SUPPRESS)  # internal: one model, in a child
+    p.add_argument("--child-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.child_kernels:
+        rt = AneRuntime()
+        try:
+            result = kernels_here(args.child_kernels, rt, args.seed)
+        finally:
+            rt.close()
+        Path(args.child_out).write_text(json.dumps(result, default=str))
+        return 0
 
     report: dict = {"machine": machine(), "models": {}, "train": {}}
     if report["machine"]["old_macos"]:
@@ -251,19 +309,33 @@ def main(argv: list[str] | None = None) -> int:
     else:
         report["framework"] = {"path": rt.framework_path, "mock": rt.mock,
                                "open_s": time.perf_counter() - t}  # fmt: skip
+        report["compiles"] = 0
+    save(args.json, report)
     try:
         for name in [m for m in args.models.split(",") if m and rt is not None]:
-            rows += model_rows(name, rt, args.seed, report["models"])
-        if rt is not None:
-            report["compiles"] = rt.compiles
+            if args.in_process:
+                r = kernels_here(name, rt, args.seed)
+            else:
+                print(f"checking {name}'s kernels (in a child process) ...", flush=True)
+                r = kernels_in_child(name, args.seed, args.timeout)
+            if "rows" in r:
+                rows += [tuple(row) for row in r["rows"]]
+                report["models"][name] = r["model"]
+                report["compiles"] += r["compiles"]
+            else:  # the child crashed or hung
+                report["models"][name] = r
+                rows.append((f"{name}: kernel checks", False, r["error"]))
+            save(args.json, report)
     finally:
         if rt is not None:
             rt.close()
 
     sizes = ANE_TINY if args.train_model == "tiny" and not report["framework"]["mock"] else None
     for backend in ("ane", "cpu"):
+        print(f"training {args.train_model} {args.steps} steps on {backend} ...", flush=True)
         report["train"][backend] = train(backend, args.train_model, args.steps, args.seed, sizes,
                                          args.timeout)  # fmt: skip
+        save(args.json, report)
     a, c = report["train"]["ane"], report["train"]["cpu"]
     for backend, r in (("ane", a), ("cpu", c)):
         rows.append((f"train {args.train_model} {args.steps} steps on {backend}", r["ok"],
@@ -280,10 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{what:48s} {'PASS' if ok else 'FAIL':6s} {detail}")
     passed = all(ok for _, ok, _ in rows)
     report["pass"] = passed
-    text = json.dumps(report, indent=1, default=str)
-    print("\n" + text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    print("\n" + save(args.json, report))
     return 0 if passed else 1
 
 

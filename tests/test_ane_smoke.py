@@ -54,7 +54,7 @@ def test_smoke_script_reports_unaligned_models_as_failures(monkeypatch, capsys):
     smoke = _load_script()
     monkeypatch.setattr(smoke, "AneRuntime", _StrictSim)
     monkeypatch.setattr(smoke, "train", lambda *a: {"ok": False, "error": "not run here"})
-    assert smoke.main(["--models", "stories15m,tiny"]) == 1
+    assert smoke.main(["--in-process", "--models", "stories15m,tiny"]) == 1
     out = capsys.readouterr().out
     assert re.search(r"stories15m: compile 10 kernels\s+FAIL .*cannot run on the ANE", out)
     assert re.search(r"tiny: compile 10 kernels\s+PASS", out)  # the aligned tiny still runs
@@ -85,7 +85,7 @@ def test_smoke_script_reports_framework_errors_as_failures(monkeypatch, capsys, 
     monkeypatch.setattr(smoke, "train", lambda *a: {"ok": False, "error": "not run here"})
     monkeypatch.setattr(_FailingRuntime, "fail_compile", True, raising=False)
     report = tmp_path / "r.json"
-    assert smoke.main(["--models", "tiny", "--json", str(report)]) == 1
+    assert smoke.main(["--in-process", "--models", "tiny", "--json", str(report)]) == 1
     out = capsys.readouterr().out
     assert re.search(r"tiny: compile 10 kernels\s+FAIL\s+1 of 10 failed", out)
     assert re.search(r"tiny: compile sdpaFwd\s+FAIL\s+AneError: .*\(11\): mock compiler", out)
@@ -95,7 +95,7 @@ def test_smoke_script_reports_framework_errors_as_failures(monkeypatch, capsys, 
     assert "rejected MIL" in comp["sdpaFwd"]["error"] and rep["compiles"] == 9
     assert all(v["compile_s"] >= 0 for k, v in comp.items() if k != "sdpaFwd")
     monkeypatch.setattr(_FailingRuntime, "fail_compile", False, raising=False)
-    assert smoke.main(["--models", "tiny"]) == 1
+    assert smoke.main(["--in-process", "--models", "tiny"]) == 1
     out = capsys.readouterr().out
     assert re.search(r"tiny: woFwd vs cpu\s+FAIL\s+AneError: .*program inference error", out)
     assert re.search(r"tiny: ffnFused vs cpu\s+PASS", out)
@@ -146,6 +146,35 @@ def test_training_child_crash_and_hang_become_one_line_errors(monkeypatch):
 
     monkeypatch.setattr(smoke.subprocess, "run", silent)
     assert smoke.train("cpu", "tiny", 3, 1, None, 5.0)["error"] == "exit status 3"
+
+
+@pytest.mark.parametrize("child,error", [("kill -SEGV $$", "killed by SIGSEGV"),
+                                          ("sleep 20", "no result after 1 s (hung?)")])
+def test_a_crashed_or_hung_kernel_child_is_a_failed_row_and_the_json_is_kept(
+        monkeypatch, capsys, tmp_path, child, error):  # fmt: skip
+    """A crash or hang inside the framework while compiling/evaluating costs that model's row,
+    not the report; the JSON already holds it if the script itself dies afterwards."""
+    smoke = _load_script()
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\necho 'Fatal Python error: in the framework' >&2\n{child}\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(smoke, "AneRuntime", _StrictSim)  # the parent only opens it
+    monkeypatch.setattr(smoke.sys, "executable", str(fake))  # the kernel child
+
+    def parent_dies(*a):
+        raise RuntimeError("the parent died too")
+
+    monkeypatch.setattr(smoke, "train", parent_dies)
+    report = tmp_path / "r.json"
+    with pytest.raises(RuntimeError):
+        smoke.main(["--models", "tiny", "--json", str(report), "--timeout", "1"])
+    rep = json.loads(report.read_text())
+    assert rep["models"]["tiny"]["error"] == error and rep["compiles"] == 0
+    if "SEGV" in child:
+        assert "in the framework" in rep["models"]["tiny"]["output"]
+    monkeypatch.setattr(smoke, "train", lambda *a: {"ok": False, "error": "not run here"})
+    assert smoke.main(["--models", "tiny", "--timeout", "1"]) == 1
+    assert re.search(rf"tiny: kernel checks\s+FAIL\s+{re.escape(error)}", capsys.readouterr().out)
 
 
 def test_aligned_tiny_passes_every_ane_rule_and_trains():
@@ -219,7 +248,7 @@ def test_smoke_script_reports_a_failure_after_the_compiles(monkeypatch, capsys, 
     monkeypatch.setattr(smoke, "AneRuntime", _NoSurfaceRuntime)
     monkeypatch.setattr(smoke, "train", lambda *a: {"ok": False, "error": "not run here"})
     report = tmp_path / "r.json"
-    assert smoke.main(["--models", "tiny", "--json", str(report)]) == 1
+    assert smoke.main(["--in-process", "--models", "tiny", "--json", str(report)]) == 1
     out = capsys.readouterr().out
     assert re.search(r"tiny: compile 10 kernels\s+FAIL\s+AneError: .*IOSurfaceCreate", out)
     assert "IOSurfaceCreate" in json.loads(report.read_text())["models"]["tiny"]["error"]
