@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -243,3 +244,56 @@ def test_sim_overflow_is_one_error_line_not_warnings(tmp_path, capsys):
     assert not [w for w in seen if issubclass(w.category, MilOverflowWarning)]
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "loss is nan" in err[0], err
+
+
+def _fake_apple_silicon(monkeypatch) -> None:
+    from anetrain import backends
+
+    monkeypatch.setattr(backends, "apple_silicon", lambda: True)
+    monkeypatch.setattr(backends, "macos_version", lambda: (15, 1))
+    monkeypatch.setattr(backends, "_ane_unavailable_reason", lambda: None)
+
+
+def test_auto_picks_cpu_for_sizes_the_ane_refuses(monkeypatch, capsys):
+    """The default tiny preset breaks the ANE's alignment rules: on an Apple-silicon Mac auto
+    must train it on cpu, not pick ane and then stop with an error."""
+    from anetrain.config import preset
+
+    _fake_apple_silicon(monkeypatch)
+    assert pick_backend("auto", cfg=preset("tiny")) == "cpu"
+    assert ("backend auto: using cpu (model dim 64, hidden 176, seq 64 breaks the ANE's "
+            "alignment rules; --backend ane lists them)") in capsys.readouterr().out
+    assert pick_backend("auto", cfg=preset("stories110m")) == "ane"
+    assert "using ane (Apple Neural Engine found)" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not MOCK_SO.exists(), reason="build/mock/libane_mock.so is not built "
+                                                  "(make mock)")  # fmt: skip
+def test_auto_falls_back_to_cpu_when_the_ane_fails_to_compile(monkeypatch, capsys, tmp_path):
+    """auto picked ane (nothing has compiled on this machine yet) and the compiler refuses: the
+    run trains on cpu with a warning carrying the NSError; --backend ane stays an error."""
+    ane = pytest.importorskip("anetrain.ane")
+    if not ane.built():
+        pytest.skip("anetrain._ane is not built (ANETRAIN_OBJC=gnustep pip install -e .)")
+    import anetrain.kernels_mil
+
+    _fake_apple_silicon(monkeypatch)
+    monkeypatch.setattr(anetrain.kernels_mil, "ane_misfit", lambda cfg: None)  # the mock's tiny
+    monkeypatch.setenv(ane.FRAMEWORK_ENV, str(MOCK_SO))
+    mock = mock_framework()
+    mock.reset()
+    try:
+        mock.fail("compile", count=100)
+        args = ["--model", "tiny", "--steps", "2", "--seed", "7"]
+        assert main([*args, "--out", str(tmp_path / "auto")]) == 0
+        cap = capsys.readouterr()
+        assert "backend auto: using ane" in cap.out
+        assert re.search(r"warning: backend auto: the ANE failed \(kernel sdpaFwd: .*\(11\).*\); "
+                         r"using cpu \(--backend ane makes this an error\)", cap.err), cap.err
+        rows = (tmp_path / "auto" / "metrics.jsonl").read_text().splitlines()
+        assert len(rows) == 2 and "loss_scale" not in json.loads(rows[-1])  # the cpu backend
+        assert mock.live_objects() == 0 and mock.live_surfaces() == 0
+        assert main([*args, "--backend", "ane", "--out", str(tmp_path / "ane")]) == 2
+        assert re.search(r"error: kernel sdpaFwd: .*\(11\)", capsys.readouterr().err)
+    finally:
+        mock.reset()

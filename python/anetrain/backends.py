@@ -88,12 +88,22 @@ def _ane_unavailable_reason() -> str | None:
     return None
 
 
-def pick_backend(name: str, verbose: bool = True) -> str:
-    """Resolve `auto` and reject backends this machine cannot run, with a clear reason."""
+def pick_backend(name: str, verbose: bool = True, cfg: ModelConfig | None = None) -> str:
+    """Resolve `auto` and reject backends this machine cannot run, with a clear reason.
+
+    cfg: the model; auto then also picks cpu for sizes the ANE refuses (kernels_mil.ane_misfit),
+    e.g. the default tiny preset, where --backend ane is an error that lists the rules broken.
+    """
     if name == "auto":
         # only on Apple silicon: ANETRAIN_ANE_FRAMEWORK (the test mock) never makes auto pick ane
         if apple_silicon():
             why = old_macos() or _ane_unavailable_reason()
+            if why is None and cfg is not None:
+                from anetrain.kernels_mil import ane_misfit
+
+                if ane_misfit(cfg):
+                    why = (f"model dim {cfg.dim}, hidden {cfg.hidden_dim}, seq {cfg.seq_len} "
+                           "breaks the ANE's alignment rules; --backend ane lists them")
         else:
             why = ROSETTA if under_rosetta() else "no Apple Neural Engine here"
         choice = "cpu" if why else "ane"

@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         default=None,
         choices=BACKENDS,
-        help="auto (ane on Apple silicon when available, else cpu), cpu, sim, ane",
+        help="auto (default: ane on Apple silicon when it is available and the model's sizes "
+        "fit it, else cpu; falls back to cpu if an ANE compile fails), cpu, sim, ane",
     )
     g.add_argument(
         "--out", default=None, help="output directory (default out/, or the --resume DIR)"
@@ -248,6 +249,7 @@ def train(argv: list[str] | None) -> int:
     import numpy as np
 
     from anetrain import checkpoint as ckpt_io
+    from anetrain.ane import AneError
     from anetrain.backends import make_kernels, pick_backend
     from anetrain.convert import load_init
     from anetrain.data import WindowSampler, check_length, eval_windows, open_dataset
@@ -345,8 +347,16 @@ def train(argv: list[str] | None) -> int:
         opt.t = int(resumed.meta.get("adam_t", 0))
         step0 = int(resumed.meta.get("step", 0))
         sampler.set_state(resumed.meta["sampler"])
-    backend = pick_backend(tc.backend, verbose=not args.quiet)
-    kern = make_kernels(backend, cfg, params, threads)
+    backend = pick_backend(tc.backend, verbose=not args.quiet, cfg=cfg)
+    try:
+        kern = make_kernels(backend, cfg, params, threads)
+    except AneError as e:  # auto chose ane, which has never compiled on this machine: fall back
+        if tc.backend != "auto":
+            raise
+        print(f"warning: backend auto: the ANE failed ({e}); using cpu (--backend ane makes "
+              "this an error)", file=sys.stderr)  # fmt: skip
+        backend = "cpu"
+        kern = make_kernels(backend, cfg, params, threads)
     dw_pool, dw_note = None, ""
     try:  # setup after the compile: a failure here must not leak kernels or worker threads
         # fp16 kernels need loss scaling; the fp32 cpu kernels do not (scale 1, never skips)
