@@ -56,6 +56,15 @@ def test_resume_is_bit_identical(tmp_path):
         )
 
 
+def test_tokens_keep_counting_when_resumed_with_another_accum(tmp_path):
+    out = tmp_path / "K"
+    assert main([*TINY, "--steps", "3", "--out", str(out)]) == 0
+    assert main(["--quiet", "--resume", str(out), "--steps", "5", "--accum", "2"]) == 0
+    S = checkpoint.load(out / "checkpoint.bin").model.seq_len
+    assert [r["tokens"] for r in _metrics(out)] == [S, 2 * S, 3 * S, 5 * S, 7 * S]
+    assert checkpoint.load(out / "checkpoint.bin").meta["tokens"] == 7 * S
+
+
 def test_interrupted_run_metrics_are_trimmed_on_resume(tmp_path):
     out = tmp_path / "R"
     assert main([*TINY, "--steps", "4", "--ckpt-every", "2", "--out", str(out)]) == 0

@@ -383,10 +383,11 @@ def train(argv: list[str] | None) -> int:
         _release(kern, dw_pool)
         raise
 
-    def save_checkpoint(step: int, sampler_state: dict) -> None:
+    def save_checkpoint(step: int, tokens: int, sampler_state: dict) -> None:
         meta = {
             "scaler": scaler.state(),
             "step": step,
+            "tokens": tokens,
             "adam_t": opt.t,
             "train": tc.to_dict(),
             "sampler": sampler_state,
@@ -427,6 +428,9 @@ def train(argv: list[str] | None) -> int:
     from tqdm import tqdm
 
     tokens_per_step = tc.accum * S
+    # tokens trained on so far; --accum may differ from the resumed run's (older checkpoints
+    # did not record it: assume this run's)
+    tokens = int(resumed.meta.get("tokens", step0 * tokens_per_step)) if resumed else 0
     bar = tqdm(
         total=tc.steps,
         initial=step0,
@@ -477,6 +481,7 @@ def train(argv: list[str] | None) -> int:
                     opt.step(grads, lr, grad_scale=scale)
                     kern.update_weights()
                 step += 1
+                tokens += tokens_per_step
                 sampler_state = sampler.state()
             ms = (time.perf_counter() - t0) * 1000.0
             step_ms.append(ms)
@@ -484,7 +489,7 @@ def train(argv: list[str] | None) -> int:
                 "step": step,
                 "loss": loss_sum / tc.accum,
                 "lr": lr,
-                "tokens": step * tokens_per_step,
+                "tokens": tokens,
                 "ms": round(ms, 3),
                 "grad_norm": norm if finite else None,  # strict JSON: no NaN/Infinity
             }
@@ -501,7 +506,7 @@ def train(argv: list[str] | None) -> int:
             metrics.write(json.dumps(rec) + "\n")
             metrics.flush()
             if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps:
-                save_checkpoint(step, sampler_state)
+                save_checkpoint(step, tokens, sampler_state)
             bar.update(1)
             bar.set_postfix(
                 loss=f"{rec['loss']:.4f}",
@@ -517,7 +522,7 @@ def train(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         bar.close()
         if step > step0:
-            save_checkpoint(step, sampler_state)
+            save_checkpoint(step, tokens, sampler_state)
             print(f"\ninterrupted: checkpoint saved at step {step} in {ckpt_path}")
         else:
             print("\ninterrupted before the first step; nothing saved")
