@@ -62,8 +62,9 @@ def built() -> bool:
 
 def _require() -> None:
     if lib is None:
-        raise AneError("anetrain._ane is not built (it is built on macOS, and on Linux only with "
-                       "ANETRAIN_OBJC=gnustep against GNUstep)")
+        raise AneError("anetrain._ane is not built (it is built on macOS, where `pip install -v .` "
+                       "shows why its build failed, and on Linux only with ANETRAIN_OBJC=gnustep "
+                       "against GNUstep)")
 
 
 def _err():

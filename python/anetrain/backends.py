@@ -81,7 +81,8 @@ def _ane_unavailable_reason() -> str | None:
         return (f"the Apple Neural Engine needs macOS on Apple silicon (this is {sys.platform} "
                 f"{platform.machine()})")
     if not ane.built():
-        return "anetrain._ane is not built (reinstall on macOS: pip install -e .)"
+        return ("anetrain._ane is not built (on macOS `pip install -v .` shows why its build "
+                "failed)")
     path = ane.resolve_framework_path()
     if not ane.available(path):
         return f"the ANE framework {path} does not load"
