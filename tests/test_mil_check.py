@@ -282,7 +282,9 @@ def test_small_io_warns():
             {},
         )
     got = sorted(str(w.message) for w in caught)
-    assert got == ["line 4: func main: I/O tensor 'x' is 2048 bytes < 49152 [io-min-bytes]",
+    assert got == ["line 4: func main: I/O tensor 'x' has 16 channels < 64 [io-min-channels]",
+                   "line 4: func main: I/O tensor 'x' is 2048 bytes < 49152 [io-min-bytes]",
+                   "line 4: func main: I/O tensor 'y' has 16 channels < 64 [io-min-channels]",
                    "line 4: func main: I/O tensor 'y' is 2048 bytes < 49152 [io-min-bytes]",
                    "line 4: func main: I/O tensor 'y' width 1 is not a multiple of 64 [io-width]"]
 

@@ -16,6 +16,7 @@ MAX_CHANNEL = 65536  # C and N
 MAX_CONTRACTION = 16384  # matmul K, conv C_in/groups·prod(K) (32000-input-channel conv rejected)
 MAX_RANK = 5
 MIN_IO_BYTES = 49152  # Orion: smaller surfaces fail at eval with 0x1d (warning only)
+MIN_IO_CHANNELS = 64  # upstream.md §2.5/§9: >= 64 channels worked, a 4-channel kernel did not
 MAX_BLOBS = 15  # Orion: ≤ 16 BLOBFILE consts, 15 with an inline scalar (warning)
 ALIGN_W = 64  # keep I/O widths multiples of 64 fp16 elements (upstream.md §2.5)
 ALIGN_K = 32  # runtime-weight matmul inner dim multiple of 32, else zeros on M1 (MDX-47)
@@ -129,6 +130,9 @@ def check_program(
     for n, t in io:
         if t.nbytes < MIN_IO_BYTES:
             add("W", "io-min-bytes", fw, f"I/O tensor {n!r} is {t.nbytes} bytes < {MIN_IO_BYTES}")
+        if t.rank == 4 and t.shape[1] < MIN_IO_CHANNELS:
+            add("W", "io-min-channels", fw,
+                f"I/O tensor {n!r} has {t.shape[1]} channels < {MIN_IO_CHANNELS}")  # fmt: skip
         if t.rank == 4 and t.shape[-1] % ALIGN_W:
             add(
                 "W",
