@@ -53,3 +53,35 @@ def test_eval_windows_deterministic():
     toks = np.arange(500, dtype=np.uint16)
     a = [x[0] for x, _ in eval_windows(toks, 32, 4)]
     assert a == [x[0] for x, _ in eval_windows(toks, 32, 4)] and a[0] == 0 and a[-1] == 500 - 33
+
+
+def test_text_and_directories_are_not_token_files(tmp_path):
+    txt = tmp_path / "story.txt"
+    txt.write_text("Once upon a time there was a little robot who loved to read.\n" * 20)
+    with pytest.raises(DataError, match=r"story.txt: looks like text, not uint16 tokens; "
+                       r"tokenize it first \(scripts/prepare_data.py\)"):  # fmt: skip
+        open_dataset(txt)
+    utf8 = tmp_path / "fr.txt"  # multibyte text, cut mid-character by the 4 KB sample
+    utf8.write_text("é" * 3000 + "\n")
+    with pytest.raises(DataError, match="looks like text"):
+        load_tokens(utf8, 32000)
+    real = tmp_path / "real.bin"  # ids that happen to be printable in places are still tokens
+    write_tokens(real, np.random.default_rng(0).integers(0, 32000, 4096))
+    assert load_tokens(real, 32000).size == 4096
+    with pytest.raises(DataError, match=f"{tmp_path}: is a directory, not a token file"):
+        load_tokens(tmp_path, 32000)
+
+
+def test_dataset_without_a_validation_split(tmp_path):
+    """prepare_data.py --val-fraction 0 writes an empty val.bin and val_tokens 0: no validation,
+    not an error; an empty val.bin the meta does not account for is still refused."""
+    write_tokens(tmp_path / "train.bin", np.arange(100) % 50)
+    (tmp_path / "val.bin").write_bytes(b"")
+    meta = {"vocab_size": 50, "train_tokens": 100, "val_tokens": 0}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    ds = open_dataset(tmp_path)
+    assert ds.val is None and ds.train.size == 100
+    meta["val_tokens"] = 10
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="val.bin: token file is empty"):
+        open_dataset(tmp_path)

@@ -28,11 +28,16 @@ def embedded_dataset() -> Path:
 def load_tokens(path: str | Path, vocab_size: int) -> np.ndarray:
     """Memory-map a raw little-endian uint16 token file and check every id is < vocab_size."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a token file")
     if not path.is_file():
         raise DataError(f"{path}: no such token file")
     size = path.stat().st_size
     if size == 0:
         raise DataError(f"{path}: token file is empty")
+    if _looks_like_text(path):
+        raise DataError(f"{path}: looks like text, not uint16 tokens; tokenize it first "
+                        "(scripts/prepare_data.py)")  # fmt: skip
     if size % 2:
         raise DataError(f"{path}: odd byte count {size}; not a uint16 token file")
     toks = np.memmap(path, dtype="<u2", mode="r")  # [n_tokens]
@@ -46,6 +51,20 @@ def load_tokens(path: str | Path, vocab_size: int) -> np.ndarray:
                 f"vocab size {vocab_size}"
             )
     return toks
+
+
+def _looks_like_text(path: Path, n: int = 4096) -> bool:
+    """True when the file starts with printable UTF-8 text. Token files do not: ids below 8192
+    put a control byte (< 0x20) in every other position, and real data is full of them."""
+    with open(path, "rb") as f:
+        head = f.read(n)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not just a character cut at the end of the sample
+            return False
+        text = head[: e.start].decode("utf-8")
+    return len(text) >= 16 and all(c.isprintable() or c in "\t\n\r" for c in text)
 
 
 @dataclass
@@ -85,7 +104,8 @@ def open_dataset(
         vocab_size = meta_vocab
         train = load_tokens(path / meta.get("train", "train.bin"), vocab_size)
         val_file = path / meta.get("val", "val.bin")
-        val = load_tokens(val_file, vocab_size) if val_file.is_file() else None
+        no_val = meta.get("val_tokens") == 0 or not val_file.is_file()  # --val-fraction 0
+        val = None if no_val else load_tokens(val_file, vocab_size)
         tok = path / meta.get("tokenizer", "tokenizer.bin")
         tokenizer = tok if tok.is_file() else None
     elif path.exists():
