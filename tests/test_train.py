@@ -134,7 +134,8 @@ def test_bad_flags(tmp_path, capsys):
 @pytest.mark.parametrize("flag, value", [("--eval-every", "-3"), ("--ckpt-every", "-1"),
                                          ("--wd", "-0.1"), ("--min-lr", "nan"), ("--clip", "nan"),
                                          ("--lr", "inf"), ("--eval-batches", "0"),
-                                         ("--warmup", "-1")])  # fmt: skip
+                                         ("--warmup", "-1"), ("--steps", "0"),
+                                         ("--seed", "-1"), ("--min-lr", "1")])  # fmt: skip
 def test_out_of_range_settings_are_refused_before_anything_runs(tmp_path, capsys, flag, value):
     e = _err(capsys, [*TINY, flag, value, "--out", str(tmp_path / "o")])
     assert e.startswith("anetrain.train: error: " + flag) and value in e
@@ -256,3 +257,92 @@ def test_resume_with_a_new_lr_rescales_the_default_min_lr(tmp_path):
     assert main(["--quiet", "--resume", str(out), "--steps", "4", "--lr", "4e-3"]) == 0
     tc = checkpoint.load(out / "checkpoint.bin").meta["train"]
     assert (tc["lr"], tc["min_lr"]) == (4e-3, 5e-5)  # an explicit min_lr stays
+
+
+def test_resume_never_writes_over_another_run(tmp_path, capsys):
+    a, b = tmp_path / "A", tmp_path / "B"
+    assert main([*TINY, "--steps", "2", "--out", str(a)]) == 0
+    assert main([*TINY, "--steps", "3", "--seed", "5", "--out", str(b)]) == 0
+    before = (b / "checkpoint.bin").read_bytes(), (b / "metrics.jsonl").read_text()
+    e = _err(capsys, ["--quiet", "--resume", str(a), "--steps", "4", "--out", str(b)])
+    assert f"{b / 'checkpoint.bin'}: a checkpoint already exists" in e and "--overwrite" in e
+    assert ((b / "checkpoint.bin").read_bytes(), (b / "metrics.jsonl").read_text()) == before
+    # with --overwrite B becomes A's continuation, and its metrics are A's, not a mix
+    assert main(["--quiet", "--resume", str(a), "--steps", "4", "--out", str(b),
+                 "--overwrite"]) == 0  # fmt: skip
+    assert [r["step"] for r in _metrics(b)] == [3, 4]
+    assert checkpoint.load(b / "checkpoint.bin").meta["step"] == 4
+    assert checkpoint.load(a / "checkpoint.bin").meta["step"] == 2  # A itself untouched
+    # a checkpoint file works as --resume too, and the run continues in its directory
+    assert main(["--quiet", "--resume", str(a / "checkpoint.bin"), "--steps", "3"]) == 0
+    assert checkpoint.load(a / "checkpoint.bin").meta["step"] == 3
+    # nothing to do is an error, not a silent exit 0
+    e = _err(capsys, ["--quiet", "--resume", str(a), "--steps", "3"])
+    assert "the run is already at step 3 of --steps 3; pass a larger --steps" in e
+
+
+def test_resume_from_another_directory_and_validation_data_persist(tmp_path, monkeypatch,
+                                                                   capsys):  # fmt: skip
+    """Checkpoints record absolute data paths (a relative --data typed in another directory
+    still resolves), and --val-data given once stays with the run across resumes."""
+    work = tmp_path / "work"
+    work.mkdir()
+    write_tokens(work / "train.bin", np.arange(4000) % 90)
+    write_tokens(work / "val.bin", np.arange(500) % 90)
+    monkeypatch.chdir(work)
+    common = ["--model", "tiny", "--threads", "2", "--vocab-size", "90"]
+    assert main([*common, "--quiet", "--steps", "1", "--data", "train.bin", "--val-data",
+                 "val.bin", "--out", "r"]) == 0  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    for steps in ("2", "3"):
+        assert main(["--quiet", "--resume", str(work / "r"), "--steps", steps]) == 0
+    meta = checkpoint.load(work / "r" / "checkpoint.bin").meta
+    assert (meta["data"], meta["val_data"]) == (str(work / "train.bin"), str(work / "val.bin"))
+    assert all("val_loss" in r for r in _metrics(work / "r"))
+    # --eval-every without validation data says it is ignored
+    assert main([*common, "--steps", "1", "--eval-every", "1", "--data",
+                 str(work / "train.bin"), "--out", str(tmp_path / "nv")]) == 0  # fmt: skip
+    assert "note: --eval-every 1 is ignored" in capsys.readouterr().out
+
+
+def test_divergence_is_one_line_without_numpy_warnings(tmp_path, capsys):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        e = _err(capsys, [*TINY, "--lr", "1e30", "--clip", "0", "--steps", "5",
+                          "--out", str(tmp_path / "d")])  # fmt: skip
+    assert "loss is nan" in e or "gradient norm" in e
+    assert [str(w.message) for w in caught] == []  # numpy's overflow warnings stay quiet
+    assert np.geterr()["over"] == "warn"  # restored after the run
+
+
+def test_an_interrupted_save_leaves_no_temp_file(tmp_path, monkeypatch):
+    from anetrain.config import preset
+    from anetrain.params import init_params
+
+    cfg = preset("tiny", vocab_size=97)
+    ck = checkpoint.Checkpoint(cfg, init_params(cfg, np.random.default_rng(0)))
+    path = tmp_path / "checkpoint.bin"
+    checkpoint.save(path, ck)
+    before = path.read_bytes()
+
+    def interrupted(f, arr, crc):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "_write_all", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(path, ck)
+    assert path.read_bytes() == before and not (tmp_path / "checkpoint.bin.tmp").exists()
+
+
+def test_a_second_interrupt_while_saving_waits_for_the_save():
+    import signal
+
+    from anetrain.train import _hold_interrupts
+
+    done = []
+    with _hold_interrupts(reraise=False):  # the save on Ctrl-C: not cut short, nothing raised
+        os.kill(os.getpid(), signal.SIGINT)
+        done.append("saved")
+    assert done == ["saved"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -101,6 +101,9 @@ def atomic_write(path: Path, write, what: str):
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise CheckpointError(f"{path}: cannot write {what} ({e.strerror or e})") from None
+    except BaseException:  # e.g. KeyboardInterrupt: no half-written temp file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:

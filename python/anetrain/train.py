@@ -119,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start a fresh run even if --out already holds a checkpoint",
     )
-    g.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    g.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default, or 0: all cores)"
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     return p
 
@@ -206,6 +208,10 @@ def _prepare_metrics(path: Path, resume_step: int | None) -> int:
     return bad
 
 
+def _absolute(path: str | Path | None) -> str | None:
+    return None if path is None else str(Path(path).resolve())
+
+
 def _release(kern, dw_pool) -> None:
     """Stop the dW workers; sim/ane: unload the kernels, free their surfaces, remove their temp
     dirs (cpu kernels hold nothing)."""
@@ -217,8 +223,8 @@ def _release(kern, dw_pool) -> None:
 
 
 @contextmanager
-def _hold_interrupts():
-    """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt.
+def _hold_interrupts(reraise: bool = True):
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt (if reraise).
 
     Around the optimizer update: an interrupt there would save a checkpoint whose weights and
     Adam moments are half updated (AdamW runs on worker threads) while its step counter and
@@ -233,7 +239,7 @@ def _hold_interrupts():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-    if caught:
+    if caught and reraise:
         raise KeyboardInterrupt
 
 
@@ -258,35 +264,48 @@ def train(argv: list[str] | None) -> int:
     from anetrain.optim import AdamW, LossScaler, clip_factor, get_lr, grad_norm
     from anetrain.params import init_params
 
-    # --resume DIR keeps writing into DIR unless --out says otherwise
-    out = Path(args.out if args.out is not None else (args.resume or "out"))
-    ckpt_path = out / ckpt_io.FILE_NAME
-    flags = {k: v for k, v in vars(args).items() if v is not None}
-
-    # ---- resume or fresh start
-    resumed = None
+    resume_file = None  # --resume DIR (or DIR/checkpoint.bin)
     if args.resume is not None:
         if args.init is not None:
             raise UserError("--init starts a new run from a model; it cannot be used with --resume")
-        rdir = Path(args.resume or out)
-        resumed = ckpt_io.load(ckpt_io.resolve(rdir))
+        resume_file = ckpt_io.resolve(args.resume or args.out or "out")
+    # a resumed run keeps writing into its own directory unless --out says otherwise
+    out = Path(args.out) if args.out is not None else \
+        (resume_file.parent if resume_file is not None else Path("out"))  # fmt: skip
+    ckpt_path = out / ckpt_io.FILE_NAME
+    same_run = resume_file is not None and ckpt_path.resolve() == resume_file.resolve()
+    flags = {k: v for k, v in vars(args).items() if v is not None}
+    if ckpt_path.exists() and not same_run and not args.overwrite:  # before reading anything
+        raise UserError(
+            f"{ckpt_path}: a checkpoint already exists; use --resume {out} to continue it, "
+            "another --out, or --overwrite to replace it"
+        )
+
+    # ---- resume or fresh start
+    resumed = None
+    if resume_file is not None:
+        resumed = ckpt_io.load(resume_file)
         saved = dict(resumed.meta.get("train", {}))
         tc_dict = {**saved, **{f: flags[a] for a, f in _TRAIN_FLAGS.items() if a in flags}}
         if "lr" in flags and "min_lr" not in flags and \
                 math.isclose(saved.get("min_lr", -1.0), saved.get("lr", 0.0) / 10):  # fmt: skip
             tc_dict["min_lr"] = flags["lr"] / 10  # the saved min_lr was the default lr/10
         tc = TrainConfig(**tc_dict)
+        done = int(resumed.meta.get("step", 0))
+        if tc.steps <= done:
+            raise UserError(f"{resume_file}: the run is already at step {done} of --steps "
+                            f"{tc.steps}; pass a larger --steps to train further")  # fmt: skip
         cfg = resumed.model
         if args.model is not None:
             want = preset(args.model, vocab_size=cfg.vocab_size, seq_len=args.seq or cfg.seq_len)
             if want != cfg:
                 raise CheckpointError(
-                    f"{rdir}: checkpoint model does not match --model {args.model} "
+                    f"{resume_file}: checkpoint model does not match --model {args.model} "
                     f"(checkpoint: dim {cfg.dim}, {cfg.n_layers} layers, seq {cfg.seq_len})"
                 )
         if args.seq is not None and args.seq != cfg.seq_len:
             raise CheckpointError(
-                f"{rdir}: checkpoint seq_len is {cfg.seq_len}, not --seq {args.seq}"
+                f"{resume_file}: checkpoint seq_len is {cfg.seq_len}, not --seq {args.seq}"
             )
         data = open_dataset(
             args.data or resumed.meta.get("data"),
@@ -299,11 +318,6 @@ def train(argv: list[str] | None) -> int:
                 f"checkpoint's {cfg.vocab_size}"
             )
     else:
-        if ckpt_path.exists() and not args.overwrite:  # before reading a model or a dataset
-            raise UserError(
-                f"{ckpt_path}: a checkpoint already exists; use --resume to "
-                "continue it or --overwrite to start over"
-            )
         init = load_init(args.init, args.model, args.seq) if args.init is not None else None
         model_name = args.model or (init.preset if init else "tiny") or "llama2c"
         if "lr" not in flags:
@@ -323,6 +337,12 @@ def train(argv: list[str] | None) -> int:
                 )
         else:
             cfg = preset(model_name, vocab_size=data.vocab_size, seq_len=args.seq)
+    # None = the embedded dataset, wherever this install keeps it
+    data_ref = _absolute(args.data or (resumed.meta.get("data") if resumed else None))
+    val_ref = _absolute(args.val_data or (resumed.meta.get("val_data") if resumed else None))
+    if tc.eval_every and data.val is None and not args.quiet:
+        print(f"note: --eval-every {tc.eval_every} is ignored: {data.source} has no validation "
+              "data (pass --val-data FILE)")  # fmt: skip
     _check_out_dir(out)
     decay_steps = tc.lr_decay_steps or tc.steps
     S = cfg.seq_len
@@ -375,7 +395,8 @@ def train(argv: list[str] | None) -> int:
                   f"{backend} to use {threads}")  # fmt: skip
 
         metrics_path = out / METRICS_NAME
-        dropped = _prepare_metrics(metrics_path, step0 if resumed is not None else None)
+        # resumed in its own directory: keep its metrics up to the checkpoint; else start afresh
+        dropped = _prepare_metrics(metrics_path, step0 if same_run else None)
         if dropped and not args.quiet:
             print(f"note: {metrics_path}: dropped {dropped} unreadable line(s)")
         metrics = open(metrics_path, "a")
@@ -391,10 +412,10 @@ def train(argv: list[str] | None) -> int:
             "adam_t": opt.t,
             "train": tc.to_dict(),
             "sampler": sampler_state,
-            "data": data.source,
-            "val_data": args.val_data,
+            "data": data_ref,  # absolute, so a resume from another directory finds them
+            "val_data": val_ref,
             "backend": backend,
-            "tokenizer": str(data.tokenizer) if data.tokenizer else None,
+            "tokenizer": _absolute(data.tokenizer),
         }
         ckpt_io.save(ckpt_path, ckpt_io.Checkpoint(cfg, params, opt.m, opt.v, meta))
 
@@ -443,6 +464,9 @@ def train(argv: list[str] | None) -> int:
     t_start = time.perf_counter()
     sampler_state = sampler.state()  # state at the start of the step being run
     step = step0
+    # a diverging run is caught by the loss / gradient-norm checks with one line, not by numpy's
+    # overflow warnings (restored in the finally below)
+    numpy_err = np.seterr(over="ignore", invalid="ignore", divide="ignore")
     try:
         while step < tc.steps:
             t0 = time.perf_counter()
@@ -522,12 +546,16 @@ def train(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         bar.close()
         if step > step0:
-            save_checkpoint(step, tokens, sampler_state)
-            print(f"\ninterrupted: checkpoint saved at step {step} in {ckpt_path}")
+            print(f"\ninterrupted: saving the checkpoint of step {step} (Ctrl-C again waits for "
+                  "it)", flush=True)  # fmt: skip
+            with _hold_interrupts(reraise=False):  # already stopping
+                save_checkpoint(step, tokens, sampler_state)
+            print(f"checkpoint saved at step {step} in {ckpt_path}")
         else:
             print("\ninterrupted before the first step; nothing saved")
         return 130
     finally:
+        np.seterr(**numpy_err)
         metrics.close()
         _release(kern, dw_pool)
     bar.close()
