@@ -231,3 +231,16 @@ def test_cli_refuses_a_tokenizer_of_another_vocab(tmp_path, capfd):
     assert sample_main(["--ckpt", str(tmp_path / "m.bin"), "--max-new-tokens", "2"]) == 2
     err = capfd.readouterr().err
     assert "--tokenizer" in err and "97" in err and err.count("\n") == 1
+
+
+def test_cli_warns_when_the_checkpoints_tokenizer_is_gone(tmp_path, capfd):
+    p = _model(2, seed=9)
+    meta = {"tokenizer": str(tmp_path / "moved" / "tokenizer.bin"), "step": 0}
+    checkpoint.save(tmp_path / "ck.bin", checkpoint.Checkpoint(p.cfg, p, meta=meta))
+    args = ["--ckpt", str(tmp_path / "ck.bin"), "--temperature", "0", "--max-new-tokens", "2"]
+    assert sample_main(args) == 0
+    err = capfd.readouterr().err
+    assert f"warning: {tmp_path / 'moved' / 'tokenizer.bin'}: the checkpoint's tokenizer is " \
+           "missing; using " in err  # fmt: skip
+    assert sample_main([*args, "--top-p", "nan"]) == 2
+    assert "--top-p must be a number, got nan" in capfd.readouterr().err

@@ -248,6 +248,9 @@ def pick_tokenizer(explicit: str | None, model_path: Path, meta: dict, vocab: in
             cands.append(beside / "tokenizer.bin")
         cands.append(embedded_dataset() / "tokenizer.bin")
         path = next((c for c in cands if c.is_file()), cands[-1])
+        if meta.get("tokenizer") and path != cands[0]:
+            print(f"warning: {cands[0]}: the checkpoint's tokenizer is missing; using {path} "
+                  "(pass --tokenizer if the text looks wrong)", file=sys.stderr)  # fmt: skip
     tok = Tokenizer.load(path)
     if tok.vocab_size != vocab:
         raise UserError(
@@ -310,6 +313,8 @@ def sample(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.temperature < 0 or not math.isfinite(args.temperature):
         raise UserError(f"--temperature must be >= 0, got {args.temperature}")
+    if not math.isfinite(args.top_p):
+        raise UserError(f"--top-p must be a number, got {args.top_p}")
     model_path = Path(args.ckpt)
     cfg, params, meta = load_model(model_path)
     tok = pick_tokenizer(args.tokenizer, model_path, meta, cfg.vocab_size)
