@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "python"))
+sys.path.insert(0, str(ROOT / "python"))  # this checkout's generator, not an installed copy
 
-from anetrain.config import preset  # noqa: E402
-from anetrain.mil.kernels import build_kernels  # noqa: E402
+try:
+    from anetrain.config import preset
+    from anetrain.mil.kernels import build_kernels
+except ImportError as e:  # the checkout's extension is built in place by `make build`
+    sys.exit(f"gen_golden: error: {e}; run `make build` in {ROOT} first")
 
 GOLDEN = ROOT / "tests" / "golden" / "tiny"
 
@@ -25,7 +29,9 @@ def manifest(specs) -> str:
 
 
 def main(argv: list[str]) -> int:
-    check = "--check" in argv
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--check", action="store_true", help="only list stale files (exit 1 if any)")
+    check = p.parse_args(argv).check
     specs = build_kernels(preset("tiny"))
     files = {f"{n}.mil": s.mil for n, s in specs.items()} | {"weights.txt": manifest(specs)}
     stale = []

@@ -20,5 +20,6 @@ fi
 [[ -d "$out" ]] || die "$out: no such output directory (start a run with python -m anetrain.train --out $out)"
 [[ -f "$out/checkpoint.bin" ]] || die "$out/checkpoint.bin: no checkpoint to resume (start a run with python -m anetrain.train --out $out)"
 
-export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
+"$python" -c "import anetrain.native" 2>/dev/null ||
+    die "anetrain is not installed for $python (pip install . in $root, or set PYTHON=...)"
 exec "$python" -m anetrain.train --resume "$out" --out "$out" "$@"
