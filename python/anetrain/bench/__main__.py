@@ -14,11 +14,18 @@ BENCHES = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHES:
+    if not argv or argv[0] in ("-h", "--help"):
         print("usage: python -m anetrain.bench {" + ",".join(BENCHES) + "} [options]")
         for name, mod in BENCHES.items():
             print(f"  {name:8s} {mod}")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
+        return 0 if argv else 2
+    if argv[0] not in BENCHES:
+        names = ", ".join(sorted(BENCHES))
+        print(
+            f"anetrain.bench: error: unknown benchmark {argv[0]!r} (choose from {names})",
+            file=sys.stderr,
+        )
+        return 2
     try:
         mod = importlib.import_module(BENCHES[argv[0]])
     except ModuleNotFoundError as e:

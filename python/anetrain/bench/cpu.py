@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 
 import numpy as np
 
 from anetrain import native
+from anetrain.bench._args import nonneg_int, positive_int
 from anetrain.config import preset
+from anetrain.errors import run_cli
 from anetrain.kernels_cpu import CpuKernels
 from anetrain.model import micro_step
 from anetrain.optim import AdamW, clip_factor, grad_norm
@@ -143,17 +147,24 @@ def bench_fp16(n: int, reps: int, threads: int, use_torch: bool) -> dict:
     return res
 
 
-def main(argv: list[str]) -> int:
+def bench(argv: list[str] | None) -> int:
     ap = argparse.ArgumentParser(prog="python -m anetrain.bench cpu", description=__doc__)
     ap.add_argument("--models", default="stories110m,stories15m", help="comma-separated presets")
-    ap.add_argument("--reps", type=int, default=5, help="timed steps per model (after 1 warm-up)")
-    ap.add_argument("--threads", type=int, default=0, help="threads for C ops (0 = all cores)")
-    ap.add_argument("--fp16-n", type=int, default=1 << 26, help="values converted per fp16 trial")
+    ap.add_argument(
+        "--reps", type=positive_int, default=5, help="timed steps per model (after 1 warm-up)"
+    )
+    ap.add_argument(
+        "--threads", type=nonneg_int, default=0, help="threads for C ops (0 = all cores)"
+    )
+    ap.add_argument(
+        "--fp16-n", type=positive_int, default=1 << 26, help="values converted per fp16 trial"
+    )
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
-    import os
-
+    names = [m for m in args.models.split(",") if m]
+    for name in names:  # a bad name fails now, not after minutes of benchmarking the others
+        preset(name)
     threads = args.threads or os.cpu_count() or 1
     use_torch = not args.no_torch
     if use_torch:
@@ -163,8 +174,13 @@ def main(argv: list[str]) -> int:
             torch.set_num_threads(threads)
         except ImportError:
             use_torch = False
+            print(
+                "note: PyTorch comparison skipped: torch is not installed (pip install torch "
+                "to add it)",
+                file=sys.stderr,
+            )
     report = {"threads": threads, "torch": use_torch, "steps": [], "fp16": None}
-    for name in [m for m in args.models.split(",") if m]:
+    for name in names:
         r = bench_steps(name, args.reps, threads, use_torch)
         report["steps"].append(r)
         if not args.json:
@@ -182,3 +198,7 @@ def main(argv: list[str]) -> int:
             line += f", torch copy_ {f['torch_copy_gbs']} GB/s"
         print(line)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("anetrain.bench cpu", bench, argv)

@@ -9,6 +9,9 @@ import statistics
 import sys
 import time
 
+from anetrain.bench._args import kernel_scale, nonneg_int, positive_int
+from anetrain.errors import run_cli
+
 # Every kernel evaluation sleeps for a modelled ANE time (LatencyRuntime); everything else (RMSNorm,
 # packing, classifier, CE, dW sgemms on the low-priority workers, AdamW, weight staging) runs for
 # real through MilKernels and model.micro_step. Per step it reports
@@ -189,18 +192,21 @@ def run(cfg, seconds: dict[str, float], steps: int, accum: int, workers: int = 0
     return {"rows": rows, "gaps": gaps, "stage_each": kern.stage_seconds / kern.stagings}
 
 
-def main(argv: list[str] | None = None) -> int:
+def bench(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(prog="python -m anetrain.bench overlap", description=__doc__)
     p.add_argument("--model", default="stories110m")
-    p.add_argument("--steps", type=int, default=3, help="measured steps after one warm-up (3)")
-    p.add_argument("--accum", type=int, default=1, help="micro-steps per optimizer step (1)")
-    p.add_argument("--vocab-size", type=int, default=None, help="default: the preset's (32000)")
-    p.add_argument("--kernel-scale", default="1",
+    p.add_argument("--steps", type=positive_int, default=3,
+                   help="measured steps after one warm-up (3)")
+    p.add_argument("--accum", type=positive_int, default=1,
+                   help="micro-steps per optimizer step (1)")
+    p.add_argument("--vocab-size", type=positive_int, default=None,
+                   help="default: the preset's (32000)")
+    p.add_argument("--kernel-scale", type=kernel_scale, default=1.0,
                    help="multiply the M4 kernel times by this, or 'host': by the M4 CPU's sgemm "
                         "rate over this host's (an ANE as much faster than this CPU as the M4's)")
-    p.add_argument("--dw-workers", type=int, default=0,
+    p.add_argument("--dw-workers", type=nonneg_int, default=0,
                    help="dW worker threads (0 = one per core, as training uses)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="BLAS threads per thread (1, as training on sim/ane uses; also makes "
                         "per-thread CPU times exact)")
     args = p.parse_args(argv)
@@ -213,13 +219,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from anetrain.config import preset
 
-    cfg = preset(args.model, **({"vocab_size": args.vocab_size} if args.vocab_size else {}))
+    cfg = preset(args.model, vocab_size=args.vocab_size)  # None = the preset's
     if args.kernel_scale == "host":
         g = host_gflops(cfg)
         scale = M4_CPU_GFLOPS / g
         print(f"host sgemm {g:.1f} GFLOP/s vs M4 {M4_CPU_GFLOPS:.0f}: kernel times x{scale:.2f}")
     else:
-        scale = float(args.kernel_scale)
+        scale = float(args.kernel_scale)  # validated by kernel_scale
     seconds = m4_seconds(cfg, scale)
     workers = args.dw_workers or CORES
     print(f"{args.model}: {cfg.n_layers} layers, dim {cfg.dim}, vocab {cfg.vocab_size}, seq "
@@ -254,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"main thread neither computing nor evaluating: {1e3 * wait:.1f} ms per step (waiting "
           "for dW jobs / staging, or descheduled: the part not hidden)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("anetrain.bench overlap", bench, argv)
 
 
 if __name__ == "__main__":

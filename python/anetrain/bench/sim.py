@@ -9,7 +9,9 @@ import warnings
 
 import numpy as np
 
+from anetrain.bench._args import positive_int
 from anetrain.config import preset
+from anetrain.errors import run_cli
 from anetrain.mil.errors import MilWarning
 from anetrain.mil.kernels import KERNELS, build_kernels
 from anetrain.mil.sim import Simulation
@@ -77,10 +79,10 @@ def time_cpu(cfg, repeat: int, seed: int = 0) -> tuple[float | None, str]:
     return statistics.median(times), "anetrain.model.micro_step + CpuKernels (full fwd+bwd)"
 
 
-def main(argv: list[str]) -> int:
+def bench(argv: list[str] | None) -> int:
     ap = argparse.ArgumentParser(prog="python -m anetrain.bench sim", description=__doc__)
     ap.add_argument("--preset", default="stories110m")
-    ap.add_argument("--repeat", type=int, default=2, help="micro-steps to time (median)")
+    ap.add_argument("--repeat", type=positive_int, default=2, help="micro-steps to time (median)")
     ap.add_argument("--accum", default="fp32", choices=["fp32", "fp16"])
     ap.add_argument("--no-cpu", action="store_true", help="skip the cpu micro-step")
     args = ap.parse_args(argv)
@@ -101,3 +103,7 @@ def main(argv: list[str]) -> int:
     print(f"cpu micro-step: {cpu_s * 1e3:.0f} ms  [{what}]")
     print(f"ratio sim/cpu: {sim_s / cpu_s:.2f}x  (target <= 10x)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("anetrain.bench sim", bench, argv)
