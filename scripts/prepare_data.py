@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import random
 import re
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -26,6 +29,8 @@ from anetrain.tokenizer import BOS_ID, EOS_ID, Tokenizer, TokenizerError  # noqa
 MAX_VOCAB = 65535  # ids are stored as uint16
 MIN_VOCAB = 259  # <unk>, <s>, </s> and the 256 byte-fallback pieces
 UNK_SURFACE = " \u2047 "  # " ⁇ ", llama2.c train_vocab's unk_surface
+# every file write_dataset may write; meta.json last, so it is present only for a complete dataset
+DATASET_FILES = ("train.bin", "val.bin", "tokenizer.bin", "tokenizer.model", "meta.json")
 
 
 # ----------------------------------------------------------------------------
@@ -84,15 +89,17 @@ def _sentencepiece():  # imported lazily: only vocab training and .model inputs 
     try:
         import sentencepiece as spm
     except ImportError:
-        raise DataError("sentencepiece is required: pip install anetrain[data]") from None
+        raise DataError("sentencepiece is required: pip install sentencepiece") from None
     return spm
 
 
-def train_vocab(docs: Sequence[str], vocab_size: int) -> bytes:
+def train_vocab(docs: Sequence[str], vocab_size: int, source: str = "input") -> bytes:
     """Train a sentencepiece BPE model with llama2.c train_vocab's options; returns .model bytes.
 
     Sentences are the documents' lines (train_vocab writes one story per line and stories contain
-    newlines too). num_threads=1 and no input shuffling make the model deterministic.
+    newlines too). num_threads=1 and no input shuffling make the model deterministic. A vocab the
+    text cannot have (too small for its characters, too large for its pieces) is a DataError
+    naming SOURCE.
     """
     spm = _sentencepiece()
 
@@ -104,25 +111,42 @@ def train_vocab(docs: Sequence[str], vocab_size: int) -> bytes:
                     yield line
 
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=sentences(),
-        model_writer=model,
-        model_type="bpe",
-        vocab_size=vocab_size,
-        self_test_sample_size=0,
-        input_format="text",
-        character_coverage=1.0,
-        num_threads=1,
-        split_digits=True,
-        allow_whitespace_only_pieces=True,
-        byte_fallback=True,
-        unk_surface=UNK_SURFACE,
-        normalization_rule_name="identity",
-        shuffle_input_sentence=False,
-        input_sentence_size=0,
-        minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=sentences(),
+            model_writer=model,
+            model_type="bpe",
+            vocab_size=vocab_size,
+            self_test_sample_size=0,
+            input_format="text",
+            character_coverage=1.0,
+            num_threads=1,
+            split_digits=True,
+            allow_whitespace_only_pieces=True,
+            byte_fallback=True,
+            unk_surface=UNK_SURFACE,
+            normalization_rule_name="identity",
+            shuffle_input_sentence=False,
+            input_sentence_size=0,
+            minloglevel=2,
+        )
+    except RuntimeError as e:  # its message starts with a source location and the failed check
+        raise DataError(f"{source}: {_vocab_problem(str(e), vocab_size, docs)}") from None
     return model.getvalue()
+
+
+def _vocab_problem(reason: str, vocab_size: int, docs: Sequence[str]) -> str:
+    """One line from sentencepiece's trainer error (which starts with a source location)."""
+    m = re.search(r"smaller than required_chars\. \d+ vs (\d+)", reason)
+    if m:  # every character needs a piece, as do <unk>, <s>, </s> and the 256 byte pieces
+        n_chars = len(set().union(*docs) - {"\n"})
+        return (
+            f"--vocab-size {vocab_size} is too small for the text's {n_chars} distinct "
+            f"characters (it needs at least {m.group(1)})"
+        )
+    reason = reason.strip().splitlines()[0] if reason.strip() else "unknown error"
+    reason = re.sub(r"^\w+: \S+\(\d+\) \[.*?\] ", "", reason)  # "INTERNAL: x.cc(12) [cond] "
+    return f"cannot train a {vocab_size}-piece vocab: {reason}"
 
 
 def load_tokenizer(path: Path) -> tuple[Tokenizer, bytes | None, Callable[[str], list[int]]]:
@@ -146,8 +170,6 @@ def sp_tokenizer(blob: bytes, name: str) -> tuple[Tokenizer, bytes, Callable[[st
         raise DataError(f"{name}: cannot load sentencepiece model: {e}") from None
     if sp.bos_id() != BOS_ID or sp.eos_id() != EOS_ID:
         raise DataError(f"{name}: expected bos=1 eos=2, got bos={sp.bos_id()} eos={sp.eos_id()}")
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:  # from_sentencepiece reads a file path
         model_path = Path(tmp) / "tokenizer.model"
         model_path.write_bytes(blob)
@@ -199,7 +221,6 @@ def write_dataset(
     val: np.ndarray,
     extra: dict,
 ) -> dict:
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "train.bin").write_bytes(train.tobytes())
     (out_dir / "val.bin").write_bytes(val.tobytes())
     tok.save(out_dir / "tokenizer.bin")
@@ -220,6 +241,56 @@ def write_dataset(
         **extra,
     }
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return meta
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a path that is not a directory, and (without --overwrite) an existing dataset."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: exists and is not a directory")
+    found = [name for name in DATASET_FILES if (out_dir / name).exists()]
+    if found and not overwrite:
+        raise DataError(
+            f"{out_dir}: already holds a dataset ({found[-1]}); pass --overwrite to replace it"
+        )
+
+
+def save_dataset(
+    out_dir: Path,
+    tok: Tokenizer,
+    model_blob: bytes | None,
+    train: np.ndarray,
+    val: np.ndarray,
+    extra: dict,
+) -> dict:
+    """write_dataset to OUT_DIR safely: the whole dataset is first written to a temp directory
+    beside OUT_DIR, so a failure leaves OUT_DIR exactly as it was; then it is moved in.
+
+    A new OUT_DIR is one rename. An existing one keeps its other files: each dataset file is
+    replaced by a rename, meta.json last, and old dataset files the new one lacks are removed.
+    """
+    try:
+        out_dir.absolute().parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".prepare_data-", dir=out_dir.absolute().parent))
+    except OSError as e:
+        raise DataError(f"{out_dir}: cannot create directory ({e.strerror or e})") from None
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        stage.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make a new dataset private
+        meta = write_dataset(stage, tok, model_blob, train, val, extra)
+        if not out_dir.exists():
+            os.replace(stage, out_dir)
+            return meta
+        written = [name for name in DATASET_FILES if (stage / name).exists()]
+        for name in written:
+            os.replace(stage / name, out_dir / name)
+        for name in set(DATASET_FILES) - set(written):  # e.g. an old tokenizer.model; --no-model
+            (out_dir / name).unlink(missing_ok=True)
+    except OSError as e:
+        raise DataError(f"{out_dir}: cannot write the dataset ({e.strerror or e})") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return meta
 
 
@@ -248,6 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=42, help="seed of the train/val split")
     ap.add_argument("--no-model", action="store_true", help="do not write tokenizer.model")
     ap.add_argument("--source", default=None, help="short description stored in meta.json")
+    ap.add_argument(
+        "--overwrite", action="store_true", help="replace a dataset already in --out-dir"
+    )
     args = ap.parse_args(argv)
     try:
         if not 0.0 <= args.val_fraction < 1.0:
@@ -256,6 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise DataError(
                 f"--vocab-size must be in [{MIN_VOCAB}, {MAX_VOCAB}], got {args.vocab_size}"
             )
+        check_out_dir(args.out_dir, args.overwrite)
         files = input_files(args.inputs)
         docs = read_documents(files, args.split)
         t0 = time.perf_counter()
@@ -264,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"training a {args.vocab_size}-piece BPE vocab on {len(docs)} documents ...",
                 file=sys.stderr,
             )
-            blob = train_vocab(docs, args.vocab_size)
+            blob = train_vocab(docs, args.vocab_size, ", ".join(map(str, args.inputs)))
             tok, blob, encode = sp_tokenizer(blob, "trained vocab")
         else:
             tok, blob, encode = load_tokenizer(args.tokenizer)
@@ -280,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "split_seed": args.seed,
             "tokenizer_model": None if (blob is None or args.no_model) else "tokenizer.model",
         }
-        meta = write_dataset(args.out_dir, tok, None if args.no_model else blob, train, val, extra)
+        meta = save_dataset(args.out_dir, tok, None if args.no_model else blob, train, val, extra)
     except (DataError, TokenizerError) as e:
         print(f"prepare_data: error: {e}", file=sys.stderr)
         return 2

@@ -392,6 +392,56 @@ def test_export_cli_errors(tmp_path, trained, capsys):
     assert err.count("anetrain.export: error:") == 2
 
 
+def test_export_refuses_an_existing_output_without_overwrite(tmp_path, trained, capsys):
+    run, other = str(trained / "run"), tmp_path / "other_run_checkpoint.bin"
+    other.write_bytes(b"another run's checkpoint")
+    base = [run, "--format", "llama2c", "-o", str(other)]
+    assert export_main(base) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == f"anetrain.export: error: {other}: already exists (pass --overwrite to replace it)\n"
+    )
+    assert other.read_bytes() == b"another run's checkpoint"
+    assert export_main([*base, "--overwrite"]) == 0
+    assert other.read_bytes() == (trained / "v0.bin").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name]  # no .tmp left
+    assert export_main([run, "--format", "llama2c", "-o", str(tmp_path), "--overwrite"]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_export_never_overwrites_its_input_even_with_overwrite(tmp_path, trained, capsys):
+    ck = trained / "run" / "checkpoint.bin"
+    before = ck.read_bytes()
+    (tmp_path / "link.bin").symlink_to(ck)
+    (tmp_path / "hard.bin").hardlink_to(ck)
+    for out in (ck, tmp_path / "link.bin", tmp_path / "hard.bin"):
+        assert (
+            export_main(
+                [str(trained / "run"), "--format", "llama2c", "-o", str(out), "--overwrite"]
+            )
+            == 2
+        )
+        assert "refusing to overwrite the input checkpoint" in capsys.readouterr().err
+    assert ck.read_bytes() == before
+
+
+def test_failed_overwrite_leaves_the_old_file(tmp_path, trained, capsys, monkeypatch):
+    out = tmp_path / "m.bin"
+    out.write_bytes(b"old")
+
+    def no_space(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "fsync", no_space)
+    assert (
+        export_main([str(trained / "run"), "--format", "llama2c", "-o", str(out), "--overwrite"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out}: cannot write model (No space left" in err
+    assert out.read_bytes() == b"old" and sorted(tmp_path.iterdir()) == [out]
+
+
 # ----------------------------------------------------------------------------
 # python -m anetrain.train --init model.bin
 

@@ -415,3 +415,126 @@ def test_prepare_data_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert pd.main([str(tmp_path / "x.txt"), "-o", out, "--vocab-size", "70000"]) == 2
     err = capsys.readouterr().err
     assert "--vocab-size" in err and err.count("\n") == 1
+
+
+def _dataset_bytes(out: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(out.iterdir())}
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The one error line at the end of stderr (after any progress lines)."""
+    err = capsys.readouterr().err
+    assert err.count("error") == 1 and "Traceback" not in err, err
+    last = err.splitlines()[-1]
+    assert last.startswith("prepare_data: error: "), err
+    return last
+
+
+def test_prepare_data_refuses_an_existing_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pd = load_script("prepare_data")
+    tok = ["--tokenizer", str(STORIES / "tokenizer.bin")]
+    (tmp_path / "a.txt").write_text("\n\n".join([SAMPLE_STORY] * 10))
+    (tmp_path / "b.txt").write_text("\n\n".join(["One day, Tom saw a frog."] * 10))
+    out = tmp_path / "ds"
+    assert pd.main([str(tmp_path / "a.txt"), "-o", str(out), *tok]) == 0
+    (out / "notes.txt").write_text("mine")  # not part of the dataset: kept in every case
+    old = _dataset_bytes(out)
+    capsys.readouterr()
+    assert pd.main([str(tmp_path / "b.txt"), "-o", str(out), *tok]) == 2
+    err = _one_error_line(capsys)
+    assert f"{out}: already holds a dataset" in err and "--overwrite" in err
+    assert _dataset_bytes(out) == old
+    assert pd.main([str(tmp_path / "b.txt"), "-o", str(out), *tok, "--overwrite"]) == 0
+    new = _dataset_bytes(out)
+    assert new["train.bin"] != old["train.bin"] and new["notes.txt"] == b"mine"
+    assert json.loads(new["meta.json"])["source"] == "b.txt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt", "ds"]  # no temp dir
+
+
+def test_prepare_data_overwrite_keeps_the_old_dataset_until_the_new_one_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pd = load_script("prepare_data")
+    src = tmp_path / "in.txt"
+    src.write_text("\n\n".join([SAMPLE_STORY] * 10))
+    out = tmp_path / "ds"
+    args = [str(src), "-o", str(out), "--tokenizer", str(STORIES / "tokenizer.bin")]
+    assert pd.main(args) == 0
+    old = _dataset_bytes(out)
+    real_write = pd.write_dataset
+
+    def disk_full(out_dir: Path, *rest: object) -> dict:
+        (out_dir / "train.bin").write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd, "write_dataset", disk_full)
+    capsys.readouterr()
+    assert pd.main([*args, "--overwrite", "--seed", "5"]) == 2
+    assert "No space left on device" in _one_error_line(capsys)
+    assert _dataset_bytes(out) == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "in.txt"]  # no temp dir left
+    monkeypatch.setattr(pd, "write_dataset", real_write)
+    assert pd.main([*args, "--overwrite", "--seed", "5"]) == 0
+
+
+def test_prepare_data_overwrite_drops_a_stale_tokenizer_model(tmp_path: Path) -> None:
+    sentencepiece_or_skip()
+    pd = load_script("prepare_data")
+    src = tmp_path / "in.txt"
+    src.write_text("\n\n".join([SAMPLE_STORY] * 10))
+    out = tmp_path / "ds"
+    args = [str(src), "-o", str(out), "--tokenizer", str(STORIES / "tokenizer.model")]
+    assert pd.main(args) == 0 and (out / "tokenizer.model").is_file()
+    assert pd.main([*args, "--overwrite", "--no-model"]) == 0
+    assert not (out / "tokenizer.model").exists()
+    assert json.loads((out / "meta.json").read_text())["tokenizer_model"] is None
+
+
+def test_prepare_data_refuses_a_file_as_out_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pd = load_script("prepare_data")
+    src = tmp_path / "in.txt"
+    src.write_text(SAMPLE_STORY)
+    tok = ["--tokenizer", str(STORIES / "tokenizer.bin"), "--val-fraction", "0"]
+    for flags in ([], ["--overwrite"]):
+        assert pd.main([str(src), "-o", str(src), *tok, *flags]) == 2
+        assert f"{src}: exists and is not a directory" in _one_error_line(capsys)
+        assert src.read_text() == SAMPLE_STORY
+    assert pd.main([str(src), "-o", str(src / "ds"), *tok]) == 2  # a file in the path
+    assert str(src / "ds") in _one_error_line(capsys)
+
+
+def test_prepare_data_vocab_that_does_not_fit_the_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sentencepiece_or_skip()
+    pd = load_script("prepare_data")
+    src = tmp_path / "cjk.txt"  # 150 distinct characters: they and 259 special pieces need 409+
+    src.write_text(
+        "\n\n".join("".join(chr(0x4E00 + 50 * j + i) for i in range(50)) for j in range(3))
+    )
+    out = tmp_path / "ds"
+    assert pd.main([str(src), "-o", str(out), "--vocab-size", "300"]) == 2
+    err = _one_error_line(capsys)
+    assert f"{src}: --vocab-size 300 is too small for the text's 150 distinct characters" in err
+    (tmp_path / "tiny.txt").write_text("hello world")
+    assert pd.main([str(tmp_path / "tiny.txt"), "-o", str(out), "--vocab-size", "5000"]) == 2
+    err = _one_error_line(capsys)
+    assert "tiny.txt: cannot train a 5000-piece vocab: Vocabulary size too high" in err
+    assert "INTERNAL" not in err and not out.exists()
+
+
+def test_prepare_data_says_how_to_install_sentencepiece(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pd = load_script("prepare_data")
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)  # import sentencepiece fails
+    (tmp_path / "x.txt").write_text(SAMPLE_STORY)
+    assert (
+        pd.main([str(tmp_path / "x.txt"), "-o", str(tmp_path / "ds"), "--vocab-size", "512"]) == 2
+    )
+    err = _one_error_line(capsys)
+    assert "pip install sentencepiece" in err and "anetrain[data]" not in err

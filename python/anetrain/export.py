@@ -32,7 +32,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="llama2.c file version: 0 = legacy, read by run.c (default); 1 = 'ak42' fp32 header",
     )
     p.add_argument("-o", "--output", required=True, help="output file, e.g. model.bin")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the output file if it already exists"
+    )
     return p
+
+
+def check_output(out: Path, src: Path, overwrite: bool) -> None:
+    """Refuse the input checkpoint itself, a directory, and (without --overwrite) any file."""
+    if out.exists() and out.samefile(src):  # also through symlinks and hard links
+        raise UserError(f"{out}: refusing to overwrite the input checkpoint")
+    if out.is_dir():
+        raise UserError(f"{out}: is a directory, not an output file")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out}: already exists (pass --overwrite to replace it)")
 
 
 def export(argv: list[str] | None) -> int:
@@ -43,9 +56,8 @@ def export(argv: list[str] | None) -> int:
     src = checkpoint.resolve(args.checkpoint)
     ck = checkpoint.load(src, with_optimizer=False)
     out = Path(args.output)
-    if out.resolve() == src.resolve():
-        raise UserError(f"{out}: refusing to overwrite the input checkpoint")
-    size = write_llama2c(out, ck.model, ck.params, version=args.version)
+    check_output(out, src, args.overwrite)
+    size = write_llama2c(out, ck.model, ck.params, version=args.version)  # atomic: .tmp + rename
     cfg = ck.model
     print(
         f"wrote {out}: llama2.c v{args.version}, {size:,} bytes (dim {cfg.dim}, "

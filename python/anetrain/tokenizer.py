@@ -282,7 +282,7 @@ class Tokenizer:
             import sentencepiece as spm
         except ImportError:
             raise TokenizerError(
-                "from_sentencepiece needs the sentencepiece package: pip install anetrain[data]"
+                "from_sentencepiece needs the sentencepiece package: pip install sentencepiece"
             ) from None
         model_path = Path(model_path)
         if not model_path.is_file():
