@@ -255,16 +255,9 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
         )
 
 
-def save_dataset(
-    out_dir: Path,
-    tok: Tokenizer,
-    model_blob: bytes | None,
-    train: np.ndarray,
-    val: np.ndarray,
-    extra: dict,
-) -> dict:
-    """write_dataset to OUT_DIR safely: the whole dataset is first written to a temp directory
-    beside OUT_DIR, so a failure leaves OUT_DIR exactly as it was; then it is moved in.
+def save_dataset(out_dir: Path, *parts) -> dict:
+    """write_dataset(out_dir, *parts) safely: the whole dataset is first written to a temp
+    directory beside OUT_DIR, so a failure leaves OUT_DIR exactly as it was; then it is moved in.
 
     A new OUT_DIR is one rename. An existing one keeps its other files: each dataset file is
     replaced by a rename, meta.json last, and old dataset files the new one lacks are removed.
@@ -278,7 +271,7 @@ def save_dataset(
         umask = os.umask(0)
         os.umask(umask)
         stage.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make a new dataset private
-        meta = write_dataset(stage, tok, model_blob, train, val, extra)
+        meta = write_dataset(stage, *parts)
         if not out_dir.exists():
             os.replace(stage, out_dir)
             return meta
