@@ -257,24 +257,17 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 def save_dataset(out_dir: Path, *parts) -> dict:
     """write_dataset(out_dir, *parts) safely: the whole dataset is first written to a temp
-    directory beside OUT_DIR, so a failure leaves OUT_DIR exactly as it was; then it is moved in.
-
-    A new OUT_DIR is one rename. An existing one keeps its other files: each dataset file is
-    replaced by a rename, meta.json last, and old dataset files the new one lacks are removed.
-    """
+    directory beside OUT_DIR, so a failure leaves OUT_DIR exactly as it was; then each file is
+    moved in by a rename, meta.json last, and old dataset files the new one lacks are removed
+    (other files in OUT_DIR are kept)."""
     try:
         out_dir.absolute().parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=".prepare_data-", dir=out_dir.absolute().parent))
     except OSError as e:
         raise DataError(f"{out_dir}: cannot create directory ({e.strerror or e})") from None
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        stage.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make a new dataset private
         meta = write_dataset(stage, *parts)
-        if not out_dir.exists():
-            os.replace(stage, out_dir)
-            return meta
+        out_dir.mkdir(exist_ok=True)
         written = [name for name in DATASET_FILES if (stage / name).exists()]
         for name in written:
             os.replace(stage / name, out_dir / name)

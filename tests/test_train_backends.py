@@ -278,7 +278,7 @@ def test_auto_falls_back_to_cpu_when_the_ane_fails_to_compile(monkeypatch, capsy
     import anetrain.kernels_mil
 
     _fake_apple_silicon(monkeypatch)
-    monkeypatch.setattr(anetrain.kernels_mil, "ane_misfit", lambda cfg: None)  # the mock's tiny
+    monkeypatch.setattr(anetrain.kernels_mil, "ane_fits", lambda cfg: True)  # the mock's tiny
     monkeypatch.setenv(ane.FRAMEWORK_ENV, str(MOCK_SO))
     mock = mock_framework()
     mock.reset()

@@ -92,7 +92,7 @@ def _ane_unavailable_reason() -> str | None:
 def pick_backend(name: str, verbose: bool = True, cfg: ModelConfig | None = None) -> str:
     """Resolve `auto` and reject backends this machine cannot run, with a clear reason.
 
-    cfg: the model; auto then also picks cpu for sizes the ANE refuses (kernels_mil.ane_misfit),
+    cfg: the model; auto then also picks cpu for sizes the ANE refuses (kernels_mil.ane_fits),
     e.g. the default tiny preset, where --backend ane is an error that lists the rules broken.
     """
     if name == "auto":
@@ -100,9 +100,9 @@ def pick_backend(name: str, verbose: bool = True, cfg: ModelConfig | None = None
         if apple_silicon():
             why = old_macos() or _ane_unavailable_reason()
             if why is None and cfg is not None:
-                from anetrain.kernels_mil import ane_misfit
+                from anetrain.kernels_mil import ane_fits
 
-                if ane_misfit(cfg):
+                if not ane_fits(cfg):
                     why = (f"model dim {cfg.dim}, hidden {cfg.hidden_dim}, seq {cfg.seq_len} "
                            "breaks the ANE's alignment rules; --backend ane lists them")
         else:

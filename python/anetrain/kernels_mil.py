@@ -51,19 +51,14 @@ def stage_weights(dst: np.ndarray, layout: Layout, lp) -> None:
         native.pack(dst, s.c0, s.s0, w, transpose=s.stage == "T")
 
 
-def _misfit(cfg: ModelConfig, e: MilError) -> str:
-    return (f"model dim {cfg.dim}, hidden {cfg.hidden_dim}, seq {cfg.seq_len} cannot run on the "
-            f"ANE ({e}); widths must be multiples of 64 and channels of 32")
-
-
-def ane_misfit(cfg: ModelConfig) -> str | None:
-    """Why the real ANE cannot run this model's sizes (None: it can): the alignment rules
-    MilKernels enforces on a strict runtime, checked without compiling (~10 ms)."""
+def ane_fits(cfg: ModelConfig) -> bool:
+    """Whether the real ANE can run this model's sizes: the alignment rules MilKernels enforces
+    on a strict runtime (it raises the ConfigError listing them), checked without compiling."""
     try:
         build_kernels(cfg, strict=True)
-    except MilError as e:
-        return _misfit(cfg, e)
-    return None
+    except MilError:
+        return False
+    return True
 
 
 class MilKernels:
@@ -83,8 +78,11 @@ class MilKernels:
         try:
             specs = build_kernels(cfg, strict=runtime.strict)
         except MilError as e:
-            raise ConfigError(f"--backend {runtime.name}: {_misfit(cfg, e)} - use --backend sim "
-                              "or cpu for this size") from None
+            raise ConfigError(
+                f"--backend {runtime.name}: model dim {cfg.dim}, hidden {cfg.hidden_dim}, "
+                f"seq {cfg.seq_len} cannot run on the ANE ({e}); widths must be multiples of "
+                "64 and channels of 32 - use --backend sim or cpu for this size"
+            ) from None
         self.specs: dict[str, KernelSpec] = specs
         # sdpa_bwd copies these surface to surface: (sdpaBwd1 side, its segment, sdpaBwd2's)
         b1, b2 = specs["sdpaBwd1"], specs["sdpaBwd2"]
