@@ -36,15 +36,15 @@ from pathlib import Path
 
 import numpy as np
 
-from anetrain.ane import FRAMEWORK_ENV, AneError
 from anetrain.backends import ROSETTA, old_macos, under_rosetta
+from anetrain.backends.ane import FRAMEWORK_ENV, AneError
+from anetrain.backends.cpu import CpuKernels, tile_kv
+from anetrain.backends.mil import MilKernels
+from anetrain.backends.runtime import AneRuntime
 from anetrain.config import ConfigError, preset
-from anetrain.kernels_cpu import CpuKernels, tile_kv
-from anetrain.kernels_mil import MilKernels
 from anetrain.mil.errors import MilError
 from anetrain.mil.kernels import build_kernels
 from anetrain.params import init_params
-from anetrain.runtime import AneRuntime
 
 # tiny (dim 64, hidden 176, seq 64) breaks the ANE's size rules; this passes all of them
 ANE_TINY = {"dim": 128, "n_heads": 4, "n_kv_heads": 2, "hidden_dim": 384, "seq_len": 256}

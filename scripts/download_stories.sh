@@ -48,7 +48,7 @@ check_model() {  # check_model FILE NAME -> 0 if the size matches the table and 
     # the package's own v0 reader checks the header against the file size (no build needed)
     PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}" "$python" - "$file" <<'PY'
 import sys
-from anetrain.convert import read_header
+from anetrain.formats.llama2c import read_header
 from anetrain.errors import UserError
 try:
     version = read_header(sys.argv[1])[0]

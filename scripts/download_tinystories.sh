@@ -24,7 +24,7 @@ check_shard() {  # check_shard FILE: uint16 tokens, even size, all ids < vocab
     # the package's own token-file check (no build needed)
     PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}" "$python" - "$1" "$vocab" <<'PY' ||
 import sys
-from anetrain.data import load_tokens
+from anetrain.formats.data import load_tokens
 from anetrain.errors import UserError
 path, vocab = sys.argv[1], int(sys.argv[2])
 try:

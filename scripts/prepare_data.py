@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from anetrain.errors import DataError  # noqa: E402
-from anetrain.tokenizer import BOS_ID, EOS_ID, Tokenizer, TokenizerError  # noqa: E402
+from anetrain.formats.tokenizer import BOS_ID, EOS_ID, Tokenizer, TokenizerError  # noqa: E402
 
 MAX_VOCAB = 65535  # ids are stored as uint16
 MIN_VOCAB = 259  # <unk>, <s>, </s> and the 256 byte-fallback pieces

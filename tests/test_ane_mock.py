@@ -1,4 +1,4 @@
-"""The Objective-C ANE runtime (anetrain._ane via anetrain.ane) against the GNUstep mock framework.
+"""The Objective-C ANE runtime (anetrain._ane via backends.ane) against the GNUstep mock framework.
 
 Needs `ANETRAIN_OBJC=gnustep pip install --no-build-isolation -e .` and `make mock`; skipped
 otherwise. The mock implements the private classes under their real names (tests/mock/ane_mock.m).
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import MOCK_SO, ROOT, mock_framework
 
-ane = pytest.importorskip("anetrain.ane")
+ane = pytest.importorskip("anetrain.backends.ane")
 if not ane.built():
     pytest.skip("anetrain._ane is not built (ANETRAIN_OBJC=gnustep pip install -e .)",
                 allow_module_level=True)
@@ -64,7 +64,7 @@ def temp_entries(kernel_dir: str) -> set[str]:
 
 def open_in_fresh_process(path: str) -> str:
     """The AneError text of AneDevice(path) in a new interpreter (classes are process-wide)."""
-    code = ("import sys, anetrain.ane as a\n"
+    code = ("import sys, anetrain.backends.ane as a\n"
             "try:\n    a.AneDevice(sys.argv[1])\nexcept a.AneError as e:\n    print(e)\n")
     r = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
                        timeout=60)
@@ -169,7 +169,7 @@ def test_identical_kernels_share_dir_until_last_free(dev):
 def test_another_process_keeps_a_shared_dir(dev):
     """Two runs of one model share the temp dirs (same hex): neither removes them under the
     other. A second interpreter compiles the same kernel and holds it until told to free it."""
-    code = ("import sys, anetrain.ane as a\n"
+    code = ("import sys, anetrain.backends.ane as a\n"
             "d = a.AneDevice(sys.argv[1])\n"
             f"k = d.compile({mil_text('across')!r}, {{{W_KEY!r}: b'ab'}}, 4, 4)\n"
             "print(k.tmp_dir, flush=True)\n"

@@ -13,8 +13,8 @@ import sys
 import pytest
 from conftest import MOCK_SO, ROOT
 
-from anetrain import ane
-from anetrain.runtime import SimRuntime
+from anetrain.backends import ane
+from anetrain.backends.runtime import SimRuntime
 
 SCRIPT = ROOT / "scripts" / "ane_smoke.py"
 
@@ -182,8 +182,8 @@ def test_aligned_tiny_passes_every_ane_rule_and_trains():
     I/O bytes), and the training child really runs with those sizes."""
     import warnings
 
+    from anetrain.backends.runtime import check_for_device
     from anetrain.mil.kernels import build_kernels
-    from anetrain.runtime import check_for_device
 
     smoke = _load_script()
     cfg = smoke.model_cfg("tiny", strict=True)
@@ -203,7 +203,7 @@ def test_overflow_probe_tells_inf_from_saturation():
     65504 instead would fail the row, since loss scaling only sees inf/NaN gradients."""
     import numpy as np
 
-    from anetrain.kernels_mil import MilKernels
+    from anetrain.backends.mil import MilKernels
 
     smoke = _load_script()
     cfg = smoke.model_cfg("tiny", strict=False)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import tiny_cfg
 
-from anetrain import checkpoint as ck
 from anetrain.errors import CheckpointError
+from anetrain.formats import checkpoint as ck
 from anetrain.params import init_params
 
 

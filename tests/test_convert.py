@@ -8,13 +8,14 @@ import struct
 import numpy as np
 import pytest
 
-from anetrain import checkpoint, native
+from anetrain import native
+from anetrain.backends.cpu import CpuKernels
 from anetrain.config import preset
-from anetrain.convert import read_llama2c, write_llama2c
-from anetrain.data import WindowSampler, eval_windows, open_dataset
 from anetrain.errors import CheckpointError, UserError
 from anetrain.export import main as export_main
-from anetrain.kernels_cpu import CpuKernels
+from anetrain.formats import checkpoint
+from anetrain.formats.data import WindowSampler, eval_windows, open_dataset
+from anetrain.formats.llama2c import read_llama2c, write_llama2c
 from anetrain.model import forward, loss_only
 from anetrain.params import Params, init_params
 from anetrain.train import main as train_main

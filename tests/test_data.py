@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 from conftest import write_tokens
 
-from anetrain.data import WindowSampler, embedded_dataset, eval_windows, load_tokens, open_dataset
 from anetrain.errors import DataError
+from anetrain.formats.data import (
+    WindowSampler,
+    embedded_dataset,
+    eval_windows,
+    load_tokens,
+    open_dataset,
+)
 
 
 def test_embedded_dataset_opens():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import tiny_cfg
 
-from anetrain.kernels_cpu import CpuKernels, tile_kv
+from anetrain.backends.cpu import CpuKernels, tile_kv
 from anetrain.model import micro_step
 from anetrain.params import init_params
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from conftest import perturb_norms, tiny_cfg
 
+from anetrain.backends.cpu import CpuKernels, tile_kv
+from anetrain.backends.mil import MilKernels
+from anetrain.backends.runtime import SimRuntime
 from anetrain.config import ConfigError
-from anetrain.kernels_cpu import CpuKernels, tile_kv
-from anetrain.kernels_mil import MilKernels
 from anetrain.model import DwPool, micro_step
 from anetrain.params import init_params
-from anetrain.runtime import SimRuntime
 
 U = 2.0**-11  # fp16 unit roundoff
 
@@ -188,7 +188,7 @@ def test_strict_runtime_refuses_misaligned_sizes():
 def test_close_after_a_staging_error_frees_everything(monkeypatch):
     """A staging failure reaches the kernel call that needed the surface; close() afterwards
     (train.py's finally) raises nothing more and still frees every kernel and the runtime."""
-    from anetrain import kernels_mil
+    from anetrain.backends import mil as kernels_mil
 
     cfg = tiny_cfg()
     closed = []

@@ -9,13 +9,13 @@ import pytest
 from conftest import MOCK_SO, ROOT, mock_framework, perturb_norms, tiny_cfg
 
 from anetrain import native
-from anetrain.kernels_mil import MilKernels
+from anetrain.backends.mil import MilKernels
+from anetrain.backends.runtime import LatencyRuntime, SimRuntime
 from anetrain.mil.errors import MilWarning
 from anetrain.mil.kernels import build_kernels
 from anetrain.mil.sim import Simulation
 from anetrain.model import DwPool, micro_step
 from anetrain.params import init_params
-from anetrain.runtime import LatencyRuntime, SimRuntime
 
 
 def _specs(cfg=None):
@@ -82,7 +82,7 @@ def test_latency_runtime_sleeps_and_logs():
 
 @pytest.fixture(scope="module")
 def ane_mod():
-    ane = pytest.importorskip("anetrain.ane")
+    ane = pytest.importorskip("anetrain.backends.ane")
     if not ane.built():
         pytest.skip("anetrain._ane is not built (ANETRAIN_OBJC=gnustep pip install "
                     "--no-build-isolation -e .)")  # fmt: skip
@@ -99,7 +99,7 @@ def mock(ane_mod):
 @pytest.fixture
 def ane_rt(mock):
     """An AneRuntime over the mock (reset first: reset clears the mock's eval callback)."""
-    from anetrain.runtime import AneRuntime
+    from anetrain.backends.runtime import AneRuntime
 
     mock.reset(reset_compiles=True)
     rt = AneRuntime(str(MOCK_SO))
@@ -183,7 +183,7 @@ def test_make_kernels_owns_and_closes_its_ane_runtime(mock, ane_mod, monkeypatch
 
 
 def test_simulator_error_inside_mock_eval_is_ane_error(ane_rt, ane_mod, monkeypatch):
-    from anetrain import runtime
+    from anetrain.backends import runtime
 
     spec = _specs()["woFwd"]
     k = ane_rt.compile(spec)

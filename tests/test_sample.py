@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from anetrain import checkpoint, native
+from anetrain import native
+from anetrain.backends.cpu import CpuKernels
 from anetrain.config import preset
-from anetrain.convert import write_llama2c
-from anetrain.data import embedded_dataset
 from anetrain.errors import UserError
-from anetrain.kernels_cpu import CpuKernels
+from anetrain.formats import checkpoint
+from anetrain.formats.data import embedded_dataset
+from anetrain.formats.llama2c import write_llama2c
+from anetrain.formats.tokenizer import Tokenizer
 from anetrain.model import forward
 from anetrain.params import Params, init_params
 from anetrain.sample import (
@@ -23,7 +25,6 @@ from anetrain.sample import (
     sample_topp,
 )
 from anetrain.sample import main as sample_main
-from anetrain.tokenizer import Tokenizer
 
 PROMPT = "Once upon a time"
 

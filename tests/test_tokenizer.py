@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anetrain.tokenizer import BOS_ID, EOS_ID, Tokenizer, TokenizerError
+from anetrain.formats.tokenizer import BOS_ID, EOS_ID, Tokenizer, TokenizerError
 
 REPO = Path(__file__).resolve().parents[1]
 STORIES = REPO / "data" / "stories"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import write_tokens
 
-from anetrain import checkpoint
+from anetrain.formats import checkpoint
 from anetrain.train import BLAS_VARS, main
 
 TINY = ["--model", "tiny", "--quiet", "--threads", "2"]

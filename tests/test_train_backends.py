@@ -42,7 +42,7 @@ def test_sim_tracks_cpu_over_50_steps(tmp_path, capsys):
 @pytest.mark.skipif(not MOCK_SO.exists(), reason="build/mock/libane_mock.so is not built "
                                                   "(make mock)")  # fmt: skip
 def test_ane_backend_on_the_mock(tmp_path, capsys, monkeypatch):
-    ane = pytest.importorskip("anetrain.ane")
+    ane = pytest.importorskip("anetrain.backends.ane")
     if not ane.built():
         pytest.skip("anetrain._ane is not built (ANETRAIN_OBJC=gnustep pip install -e .)")
     monkeypatch.setenv(ane.FRAMEWORK_ENV, str(MOCK_SO))
@@ -188,7 +188,7 @@ def test_overflowing_gradients_skip_then_stop(tmp_path, capsys, monkeypatch):
     the smallest scale it stops with a one-line error and leaves the checkpoint alone; on cpu
     (no scaling to lower) it stops at once."""
     import anetrain.optim
-    from anetrain import checkpoint
+    from anetrain.formats import checkpoint
 
     real = anetrain.optim.grad_norm
     calls = []
@@ -230,7 +230,7 @@ def test_sim_overflow_is_one_error_line_not_warnings(tmp_path, capsys):
     the one-line NaN-loss error, without a MilOverflowWarning per evaluation."""
     import warnings
 
-    from anetrain import checkpoint
+    from anetrain.formats import checkpoint
     from anetrain.mil import MilOverflowWarning
 
     run(tmp_path, "sim", 1, capsys)
@@ -272,13 +272,13 @@ def test_auto_picks_cpu_for_sizes_the_ane_refuses(monkeypatch, capsys):
 def test_auto_falls_back_to_cpu_when_the_ane_fails_to_compile(monkeypatch, capsys, tmp_path):
     """auto picked ane (nothing has compiled on this machine yet) and the compiler refuses: the
     run trains on cpu with a warning carrying the NSError; --backend ane stays an error."""
-    ane = pytest.importorskip("anetrain.ane")
+    ane = pytest.importorskip("anetrain.backends.ane")
     if not ane.built():
         pytest.skip("anetrain._ane is not built (ANETRAIN_OBJC=gnustep pip install -e .)")
-    import anetrain.kernels_mil
+    import anetrain.backends.mil
 
     _fake_apple_silicon(monkeypatch)
-    monkeypatch.setattr(anetrain.kernels_mil, "ane_fits", lambda cfg: True)  # the mock's tiny
+    monkeypatch.setattr(anetrain.backends.mil, "ane_fits", lambda cfg: True)  # the mock's tiny
     monkeypatch.setenv(ane.FRAMEWORK_ENV, str(MOCK_SO))
     mock = mock_framework()
     mock.reset()

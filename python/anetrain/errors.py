@@ -18,8 +18,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     types: list[type[BaseException]] = [UserError]
     for mod, name in (
         ("anetrain.mil", "MilError"),
-        ("anetrain.ane", "AneError"),
-        ("anetrain.tokenizer", "TokenizerError"),
+        ("anetrain.backends.ane", "AneError"),
+        ("anetrain.formats.tokenizer", "TokenizerError"),
     ):
         try:
             types.append(getattr(__import__(mod, fromlist=[name]), name))

@@ -50,8 +50,8 @@ def check_output(out: Path, src: Path, overwrite: bool) -> None:
 
 def export(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    from anetrain import checkpoint
-    from anetrain.convert import write_llama2c
+    from anetrain.formats import checkpoint
+    from anetrain.formats.llama2c import write_llama2c
 
     src = checkpoint.resolve(args.checkpoint)
     ck = checkpoint.load(src, with_optimizer=False)

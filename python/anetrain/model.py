@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from anetrain import native
-from anetrain.kernels_cpu import reduce_kv, tile_kv
+from anetrain.backends.cpu import reduce_kv, tile_kv
 from anetrain.params import Params
 
 # Data flow (channel-first [C, S] everywhere, S = one sequence; see ARCHITECTURE.md):

@@ -17,9 +17,9 @@ import numpy as np
 from anetrain import native
 from anetrain.config import ModelConfig
 from anetrain.errors import UserError, run_cli
+from anetrain.formats.tokenizer import BOS_ID, Tokenizer
 from anetrain.params import Params
 from anetrain.rope import rope_tables
-from anetrain.tokenizer import BOS_ID, Tokenizer
 
 # Generation follows run.c's `generate` (design/llama2c.md §3): the prompt is encoded with BOS
 # (plus the dummy-prefix " " when it is not empty); pos 0 runs the first prompt token; while
@@ -223,8 +223,8 @@ def generate(
 
 def load_model(path: str | Path) -> tuple[ModelConfig, Params, dict]:
     """An anetrain checkpoint (file or run directory) or a llama2.c .bin (v0/v1/v2), by magic."""
-    from anetrain import checkpoint
-    from anetrain.convert import is_llama2c, read_llama2c
+    from anetrain.formats import checkpoint
+    from anetrain.formats.llama2c import is_llama2c, read_llama2c
 
     path = checkpoint.resolve(path)
     if path.is_file() and is_llama2c(path):
@@ -237,7 +237,7 @@ def load_model(path: str | Path) -> tuple[ModelConfig, Params, dict]:
 def pick_tokenizer(explicit: str | None, model_path: Path, meta: dict, vocab: int) -> Tokenizer:
     """--tokenizer, else the checkpoint's recorded one, else tokenizer.bin beside a llama2.c
     model, else the embedded dataset's; its vocabulary must match the model's."""
-    from anetrain.data import embedded_dataset
+    from anetrain.formats.data import embedded_dataset
 
     if explicit is not None:
         path = Path(explicit)

@@ -254,11 +254,11 @@ def train(argv: list[str] | None) -> int:
 
     import numpy as np
 
-    from anetrain import checkpoint as ckpt_io
-    from anetrain.ane import AneError
     from anetrain.backends import make_kernels, pick_backend
-    from anetrain.convert import load_init
-    from anetrain.data import WindowSampler, check_length, eval_windows, open_dataset
+    from anetrain.backends.ane import AneError
+    from anetrain.formats import checkpoint as ckpt_io
+    from anetrain.formats.data import WindowSampler, check_length, eval_windows, open_dataset
+    from anetrain.formats.llama2c import load_init
     from anetrain.mil import MilOverflowWarning
     from anetrain.model import loss_only, micro_step
     from anetrain.optim import AdamW, LossScaler, clip_factor, get_lr, grad_norm

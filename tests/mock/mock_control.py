@@ -1,7 +1,7 @@
 """Test-only control of the mock AppleNeuralEngine.framework (tests/mock/ane_mock.m).
 
 The mock's C control functions are reached with cffi ABI mode, ffi.dlopen(path) of the very file
-that anetrain.ane.AneDevice(path) dlopen()s, so both see one instance of the mock (one set of
+that backends.ane.AneDevice(path) dlopen()s, so both see one instance of the mock (one set of
 counters, one eval callback): glibc returns the already-loaded object for the same file.
 """
 
@@ -15,8 +15,8 @@ import cffi
 import numpy as np
 
 # imported before any dlopen of the mock: it promotes the IOSurface stub to RTLD_GLOBAL
-import anetrain.ane as ane
-from anetrain.runtime import MOCK_EVAL_CDEF, mock_eval_callback
+import anetrain.backends.ane as ane
+from anetrain.backends.runtime import MOCK_EVAL_CDEF, mock_eval_callback
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "build" / "mock" / "libane_mock.so"
 

@@ -8,14 +8,15 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from anetrain import native
+from anetrain.backends.cpu import CpuKernels
 from anetrain.bench._args import nonneg_int, positive_int
 from anetrain.config import preset
-from anetrain.errors import run_cli
-from anetrain.kernels_cpu import CpuKernels
+from anetrain.errors import UserError, run_cli
 from anetrain.model import micro_step
 from anetrain.optim import AdamW, clip_factor, grad_norm
 from anetrain.params import init_params
@@ -50,11 +51,26 @@ def anetrain_stepper(cfg, seed: int, threads: int):
     return step, params
 
 
+def _torch_llama():
+    """tests/support/torch_llama.py, the PyTorch model the tests use as oracle (a benchmark is a
+    developer's tool, run from a source checkout; the package itself never imports torch)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[3] / "tests" / "support" / "torch_llama.py"
+    if not path.is_file():
+        raise UserError(f"{path}: not found; the PyTorch comparison runs from a source checkout "
+                        "(pip install -e .)")
+    spec = importlib.util.spec_from_file_location("torch_llama", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def torch_stepper(cfg, params, seed: int):
     """The same model in PyTorch eager fp32 with AdamW(fused=True) and clip_grad_norm_."""
     import torch
 
-    from anetrain.bench.torch_ref import TorchLlama
+    TorchLlama = _torch_llama().TorchLlama
 
     model = TorchLlama(cfg, params)
     decay = [p for p in model.parameters() if p.ndim >= 2]

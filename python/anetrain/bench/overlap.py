@@ -137,11 +137,11 @@ def run(cfg, seconds: dict[str, float], steps: int, accum: int, workers: int = 0
     """Warm-up step + `steps` measured steps; per-step figures and the gap breakdown."""
     import numpy as np
 
-    from anetrain.kernels_mil import MilKernels
+    from anetrain.backends.mil import MilKernels
+    from anetrain.backends.runtime import LatencyRuntime
     from anetrain.model import micro_step
     from anetrain.optim import AdamW, clip_factor, grad_norm
     from anetrain.params import init_params
-    from anetrain.runtime import LatencyRuntime
 
     rng = np.random.default_rng(seed)
     params = init_params(cfg, rng)

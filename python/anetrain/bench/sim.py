@@ -60,7 +60,7 @@ def time_sim(cfg, accum: str, repeat: int, seed: int = 0) -> tuple[float, dict[s
 def time_cpu(cfg, repeat: int, seed: int = 0) -> tuple[float | None, str]:
     """Median seconds of one cpu-backend micro-step (forward + backward of one sequence)."""
     try:
-        from anetrain.kernels_cpu import CpuKernels
+        from anetrain.backends.cpu import CpuKernels
         from anetrain.model import micro_step
         from anetrain.params import init_params
     except ImportError as e:

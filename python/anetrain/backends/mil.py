@@ -8,12 +8,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from anetrain import native
+from anetrain.backends.runtime import Kernel, Runtime, Surface
 from anetrain.config import ConfigError, ModelConfig
 from anetrain.mil.errors import MilError
 from anetrain.mil.kernels import KERNELS, KernelSpec, Layout, build_kernels
 from anetrain.params import Params
 from anetrain.rope import rope_tables
-from anetrain.runtime import Kernel, Runtime, Surface
 
 # Same interface as CpuKernels (kernels_cpu.py): channel-first fp32 [C, S] in and out. Each
 # kernel is compiled once; every surface layout comes from mil/kernels.py (KernelSpec.inp/.out).

@@ -213,10 +213,10 @@ class LatencyRuntime(SimRuntime):
 
 
 class AneSurface:
-    """An IOSurface seen as fp16 [C, W] (anetrain.ane.Surface of C·W·2 bytes)."""
+    """An IOSurface seen as fp16 [C, W] (anetrain.backends.ane.Surface of C·W·2 bytes)."""
 
     def __init__(self, C: int, W: int) -> None:
-        from anetrain import ane
+        from anetrain.backends import ane
 
         self.C, self.W = C, W
         self.surface = ane.Surface(C * W * 2)  # [1, C, 1, W] fp16
@@ -286,9 +286,9 @@ class AneRuntime(_Timed):
 
     def __init__(self, framework_path: str | None = None) -> None:
         super().__init__()
-        from anetrain import ane
+        from anetrain.backends import ane
 
-        self.AneError = ane.AneError  # (anetrain.ane is imported only when this runtime is used)
+        self.AneError = ane.AneError  # (backends.ane is imported only when this runtime is used)
         self.framework_path = ane.resolve_framework_path(framework_path)
         self.device = ane.AneDevice(self.framework_path)
         self.mock = self.framework_path != ane.SYSTEM_FRAMEWORK and _install_mock_sim(

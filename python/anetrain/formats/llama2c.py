@@ -11,9 +11,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from anetrain.checkpoint import atomic_write
 from anetrain.config import ModelConfig
 from anetrain.errors import CheckpointError, UserError
+from anetrain.formats.checkpoint import atomic_write
 from anetrain.params import Params
 
 # Formats (design/llama2c.md §2; little-endian, every matrix row-major W[out, in] like our Params,
@@ -220,7 +220,7 @@ def read_llama2c(path: str | os.PathLike[str]) -> tuple[ModelConfig, Params]:
 
 def is_llama2c(path: str | os.PathLike[str]) -> bool:
     """True when PATH is not an anetrain checkpoint (so it should be read as a llama2.c model)."""
-    from anetrain.checkpoint import MAGIC as OURS
+    from anetrain.formats.checkpoint import MAGIC as OURS
 
     try:
         with open(path, "rb") as f:

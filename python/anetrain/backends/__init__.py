@@ -71,9 +71,9 @@ def _ane_unavailable_reason() -> str | None:
     """Why --backend ane cannot run here (None: it can). ANETRAIN_ANE_FRAMEWORK (tests) names
     a replacement framework, e.g. the Linux mock, and lifts the macOS arm64 requirement."""
     try:
-        from anetrain import ane
+        from anetrain.backends import ane
     except ImportError as e:  # pragma: no cover - the module imports without its extension
-        return f"anetrain.ane does not import ({e})"
+        return f"anetrain.backends.ane does not import ({e})"
     override = os.environ.get(ane.FRAMEWORK_ENV)
     if not override and not apple_silicon():
         if under_rosetta():
@@ -100,7 +100,7 @@ def pick_backend(name: str, verbose: bool = True, cfg: ModelConfig | None = None
         if apple_silicon():
             why = old_macos() or _ane_unavailable_reason()
             if why is None and cfg is not None:
-                from anetrain.kernels_mil import ane_fits
+                from anetrain.backends.mil import ane_fits
 
                 if not ane_fits(cfg):
                     why = (f"model dim {cfg.dim}, hidden {cfg.hidden_dim}, seq {cfg.seq_len} "
@@ -134,12 +134,12 @@ def make_kernels(backend: str, cfg: ModelConfig, params: Params, threads: int | 
     (ANETRAIN_ANE_FRAMEWORK) run them anyway, e.g. the tiny preset's hidden 176.
     """
     if backend == "cpu":
-        from anetrain.kernels_cpu import CpuKernels
+        from anetrain.backends.cpu import CpuKernels
 
         return CpuKernels(cfg, params, threads=threads)
     if backend in ("sim", "ane"):
-        from anetrain.kernels_mil import MilKernels
-        from anetrain.runtime import AneRuntime, SimRuntime
+        from anetrain.backends.mil import MilKernels
+        from anetrain.backends.runtime import AneRuntime, SimRuntime
 
         runtime = SimRuntime() if backend == "sim" else AneRuntime()
         try:
