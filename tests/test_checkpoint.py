@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from conftest import tiny_cfg
 
+from anetrain.config import TrainConfig
 from anetrain.errors import CheckpointError
 from anetrain.formats import checkpoint as ck
+from anetrain.formats.files import WriteError
 from anetrain.params import init_params
 
 
@@ -19,9 +21,11 @@ def _make(tmp_path, rng, **kw):
     m, v = p.zeros_like(), p.zeros_like()
     m.flat[:] = rng.standard_normal(len(p)).astype(np.float32)
     v.flat[:] = rng.random(len(p)).astype(np.float32)
-    meta = {"step": 7, "adam_t": 7, "sampler": {"state": {"state": 2**100, "inc": 3}}}
+    sampler = np.random.PCG64(2**100).state
+    state = ck.RunState(cfg, TrainConfig(steps=9), step=7, adam_t=7, tokens=7 * 16,
+                        sampler=sampler)  # fmt: skip
     path = tmp_path / "c.bin"
-    ck.save(path, ck.Checkpoint(cfg, p, m, v, meta))
+    ck.save(path, ck.Checkpoint(state, p, m, v))
     return path, cfg, p, m, v
 
 
@@ -33,7 +37,7 @@ def test_round_trip_exact(tmp_path, rng, kw):
     np.testing.assert_array_equal(got.params.flat, p.flat)
     np.testing.assert_array_equal(got.m.flat, m.flat)
     np.testing.assert_array_equal(got.v.flat, v.flat)
-    assert got.meta["step"] == 7 and got.meta["sampler"]["state"]["state"] == 2**100
+    assert got.state.step == 7 and got.state.sampler == np.random.PCG64(2**100).state
     assert not (tmp_path / "c.bin.tmp").exists()
     light = ck.load(path, with_optimizer=False)
     assert light.m is None and np.array_equal(light.params.flat, p.flat)
@@ -72,7 +76,7 @@ def test_failed_save_keeps_the_old_file(tmp_path, rng, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ck, "_write_all", boom)
-    with pytest.raises(CheckpointError, match="No space left"):
-        ck.save(path, ck.Checkpoint(cfg, p, m, v, {}))
+    with pytest.raises(WriteError, match="No space left"):
+        ck.save(path, ck.Checkpoint(ck.RunState(cfg), p, m, v))
     assert path.read_bytes() == before
     assert not (tmp_path / "c.bin.tmp").exists()

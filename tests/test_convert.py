@@ -13,7 +13,7 @@ from anetrain.backends.cpu import CpuKernels
 from anetrain.config import preset
 from anetrain.errors import CheckpointError, UserError
 from anetrain.export import main as export_main
-from anetrain.formats import checkpoint
+from anetrain.formats import checkpoint, files
 from anetrain.formats.data import WindowSampler, eval_windows, open_dataset
 from anetrain.formats.llama2c import read_llama2c, write_llama2c
 from anetrain.model import forward, loss_only
@@ -433,7 +433,7 @@ def test_failed_overwrite_leaves_the_old_file(tmp_path, trained, capsys, monkeyp
     def no_space(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.os, "fsync", no_space)
+    monkeypatch.setattr(files.os, "fsync", no_space)
     assert (
         export_main([str(trained / "run"), "--format", "llama2c", "-o", str(out), "--overwrite"])
         == 2

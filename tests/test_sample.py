@@ -211,8 +211,8 @@ def test_sampling_is_seeded_and_has_the_right_distribution():
 
 def test_cli_greedy_same_for_checkpoint_and_llama2c_file(tmp_path, tok, capfd):
     p = _model(2, seed=9)
-    meta = {"tokenizer": str(embedded_dataset() / "tokenizer.bin"), "step": 0}
-    checkpoint.save(tmp_path / "ck.bin", checkpoint.Checkpoint(p.cfg, p, meta=meta))
+    state = checkpoint.RunState(p.cfg, tokenizer=str(embedded_dataset() / "tokenizer.bin"))
+    checkpoint.save(tmp_path / "ck.bin", checkpoint.Checkpoint(state, p))
     write_llama2c(tmp_path / "m.bin", p.cfg, p, version=0)
     outs = []
     for src in ("ck.bin", "m.bin", "m.bin"):
@@ -236,8 +236,8 @@ def test_cli_refuses_a_tokenizer_of_another_vocab(tmp_path, capfd):
 
 def test_cli_warns_when_the_checkpoints_tokenizer_is_gone(tmp_path, capfd):
     p = _model(2, seed=9)
-    meta = {"tokenizer": str(tmp_path / "moved" / "tokenizer.bin"), "step": 0}
-    checkpoint.save(tmp_path / "ck.bin", checkpoint.Checkpoint(p.cfg, p, meta=meta))
+    state = checkpoint.RunState(p.cfg, tokenizer=str(tmp_path / "moved" / "tokenizer.bin"))
+    checkpoint.save(tmp_path / "ck.bin", checkpoint.Checkpoint(state, p))
     args = ["--ckpt", str(tmp_path / "ck.bin"), "--temperature", "0", "--max-new-tokens", "2"]
     assert sample_main(args) == 0
     err = capfd.readouterr().err

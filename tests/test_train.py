@@ -31,7 +31,7 @@ def test_tiny_trains_on_embedded_data(tmp_path):
     assert "val_loss" in m[-1]  # the embedded dataset has a val split: evaluated at the end
     assert m[-1]["loss"] < m[0]["loss"] - 0.5, (m[0]["loss"], m[-1]["loss"])
     ck = checkpoint.load(out / "checkpoint.bin")
-    assert ck.meta["step"] == 30 and ck.meta["adam_t"] == 30
+    assert ck.state.step == 30 and ck.state.adam_t == 30
 
 
 def test_resume_is_bit_identical(tmp_path):
@@ -62,7 +62,7 @@ def test_tokens_keep_counting_when_resumed_with_another_accum(tmp_path):
     assert main(["--quiet", "--resume", str(out), "--steps", "5", "--accum", "2"]) == 0
     S = checkpoint.load(out / "checkpoint.bin").model.seq_len
     assert [r["tokens"] for r in _metrics(out)] == [S, 2 * S, 3 * S, 5 * S, 7 * S]
-    assert checkpoint.load(out / "checkpoint.bin").meta["tokens"] == 7 * S
+    assert checkpoint.load(out / "checkpoint.bin").state.tokens == 7 * S
 
 
 def test_interrupted_run_metrics_are_trimmed_on_resume(tmp_path):
@@ -70,7 +70,7 @@ def test_interrupted_run_metrics_are_trimmed_on_resume(tmp_path):
     assert main([*TINY, "--steps", "4", "--ckpt-every", "2", "--out", str(out)]) == 0
     # pretend the run died after step 3: checkpoint at 2, a stale metrics line for step 3
     ck = checkpoint.load(out / "checkpoint.bin")
-    ck.meta["step"] = 2
+    ck.state.step = ck.state.adam_t = 2
     checkpoint.save(out / "checkpoint.bin", ck)
     lines = (out / "metrics.jsonl").read_text().splitlines()
     (out / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n")
@@ -251,12 +251,12 @@ def test_resume_with_a_new_lr_rescales_the_default_min_lr(tmp_path):
     out = tmp_path / "L"
     assert main([*TINY, "--steps", "1", "--lr", "1e-3", "--out", str(out)]) == 0
     assert main(["--quiet", "--resume", str(out), "--steps", "2", "--lr", "2e-3"]) == 0
-    tc = checkpoint.load(out / "checkpoint.bin").meta["train"]
-    assert (tc["lr"], tc["min_lr"]) == (2e-3, pytest.approx(2e-4))
+    tc = checkpoint.load(out / "checkpoint.bin").state.train
+    assert (tc.lr, tc.min_lr) == (2e-3, pytest.approx(2e-4))
     assert main(["--quiet", "--resume", str(out), "--steps", "3", "--min-lr", "5e-5"]) == 0
     assert main(["--quiet", "--resume", str(out), "--steps", "4", "--lr", "4e-3"]) == 0
-    tc = checkpoint.load(out / "checkpoint.bin").meta["train"]
-    assert (tc["lr"], tc["min_lr"]) == (4e-3, 5e-5)  # an explicit min_lr stays
+    tc = checkpoint.load(out / "checkpoint.bin").state.train
+    assert (tc.lr, tc.min_lr) == (4e-3, 5e-5)  # an explicit min_lr stays
 
 
 def test_resume_never_writes_over_another_run(tmp_path, capsys):
@@ -271,11 +271,11 @@ def test_resume_never_writes_over_another_run(tmp_path, capsys):
     assert main(["--quiet", "--resume", str(a), "--steps", "4", "--out", str(b),
                  "--overwrite"]) == 0  # fmt: skip
     assert [r["step"] for r in _metrics(b)] == [3, 4]
-    assert checkpoint.load(b / "checkpoint.bin").meta["step"] == 4
-    assert checkpoint.load(a / "checkpoint.bin").meta["step"] == 2  # A itself untouched
+    assert checkpoint.load(b / "checkpoint.bin").state.step == 4
+    assert checkpoint.load(a / "checkpoint.bin").state.step == 2  # A itself untouched
     # a checkpoint file works as --resume too, and the run continues in its directory
     assert main(["--quiet", "--resume", str(a / "checkpoint.bin"), "--steps", "3"]) == 0
-    assert checkpoint.load(a / "checkpoint.bin").meta["step"] == 3
+    assert checkpoint.load(a / "checkpoint.bin").state.step == 3
     # nothing to do is an error, not a silent exit 0
     e = _err(capsys, ["--quiet", "--resume", str(a), "--steps", "3"])
     assert "the run is already at step 3 of --steps 3; pass a larger --steps" in e
@@ -296,8 +296,8 @@ def test_resume_from_another_directory_and_validation_data_persist(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     for steps in ("2", "3"):
         assert main(["--quiet", "--resume", str(work / "r"), "--steps", steps]) == 0
-    meta = checkpoint.load(work / "r" / "checkpoint.bin").meta
-    assert (meta["data"], meta["val_data"]) == (str(work / "train.bin"), str(work / "val.bin"))
+    st = checkpoint.load(work / "r" / "checkpoint.bin").state
+    assert (st.data, st.val_data) == (str(work / "train.bin"), str(work / "val.bin"))
     assert all("val_loss" in r for r in _metrics(work / "r"))
     # --eval-every without validation data says it is ignored
     assert main([*common, "--steps", "1", "--eval-every", "1", "--data",
@@ -322,7 +322,7 @@ def test_an_interrupted_save_leaves_no_temp_file(tmp_path, monkeypatch):
     from anetrain.params import init_params
 
     cfg = preset("tiny", vocab_size=97)
-    ck = checkpoint.Checkpoint(cfg, init_params(cfg, np.random.default_rng(0)))
+    ck = checkpoint.Checkpoint(checkpoint.RunState(cfg), init_params(cfg, np.random.default_rng(0)))
     path = tmp_path / "checkpoint.bin"
     checkpoint.save(path, ck)
     before = path.read_bytes()

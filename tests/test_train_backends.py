@@ -207,7 +207,7 @@ def test_overflowing_gradients_skip_then_stop(tmp_path, capsys, monkeypatch):
 
     out = tmp_path / "sim"
     ck = checkpoint.load(out / "checkpoint.bin")
-    ck.meta["scaler"]["scale"] = anetrain.optim.LossScaler.MIN_SCALE
+    ck.state.scaler["scale"] = anetrain.optim.LossScaler.MIN_SCALE
     checkpoint.save(out / "checkpoint.bin", ck)
     saved = (out / "checkpoint.bin").read_bytes()
     monkeypatch.setattr(anetrain.optim, "grad_norm", lambda *a, **k: float("inf"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 
 from anetrain.errors import UserError
@@ -11,6 +12,27 @@ from anetrain.errors import UserError
 
 class ConfigError(UserError, ValueError):
     """A configuration that cannot work (bad preset name, inconsistent sizes, ...)."""
+
+
+MAX_SIZE = 1 << 20  # no model dimension (or layer count, vocabulary, context) is larger
+_SIZES = ("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "vocab_size", "seq_len")
+
+
+def _int_field(what: str, name: str, value: object, lo: int, hi: int) -> int:
+    """value as an int in [lo, hi], else a ConfigError naming the field (3.5, "8", true refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{what}: {name} must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise ConfigError(f"{what}: {name} must be in {lo}..{hi}, got {value}")
+    return int(value)
+
+
+def _float_field(what: str, name: str, value: object) -> float:
+    """value as a finite float (an integer is accepted), else a ConfigError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
+            not math.isfinite(value):  # fmt: skip
+        raise ConfigError(f"{what}: {name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 # ----------------------------------------------------------------------------
@@ -35,19 +57,16 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
-        for name in (
-            "dim",
-            "n_layers",
-            "n_heads",
-            "n_kv_heads",
-            "hidden_dim",
-            "vocab_size",
-            "seq_len",
-        ):
-            if int(getattr(self, name)) <= 0:
-                raise ConfigError(
-                    f"model config: {name} must be positive, got {getattr(self, name)}"
-                )
+        for name in _SIZES:
+            object.__setattr__(self, name, _int_field("model config", name, getattr(self, name),
+                                                      1, MAX_SIZE))  # fmt: skip
+        for name in ("norm_eps", "rope_theta"):
+            object.__setattr__(self, name, _float_field("model config", name, getattr(self, name)))
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"model config: {name} must be > 0, got {getattr(self, name)}")
+        if not isinstance(self.shared_classifier, bool):
+            raise ConfigError(f"model config: shared_classifier must be true or false, got "
+                              f"{self.shared_classifier!r}")  # fmt: skip
         if self.dim % self.n_heads:
             raise ConfigError(
                 f"model config: dim {self.dim} is not divisible by n_heads {self.n_heads}"
@@ -80,9 +99,20 @@ class ModelConfig:
     def n_params(self) -> int:
         """Parameter count, shared classifier counted once (as llama2.c and nanoGPT count it)."""
         d, f, kv, L, v = self.dim, self.hidden_dim, self.kv_dim, self.n_layers, self.vocab_size
-        per_layer = 2 * d * d + 2 * kv * d + 3 * d * f + 2 * d
+        per_layer = 2 * self.q_dim * d + 2 * kv * d + 3 * d * f + 2 * d
         cls = 0 if self.shared_classifier else v * d
         return v * d + L * per_layer + d + cls
+
+    def architecture(self) -> tuple:
+        """What fixes the weights' shapes and meaning, except vocab_size and seq_len (a preset's
+        vocabulary follows its data, and RoPE lets a model train at a shorter context)."""
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self)
+                     if f.name not in ("vocab_size", "seq_len"))  # fmt: skip
+
+    def describe(self) -> str:
+        """One line for messages: dim 288, 6 layers, 6 heads (6 kv), hidden 768."""
+        return (f"dim {self.dim}, {self.n_layers} layers, {self.n_heads} heads "
+                f"({self.n_kv_heads} kv), hidden {self.hidden_dim}")  # fmt: skip
 
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -93,6 +123,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(d, dict):
+            raise ConfigError(f"model config: expected an object, got {type(d).__name__}")
         unknown = set(d) - names
         if unknown:
             raise ConfigError(f"model config: unknown fields {sorted(unknown)}")
@@ -128,6 +160,8 @@ def preset(name: str, **overrides) -> ModelConfig:
 
 # ----------------------------------------------------------------------------
 # training
+
+BACKENDS = ("auto", "cpu", "sim", "ane")
 
 
 @dataclass
@@ -171,6 +205,34 @@ class TrainConfig:
             raise ConfigError(f"--accum must be >= 1, got {self.accum}")
         if self.eval_batches < 1:
             raise ConfigError(f"--eval-batches must be >= 1, got {self.eval_batches}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and self.eps > 0):
+            raise ConfigError(f"AdamW betas must be in [0, 1) and eps > 0, got {self.beta1}, "
+                              f"{self.beta2}, {self.eps}")  # fmt: skip
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {self.backend!r} (choose from "
+                              f"{', '.join(BACKENDS)})")  # fmt: skip
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """A saved TrainConfig, every field type-checked (a checkpoint header is untrusted)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"training config: expected an object, got {type(d).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(d) - set(fields)
+        if unknown:
+            raise ConfigError(f"training config: unknown fields {sorted(unknown)}")
+        kw: dict[str, object] = {}
+        for name, value in d.items():
+            kind = fields[name].type
+            if kind == "int":
+                kw[name] = _int_field("training config", name, value, 0, 2**63 - 1)
+            elif kind == "float":
+                kw[name] = _float_field("training config", name, value)
+            elif not isinstance(value, str):
+                raise ConfigError(f"training config: {name} must be a string, got {value!r}")
+            else:
+                kw[name] = value
+        return cls(**kw)

@@ -65,7 +65,7 @@ def export(argv: list[str] | None) -> int:
         f"{cfg.hidden_dim}, vocab {cfg.vocab_size}, seq {cfg.seq_len}, "
         f"{'shared' if cfg.shared_classifier else 'separate'} classifier)"
     )
-    tok = ck.meta.get("tokenizer")
+    tok = ck.state.tokenizer
     if tok:
         print(f"tokenizer: {tok}")
     return 0

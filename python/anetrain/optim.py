@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 from anetrain import native
 from anetrain.params import Params
@@ -90,6 +91,11 @@ class LossScaler:
         self.clean = 0  # consecutive clean steps since the last change
         self.skipped = 0  # total skipped steps
 
+    def can_skip(self) -> bool:
+        """Whether a step whose gradients overflowed can be skipped and retried at a lower scale
+        (False: the fp32 cpu backend, or the scale is at its floor: the run has diverged)."""
+        return self.dynamic and self.scale > self.MIN_SCALE
+
     def update(self, finite: bool) -> bool:
         """Record one step's gradient health; True means skip this optimizer step."""
         if not self.dynamic:
@@ -129,3 +135,29 @@ class LossScaler:
             int(st["clean"]),
             int(st["skipped"]),
         )
+
+
+class WeightCopies(Protocol):
+    """Copies a backend keeps of the fp32 masters (the ANE's fp16 weight surfaces)."""
+
+    def sync(self) -> None:
+        """Wait until nothing is still reading the masters (weight staging in flight)."""
+        ...
+
+    def update_weights(self) -> None:
+        """Refresh the copies from the masters after an update."""
+        ...
+
+
+def optimizer_step(opt: AdamW, grads: Params, copies: WeightCopies, scaler: LossScaler,
+                   lr: float, norm: float, unscale: float, clip: float) -> bool:  # fmt: skip
+    """The one optimizer step: skip it when the gradients overflowed (the scaler halves its scale),
+    else AdamW with the unscaling and the clip factor folded into the gradient scale, between
+    syncing and refreshing the backend's weight copies. norm: the global norm of unscale * grads.
+    Returns True when the step was skipped."""
+    skipped = scaler.update(math.isfinite(norm))
+    if not skipped:
+        copies.sync()  # no weight staging may still be reading the masters
+        opt.step(grads, lr, grad_scale=unscale * clip_factor(norm, clip))
+        copies.update_weights()
+    return skipped

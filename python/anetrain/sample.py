@@ -17,6 +17,7 @@ import numpy as np
 from anetrain import native
 from anetrain.config import ModelConfig
 from anetrain.errors import UserError, run_cli
+from anetrain.formats.models import load_model
 from anetrain.formats.tokenizer import BOS_ID, Tokenizer
 from anetrain.params import Params
 from anetrain.rope import rope_tables
@@ -221,34 +222,23 @@ def generate(
 # loading
 
 
-def load_model(path: str | Path) -> tuple[ModelConfig, Params, dict]:
-    """An anetrain checkpoint (file or run directory) or a llama2.c .bin (v0/v1/v2), by magic."""
-    from anetrain.formats import checkpoint
-    from anetrain.formats.llama2c import is_llama2c, read_llama2c
-
-    path = checkpoint.resolve(path)
-    if path.is_file() and is_llama2c(path):
-        cfg, params = read_llama2c(path)
-        return cfg, params, {}
-    ck = checkpoint.load(path, with_optimizer=False)
-    return ck.model, ck.params, ck.meta
-
-
-def pick_tokenizer(explicit: str | None, model_path: Path, meta: dict, vocab: int) -> Tokenizer:
+def pick_tokenizer(explicit: str | None, model_path: Path, kind: str, recorded: str | None,
+                   vocab: int) -> Tokenizer:  # fmt: skip
     """--tokenizer, else the checkpoint's recorded one, else tokenizer.bin beside a llama2.c
     model, else the embedded dataset's; its vocabulary must match the model's."""
     from anetrain.formats.data import embedded_dataset
+    from anetrain.formats.models import LLAMA2C
 
     if explicit is not None:
         path = Path(explicit)
     else:
-        cands = [Path(meta["tokenizer"])] if meta.get("tokenizer") else []
-        if not meta:
+        cands = [Path(recorded)] if recorded else []
+        if kind == LLAMA2C:
             beside = model_path if model_path.is_dir() else model_path.parent
             cands.append(beside / "tokenizer.bin")
         cands.append(embedded_dataset() / "tokenizer.bin")
         path = next((c for c in cands if c.is_file()), cands[-1])
-        if meta.get("tokenizer") and path != cands[0]:
+        if recorded and path != cands[0]:
             print(f"warning: {cands[0]}: the checkpoint's tokenizer is missing; using {path} "
                   "(pass --tokenizer if the text looks wrong)", file=sys.stderr)  # fmt: skip
     tok = Tokenizer.load(path)
@@ -316,8 +306,9 @@ def sample(argv: list[str] | None) -> int:
     if not math.isfinite(args.top_p):
         raise UserError(f"--top-p must be a number, got {args.top_p}")
     model_path = Path(args.ckpt)
-    cfg, params, meta = load_model(model_path)
-    tok = pick_tokenizer(args.tokenizer, model_path, meta, cfg.vocab_size)
+    kind, ck = load_model(model_path)
+    cfg, params = ck.model, ck.params
+    tok = pick_tokenizer(args.tokenizer, model_path, kind, ck.state.tokenizer, cfg.vocab_size)
     seed = args.seed if args.seed != 0 else int(time.time())
     decoder = Decoder(cfg, params)
     sampler = Sampler(args.temperature, args.top_p, seed)

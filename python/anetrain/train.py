@@ -6,8 +6,6 @@ import argparse
 import json
 import math
 import os
-import platform
-import resource
 import signal
 import sys
 import threading
@@ -16,11 +14,9 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from anetrain.config import DEFAULT_LR, PRESETS, ConfigError, TrainConfig, preset
-from anetrain.errors import CheckpointError, UserError, run_cli
+from anetrain.config import BACKENDS, DEFAULT_LR, PRESETS, ConfigError, TrainConfig
+from anetrain.errors import UserError, run_cli
 
-BACKENDS = ("auto", "cpu", "sim", "ane")
-METRICS_NAME = "metrics.jsonl"
 # Environment variables that size the BLAS thread pools (OpenBLAS, OpenMP, MKL, Accelerate).
 BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 
@@ -126,24 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Command-line flag -> TrainConfig field, for flags that override a resumed run's settings.
-_TRAIN_FLAGS = {
-    "steps": "steps",
-    "accum": "accum",
-    "lr": "lr",
-    "min_lr": "min_lr",
-    "warmup": "warmup",
-    "lr_decay_steps": "lr_decay_steps",
-    "wd": "weight_decay",
-    "clip": "clip",
-    "seed": "seed",
-    "ckpt_every": "ckpt_every",
-    "eval_every": "eval_every",
-    "eval_batches": "eval_batches",
-    "backend": "backend",
-}
-
-
 def _dw_workers_likely(backend: str | None) -> bool:
     """Whether this run will use sim/ane (and so the dW worker pool), guessed before numpy loads
     from --backend alone (None = the default, auto: ane only on Apple silicon, macOS 15+)."""
@@ -172,16 +150,6 @@ def _set_threads(n: int | None, backend: str | None) -> tuple[int, int | None]:
     return n, blas
 
 
-def _check_out_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"{out}: output directory is not writable ({e.strerror or e})") from None
-
-
 def _prepare_metrics(path: Path, resume_step: int | None) -> int:
     """Start the metrics file: empty for a new run; on resume keep the records up to the
     checkpoint's step and drop the rest, including lines that do not parse (a run killed while
@@ -206,10 +174,6 @@ def _prepare_metrics(path: Path, resume_step: int | None) -> int:
     tmp.write_text("".join(keep))
     os.replace(tmp, path)
     return bad
-
-
-def _absolute(path: str | Path | None) -> str | None:
-    return None if path is None else str(Path(path).resolve())
 
 
 def _release(kern, dw_pool) -> None:
@@ -243,9 +207,77 @@ def _hold_interrupts(reraise: bool = True):
         raise KeyboardInterrupt
 
 
-def peak_rss_mb() -> float:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if platform.system() == "Darwin" else rss / 1024  # bytes on macOS, KiB else
+@contextmanager
+def _open_backend(run, threads: int, blas_threads: int | None, quiet: bool):
+    """Yield (kernels, backend name, DwPool or None, a note on the dW workers); the kernels and
+    worker threads are released on the way out, however the run ends."""
+    from anetrain.backends import make_kernels, pick_backend
+    from anetrain.backends.ane import AneError
+    from anetrain.model import DwPool
+
+    cfg, tc = run.cfg, run.tc
+    backend = pick_backend(tc.backend, verbose=not quiet, cfg=cfg)
+    try:
+        kern = make_kernels(backend, cfg, run.params, threads)
+    except AneError as e:  # auto chose ane, which has never compiled on this machine: fall back
+        if tc.backend != "auto":
+            raise
+        print(f"warning: backend auto: the ANE failed ({e}); using cpu (--backend ane makes "
+              "this an error)", file=sys.stderr)  # fmt: skip
+        backend = "cpu"
+        kern = make_kernels(backend, cfg, run.params, threads)
+    dw_pool, dw_note = None, ""
+    try:
+        if kern.overlap_dw:  # dW sgemms on worker threads, behind kernel evaluations
+            dw_pool = DwPool(threads)
+            blas_each = ", BLAS 1 thread each" if blas_threads == 1 else ""
+            dw_note = f" ({threads} dW worker{'s' if threads > 1 else ''}{blas_each})"
+        elif blas_threads == 1 and threads > 1 and not quiet:  # guessed sim/ane, got cpu
+            print(f"note: BLAS runs on 1 thread (set up for the ane backend); pass --backend "
+                  f"{backend} to use {threads}")  # fmt: skip
+        yield kern, backend, dw_pool, dw_note
+    finally:
+        _release(kern, dw_pool)
+
+
+def _banner(run, backend: str, threads: int, dw_note: str) -> None:
+    cfg, data = run.cfg, run.data
+    print(f"model: dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads ({cfg.n_kv_heads} "
+          f"kv), hidden {cfg.hidden_dim}, vocab {cfg.vocab_size}, seq {cfg.seq_len}: "
+          f"{cfg.n_params() / 1e6:.2f}M parameters; backend {backend}, {threads} thread"
+          f"{'s' if threads > 1 else ''}{dw_note}")  # fmt: skip
+    print(f"data: {data.source} ({data.train.size:,} train tokens"
+          + (f", {data.val.size:,} val tokens)" if data.val is not None else ")"))  # fmt: skip
+    if run.state.step:
+        print(f"resuming from step {run.state.step} of {run.tc.steps}")
+
+
+def _diverged(run, step: int, problem: str) -> UserError:
+    """The error that ends a diverged run; nothing is saved after it."""
+    kept = "the checkpoint there is kept as it was" if run.ckpt_path.exists() else \
+        "no checkpoint was written"  # fmt: skip
+    return UserError(f"{run.ckpt_path}: {problem} at step {step + 1}; stopping, {kept}")
+
+
+def _evaluate(params, kern, tokens, seq_len: int, n: int) -> float:
+    """Mean loss over n evenly spaced validation windows."""
+    import numpy as np
+
+    from anetrain.formats.data import eval_windows
+    from anetrain.model import loss_only
+
+    losses = [loss_only(params, kern, x, y) for x, y in eval_windows(tokens, seq_len, n)]
+    return float(np.mean(losses))
+
+
+def _record(st, loss: float, lr: float, ms: float, norm: float, scaler) -> dict:
+    """One metrics.jsonl line (strict JSON: a non-finite norm is null)."""
+    rec = {"step": st.step, "loss": loss, "lr": lr, "tokens": st.tokens, "ms": round(ms, 3),
+           "grad_norm": norm if math.isfinite(norm) else None}  # fmt: skip
+    if scaler.dynamic:
+        rec["loss_scale"] = scaler.scale
+        rec["skipped"] = scaler.skipped
+    return rec
 
 
 def train(argv: list[str] | None) -> int:
@@ -254,331 +286,115 @@ def train(argv: list[str] | None) -> int:
 
     import numpy as np
 
-    from anetrain.backends import make_kernels, pick_backend
-    from anetrain.backends.ane import AneError
-    from anetrain.formats import checkpoint as ckpt_io
-    from anetrain.formats.data import WindowSampler, check_length, eval_windows, open_dataset
-    from anetrain.formats.llama2c import load_init
+    from anetrain.formats import checkpoint
+    from anetrain.formats.data import WindowSampler
     from anetrain.mil import MilOverflowWarning
-    from anetrain.model import loss_only, micro_step
-    from anetrain.optim import AdamW, LossScaler, clip_factor, get_lr, grad_norm
-    from anetrain.params import init_params
+    from anetrain.model import micro_step
+    from anetrain.optim import AdamW, LossScaler, get_lr, grad_norm, optimizer_step
+    from anetrain.report import Progress, efficiency_report
+    from anetrain.run import setup_run
 
-    resume_file = None  # --resume DIR (or DIR/checkpoint.bin)
-    if args.resume is not None:
-        if args.init is not None:
-            raise UserError("--init starts a new run from a model; it cannot be used with --resume")
-        resume_file = ckpt_io.resolve(args.resume or args.out or "out")
-    # a resumed run keeps writing into its own directory unless --out says otherwise
-    out = Path(args.out) if args.out is not None else \
-        (resume_file.parent if resume_file is not None else Path("out"))  # fmt: skip
-    ckpt_path = out / ckpt_io.FILE_NAME
-    same_run = resume_file is not None and ckpt_path.resolve() == resume_file.resolve()
-    flags = {k: v for k, v in vars(args).items() if v is not None}
-    if ckpt_path.exists() and not same_run and not args.overwrite:  # before reading anything
-        raise UserError(
-            f"{ckpt_path}: a checkpoint already exists; use --resume {out} to continue it, "
-            "another --out, or --overwrite to replace it"
-        )
-
-    # ---- resume or fresh start
-    resumed = None
-    if resume_file is not None:
-        resumed = ckpt_io.load(resume_file)
-        saved = dict(resumed.meta.get("train", {}))
-        tc_dict = {**saved, **{f: flags[a] for a, f in _TRAIN_FLAGS.items() if a in flags}}
-        if "lr" in flags and "min_lr" not in flags and \
-                math.isclose(saved.get("min_lr", -1.0), saved.get("lr", 0.0) / 10):  # fmt: skip
-            tc_dict["min_lr"] = flags["lr"] / 10  # the saved min_lr was the default lr/10
-        tc = TrainConfig(**tc_dict)
-        done = int(resumed.meta.get("step", 0))
-        if tc.steps <= done:
-            raise UserError(f"{resume_file}: the run is already at step {done} of --steps "
-                            f"{tc.steps}; pass a larger --steps to train further")  # fmt: skip
-        cfg = resumed.model
-        if args.model is not None:
-            want = preset(args.model, vocab_size=cfg.vocab_size, seq_len=args.seq or cfg.seq_len)
-            if want != cfg:
-                raise CheckpointError(
-                    f"{resume_file}: checkpoint model does not match --model {args.model} "
-                    f"(checkpoint: dim {cfg.dim}, {cfg.n_layers} layers, seq {cfg.seq_len})"
-                )
-        if args.seq is not None and args.seq != cfg.seq_len:
-            raise CheckpointError(
-                f"{resume_file}: checkpoint seq_len is {cfg.seq_len}, not --seq {args.seq}"
-            )
-        data = open_dataset(
-            args.data or resumed.meta.get("data"),
-            args.vocab_size or cfg.vocab_size,
-            args.val_data or resumed.meta.get("val_data"),
-        )
-        if data.vocab_size != cfg.vocab_size:
-            raise CheckpointError(
-                f"{data.source}: data vocab {data.vocab_size} does not match the "
-                f"checkpoint's {cfg.vocab_size}"
-            )
-    else:
-        init = load_init(args.init, args.model, args.seq) if args.init is not None else None
-        model_name = args.model or (init.preset if init else "tiny") or "llama2c"
-        if "lr" not in flags:
-            flags["lr"] = DEFAULT_LR.get(model_name, TrainConfig.lr)
-        if "min_lr" not in flags:
-            flags["min_lr"] = flags["lr"] / 10
-        tc = TrainConfig(**{f: flags[a] for a, f in _TRAIN_FLAGS.items() if a in flags})
-        if "warmup" not in flags:  # 10% of the schedule, at most 100 steps
-            tc.warmup = min(100, (tc.lr_decay_steps or tc.steps) // 10)
-        data = open_dataset(args.data, args.vocab_size, args.val_data)
-        if init is not None:
-            cfg = init.cfg
-            if data.vocab_size != cfg.vocab_size:
-                raise UserError(
-                    f"{data.source}: data vocab {data.vocab_size} does not match the vocab "
-                    f"{cfg.vocab_size} of --init {args.init}"
-                )
-        else:
-            cfg = preset(model_name, vocab_size=data.vocab_size, seq_len=args.seq)
-    # None = the embedded dataset, wherever this install keeps it
-    data_ref = _absolute(args.data or (resumed.meta.get("data") if resumed else None))
-    val_ref = _absolute(args.val_data or (resumed.meta.get("val_data") if resumed else None))
-    if tc.eval_every and data.val is None and not args.quiet:
-        print(f"note: --eval-every {tc.eval_every} is ignored: {data.source} has no validation "
-              "data (pass --val-data FILE)")  # fmt: skip
-    _check_out_dir(out)
-    decay_steps = tc.lr_decay_steps or tc.steps
-    S = cfg.seq_len
-    check_length(data.train, S, data.source)
-    if data.val is not None:
-        check_length(data.val, S, f"{data.source} (validation)")
-
-    # ---- model, optimizer, data sampler
-    if resumed is not None:
-        params = resumed.params
-    elif init is not None:
-        params = init.params
-    else:
-        params = init_params(cfg, np.random.Generator(np.random.PCG64(tc.seed)))
-    grads = params.zeros_like()
+    run = setup_run(args)
+    cfg, tc, st, S, quiet = run.cfg, run.tc, run.state, run.cfg.seq_len, args.quiet
+    if tc.eval_every and run.data.val is None and not quiet:
+        print(f"note: --eval-every {tc.eval_every} is ignored: {run.data.source} has no "
+              "validation data (pass --val-data FILE)")  # fmt: skip
+    params, grads = run.params, run.params.zeros_like()
     opt = AdamW(params, tc.beta1, tc.beta2, tc.eps, tc.weight_decay, threads=threads)
-    sampler = WindowSampler(data.train, S, tc.seed + 1, name=data.source)
-    step0 = 0
-    if resumed is not None:
-        if resumed.m is not None:
-            opt.m, opt.v = resumed.m, resumed.v
-        opt.t = int(resumed.meta.get("adam_t", 0))
-        step0 = int(resumed.meta.get("step", 0))
-        sampler.set_state(resumed.meta["sampler"])
-    backend = pick_backend(tc.backend, verbose=not args.quiet, cfg=cfg)
-    try:
-        kern = make_kernels(backend, cfg, params, threads)
-    except AneError as e:  # auto chose ane, which has never compiled on this machine: fall back
-        if tc.backend != "auto":
-            raise
-        print(f"warning: backend auto: the ANE failed ({e}); using cpu (--backend ane makes "
-              "this an error)", file=sys.stderr)  # fmt: skip
-        backend = "cpu"
-        kern = make_kernels(backend, cfg, params, threads)
-    dw_pool, dw_note = None, ""
-    try:  # setup after the compile: a failure here must not leak kernels or worker threads
+    if run.moments is not None:
+        opt.m, opt.v = run.moments
+    opt.t = st.adam_t
+    sampler = WindowSampler(run.data.train, S, tc.seed + 1, name=run.data.source)
+    if st.sampler is not None:
+        sampler.set_state(st.sampler)
+    step0, decay_steps, tokens_per_step = st.step, tc.lr_decay_steps or tc.steps, tc.accum * S
+
+    with _open_backend(run, threads, blas_threads, quiet) as (kern, backend, dw_pool, dw_note):
         # fp16 kernels need loss scaling; the fp32 cpu kernels do not (scale 1, never skips)
-        fp16 = getattr(kern, "fp16", False)
-        scaler = LossScaler(2.0**12 if fp16 else 1.0, dynamic=fp16)
-        if resumed is not None and "scaler" in resumed.meta:
-            scaler.set_state(resumed.meta["scaler"])
-        if getattr(kern, "overlap_dw", False):  # dW sgemms on worker threads, behind kernel evals
-            from anetrain.model import DwPool
-
-            dw_pool = DwPool(threads)
-            blas_each = ", BLAS 1 thread each" if blas_threads == 1 else ""
-            dw_note = f" ({threads} dW worker{'s' if threads > 1 else ''}{blas_each})"
-        elif blas_threads == 1 and threads > 1 and not args.quiet:  # guessed sim/ane, got cpu
-            print(f"note: BLAS runs on 1 thread (set up for the ane backend); pass --backend "
-                  f"{backend} to use {threads}")  # fmt: skip
-
-        metrics_path = out / METRICS_NAME
+        scaler = LossScaler(2.0**12 if kern.fp16 else 1.0, dynamic=kern.fp16)
+        if st.scaler is not None:
+            scaler.set_state(st.scaler)
+        st.backend = backend
         # resumed in its own directory: keep its metrics up to the checkpoint; else start afresh
-        dropped = _prepare_metrics(metrics_path, step0 if same_run else None)
-        if dropped and not args.quiet:
-            print(f"note: {metrics_path}: dropped {dropped} unreadable line(s)")
-        metrics = open(metrics_path, "a")
-    except BaseException:
-        _release(kern, dw_pool)
-        raise
+        dropped = _prepare_metrics(run.metrics_path, step0 if run.same_run else None)
+        if dropped and not quiet:
+            print(f"note: {run.metrics_path}: dropped {dropped} unreadable line(s)")
+        if not quiet:
+            _banner(run, backend, threads, dw_note)
+        progress = Progress(step0, tc.steps, tokens_per_step, quiet)
+        step_ms: list[float] = []
+        t_start = time.perf_counter()
+        # a diverging run is caught by the loss / gradient-norm checks with one line, not by
+        # numpy's overflow warnings (restored in the finally below)
+        numpy_err = np.seterr(over="ignore", invalid="ignore", divide="ignore")
+        metrics = open(run.metrics_path, "a")
 
-    def save_checkpoint(step: int, tokens: int, sampler_state: dict) -> None:
-        meta = {
-            "scaler": scaler.state(),
-            "step": step,
-            "tokens": tokens,
-            "adam_t": opt.t,
-            "train": tc.to_dict(),
-            "sampler": sampler_state,
-            "data": data_ref,  # absolute, so a resume from another directory finds them
-            "val_data": val_ref,
-            "backend": backend,
-            "tokenizer": _absolute(data.tokenizer),
-        }
-        ckpt_io.save(ckpt_path, ckpt_io.Checkpoint(cfg, params, opt.m, opt.v, meta))
+        def save() -> None:
+            checkpoint.save(run.ckpt_path, checkpoint.Checkpoint(st, params, opt.m, opt.v))
 
-    def stop(problem: str) -> UserError:
-        """The error that ends a diverged run; nothing is saved after it."""
-        kept = "the checkpoint there is kept as it was" if ckpt_path.exists() else \
-            "no checkpoint was written"  # fmt: skip
-        return UserError(f"{ckpt_path}: {problem} at step {step + 1}; stopping, {kept}")
-
-    def evaluate() -> float:
-        losses = [
-            loss_only(params, kern, x, y) for x, y in eval_windows(data.val, S, tc.eval_batches)
-        ]
-        return float(np.mean(losses))
-
-    if not args.quiet:
-        print(
-            f"model: dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads "
-            f"({cfg.n_kv_heads} kv), hidden {cfg.hidden_dim}, vocab {cfg.vocab_size}, seq {S}: "
-            f"{cfg.n_params() / 1e6:.2f}M parameters; backend {backend}, {threads} thread"
-            f"{'s' if threads > 1 else ''}{dw_note}"
-        )
-        print(
-            f"data: {data.source} ({data.train.size:,} train tokens"
-            + (f", {data.val.size:,} val tokens)" if data.val is not None else ")")
-        )
-        if resumed is not None:
-            print(f"resuming from step {step0} of {tc.steps}")
-
-    # ---- the loop
-    from tqdm import tqdm
-
-    tokens_per_step = tc.accum * S
-    # tokens trained on so far; --accum may differ from the resumed run's (older checkpoints
-    # did not record it: assume this run's)
-    tokens = int(resumed.meta.get("tokens", step0 * tokens_per_step)) if resumed else 0
-    bar = tqdm(
-        total=tc.steps,
-        initial=step0,
-        disable=args.quiet or not sys.stderr.isatty(),
-        unit="step",
-        dynamic_ncols=True,
-    )
-    log_every = max(1, (tc.steps - step0) // 20)
-    step_ms: list[float] = []
-    t_start = time.perf_counter()
-    sampler_state = sampler.state()  # state at the start of the step being run
-    step = step0
-    # a diverging run is caught by the loss / gradient-norm checks with one line, not by numpy's
-    # overflow warnings (restored in the finally below)
-    numpy_err = np.seterr(over="ignore", invalid="ignore", divide="ignore")
-    try:
-        while step < tc.steps:
-            t0 = time.perf_counter()
-            lr = get_lr(step, tc.lr, tc.min_lr, tc.warmup, decay_steps)
-            loss_sum = 0.0
-            for micro in range(tc.accum):
-                x, y = sampler.next()
-                with warnings.catch_warnings():  # sim: an fp16 overflow is reported as a skip
-                    warnings.simplefilter("ignore", MilOverflowWarning)
-                    loss = micro_step(
-                        params,
-                        grads,
-                        kern,
-                        x,
-                        y,
-                        accumulate=micro > 0,
-                        loss_scale=scaler.scale,
-                        dw_pool=dw_pool,
-                        sync=micro == tc.accum - 1,  # dW jobs run on behind the next micro-step
-                    )
-                if not math.isfinite(loss):
-                    raise stop(f"loss is {loss} (micro-step {micro + 1} of {tc.accum})")
-                loss_sum += loss
-            scale = 1.0 / (tc.accum * scaler.scale)  # unscale, average over micro-steps
-            norm = grad_norm(grads, scale, threads)
-            finite = math.isfinite(norm)
-            if not finite and (not scaler.dynamic or scaler.scale <= scaler.MIN_SCALE):
-                at = f" even at loss scale {scaler.scale:g}" if scaler.dynamic else ""
-                raise stop(f"the gradient norm is {norm}{at}")
-            with _hold_interrupts():  # the update and the counters move together or not at all
+        try:
+            while st.step < tc.steps:
+                t0 = time.perf_counter()
+                lr = get_lr(st.step, tc.lr, tc.min_lr, tc.warmup, decay_steps)
+                loss_sum = 0.0
+                for micro in range(tc.accum):
+                    x, y = sampler.next()
+                    with warnings.catch_warnings():  # sim: an fp16 overflow is reported as a skip
+                        warnings.simplefilter("ignore", MilOverflowWarning)
+                        loss = micro_step(params, grads, kern, x, y, accumulate=micro > 0,
+                                          loss_scale=scaler.scale, dw_pool=dw_pool,
+                                          sync=micro == tc.accum - 1)  # fmt: skip
+                    if not math.isfinite(loss):
+                        raise _diverged(run, st.step, f"loss is {loss} (micro-step {micro + 1} "
+                                        f"of {tc.accum})")  # fmt: skip
+                    loss_sum += loss
+                unscale = 1.0 / (tc.accum * scaler.scale)  # and average over the micro-steps
+                norm = grad_norm(grads, unscale, threads)
+                if not math.isfinite(norm) and not scaler.can_skip():
+                    at = f" even at loss scale {scaler.scale:g}" if scaler.dynamic else ""
+                    raise _diverged(run, st.step, f"the gradient norm is {norm}{at}")
                 old_scale = scaler.scale
-                skipped = scaler.update(finite)  # fp16 overflow: skip the step, halve the scale
-                if not skipped:
-                    scale *= clip_factor(norm, tc.clip)
-                    kern.sync()  # no weight staging may still be reading the masters
-                    opt.step(grads, lr, grad_scale=scale)
-                    kern.update_weights()
-                step += 1
-                tokens += tokens_per_step
-                sampler_state = sampler.state()
-            ms = (time.perf_counter() - t0) * 1000.0
-            step_ms.append(ms)
-            rec = {
-                "step": step,
-                "loss": loss_sum / tc.accum,
-                "lr": lr,
-                "tokens": tokens,
-                "ms": round(ms, 3),
-                "grad_norm": norm if finite else None,  # strict JSON: no NaN/Infinity
-            }
-            if scaler.dynamic:
-                rec["loss_scale"] = scaler.scale
-                rec["skipped"] = scaler.skipped
-            if data.val is not None and (
-                (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps
-            ):
-                rec["val_loss"] = evaluate()
-            if skipped and not args.quiet:
-                tqdm.write(f"step {step}: gradients overflowed fp16 at loss scale {old_scale:g}; "
-                           f"step skipped, loss scale now {scaler.scale:g}")  # fmt: skip
-            metrics.write(json.dumps(rec) + "\n")
-            metrics.flush()
-            if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps:
-                save_checkpoint(step, tokens, sampler_state)
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{rec['loss']:.4f}",
-                lr=f"{lr:.2e}",
-                tok_s=f"{tokens_per_step / (ms / 1000):.0f}",
-            )
-            if bar.disable and not args.quiet and (step % log_every == 0 or step == tc.steps):
-                extra = f" val_loss {rec['val_loss']:.4f}" if "val_loss" in rec else ""
-                print(
-                    f"step {step}/{tc.steps} loss {rec['loss']:.4f}{extra} lr {lr:.2e} {ms:.0f} ms",
-                    flush=True,
-                )
-    except KeyboardInterrupt:
-        bar.close()
-        if step > step0:
-            print(f"\ninterrupted: saving the checkpoint of step {step} (Ctrl-C again waits for "
-                  "it)", flush=True)  # fmt: skip
+                with _hold_interrupts():  # the update and the counters move together or not at all
+                    skipped = optimizer_step(opt, grads, kern, scaler, lr, norm, unscale, tc.clip)
+                    st.step, st.tokens, st.adam_t = st.step + 1, st.tokens + tokens_per_step, opt.t
+                    st.sampler, st.scaler = sampler.state(), scaler.state()
+                ms = (time.perf_counter() - t0) * 1000.0
+                step_ms.append(ms)
+                rec = _record(st, loss_sum / tc.accum, lr, ms, norm, scaler)
+                if run.data.val is not None and \
+                        ((tc.eval_every and st.step % tc.eval_every == 0) or st.step == tc.steps):
+                    rec["val_loss"] = _evaluate(params, kern, run.data.val, S, tc.eval_batches)
+                if skipped:
+                    progress.note(f"step {st.step}: gradients overflowed fp16 at loss scale "
+                                  f"{old_scale:g}; step skipped, loss scale now {scaler.scale:g}")
+                metrics.write(json.dumps(rec) + "\n")
+                metrics.flush()
+                if (tc.ckpt_every and st.step % tc.ckpt_every == 0) or st.step == tc.steps:
+                    save()
+                progress.update(rec, ms)
+        except KeyboardInterrupt:
+            progress.close()
+            if st.step == step0:
+                print("\ninterrupted before the first step; nothing saved")
+                return 130
+            print(f"\ninterrupted: saving the checkpoint of step {st.step} (Ctrl-C again waits "
+                  "for it)", flush=True)  # fmt: skip
             with _hold_interrupts(reraise=False):  # already stopping
-                save_checkpoint(step, tokens, sampler_state)
-            print(f"checkpoint saved at step {step} in {ckpt_path}")
-        else:
-            print("\ninterrupted before the first step; nothing saved")
-        return 130
-    finally:
-        np.seterr(**numpy_err)
-        metrics.close()
-        _release(kern, dw_pool)
-    bar.close()
-
-    # ---- efficiency report
-    wall = time.perf_counter() - t_start
-    n = len(step_ms)
-    if n and not args.quiet:
-        med = float(np.median(step_ms))
-        tok_s = tokens_per_step / (med / 1000.0)
-        flops_per_token = 6 * cfg.n_params() + 12 * cfg.n_layers * cfg.dim * S
-        print("=== efficiency report ===")
-        print(f"steps {n} ({step0 + 1}..{step}), wall {wall:.2f} s, median {med:.1f} ms/step")
-        print(f"tokens/s {tok_s:,.0f} (median step), {n * tokens_per_step / wall:,.0f} (wall)")
-        print(
-            f"achieved {flops_per_token * tok_s / 1e9:.1f} GFLOPS "
-            f"({flops_per_token / 1e6:.1f} MFLOP/token), peak RSS {peak_rss_mb():.0f} MB"
-        )
-        if scaler.dynamic:
-            print(f"loss scale {scaler.scale:g}, skipped steps {scaler.skipped}")
-        for key, val in getattr(kern, "stats", dict)().items():  # backend figures (sim/ane)
-            print(f"{key}: {val}")
-        print(f"checkpoint: {ckpt_path}, metrics: {metrics_path}")
+                save()
+            print(f"checkpoint saved at step {st.step} in {run.ckpt_path}")
+            return 130
+        finally:
+            np.seterr(**numpy_err)
+            metrics.close()
+        progress.close()
+        if step_ms and not quiet:
+            notes = [f"loss scale {scaler.scale:g}, skipped steps {scaler.skipped}"] \
+                if scaler.dynamic else []  # fmt: skip
+            for line in efficiency_report(cfg, step_ms, step0 + 1, st.step,
+                                          time.perf_counter() - t_start, tokens_per_step, notes,
+                                          kern.stats()):  # fmt: skip
+                print(line)
+            print(f"checkpoint: {run.ckpt_path}, metrics: {run.metrics_path}")
     return 0
 
 

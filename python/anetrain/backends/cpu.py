@@ -68,6 +68,11 @@ class CpuKernels:
     """fp32 numpy implementations reading the fp32 masters directly (no staging needed)."""
 
     name = "cpu"
+    fp16 = False  # fp32 throughout: no loss scaling
+    overlap_dw = False  # dW sgemms run inline
+
+    def stats(self) -> dict[str, str]:
+        return {}
 
     def __init__(self, cfg: ModelConfig, params: Params, seq_len: int | None = None,
                  threads: int | None = None) -> None:  # fmt: skip

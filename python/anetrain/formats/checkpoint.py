@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
+import math
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from anetrain.config import ModelConfig
-from anetrain.errors import CheckpointError
+from anetrain.config import ModelConfig, TrainConfig
+from anetrain.errors import CheckpointError, UserError
+from anetrain.formats.files import atomic_write
 from anetrain.params import Params
 
 # File layout (little-endian):
@@ -33,6 +34,15 @@ _CHUNK = 1 << 26  # bytes per write/read/crc chunk
 FILE_NAME = "checkpoint.bin"  # a run directory's checkpoint
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """True when PATH starts with the anetrain checkpoint magic (false for unreadable files)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
 def resolve(path: str | Path) -> Path:
     """A run directory -> its checkpoint.bin; anything else as given."""
     path = Path(path)
@@ -40,12 +50,116 @@ def resolve(path: str | Path) -> Path:
 
 
 @dataclass
-class Checkpoint:
+class RunState:
+    """Everything a checkpoint's JSON header holds besides the body's layout: the model, and for a
+    training run its settings and position (a weights-only checkpoint has train None).
+
+    Written by to_dict(); read back only through from_dict(), which checks every field.
+    """
+
     model: ModelConfig
+    train: TrainConfig | None = None  # None: weights only (no run to resume)
+    step: int = 0  # optimizer steps completed
+    adam_t: int = 0  # AdamW bias-correction clock (steps actually applied; skips excluded)
+    tokens: int = 0  # tokens trained on, across resumes with any --accum
+    sampler: dict | None = None  # the training sampler's PCG64 bit_generator.state
+    scaler: dict | None = None  # LossScaler.state(): scale, clean, skipped, dynamic
+    data: str | None = None  # absolute dataset path; None = the embedded dataset
+    val_data: str | None = None  # absolute validation .bin, if one was given
+    tokenizer: str | None = None  # the dataset's tokenizer.bin, if known
+    backend: str | None = None  # the backend that wrote it (cpu, sim, ane)
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["model"] = self.model.to_dict()
+        d["train"] = None if self.train is None else self.train.to_dict()
+        return {k: v for k, v in d.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str | Path) -> RunState:
+        """Check every field (type, range, consistency); any violation is a CheckpointError
+        naming the file and the field. Headers written before a field existed still load."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise CheckpointError(f"{source}: unknown checkpoint header fields {unknown}")
+        try:
+            model = ModelConfig.from_dict(d["model"])
+            train = None if d.get("train") is None else TrainConfig.from_dict(d["train"])
+        except KeyError:
+            raise CheckpointError(f"{source}: checkpoint header has no model config") from None
+        except UserError as e:
+            raise CheckpointError(f"{source}: bad checkpoint header: {e}") from None
+        st = cls(model, train)
+        for name in ("step", "adam_t", "tokens"):
+            setattr(st, name, _header_int(source, d, name, getattr(st, name)))
+        if train is not None and "tokens" not in d:  # older runs: every step had this --accum
+            st.tokens = st.step * train.accum * model.seq_len
+        if st.adam_t > st.step or (train is not None and st.step > train.steps):
+            raise CheckpointError(f"{source}: bad checkpoint header: adam_t {st.adam_t}, step "
+                                  f"{st.step} and train.steps do not fit together")  # fmt: skip
+        for name in ("data", "val_data", "tokenizer", "backend"):
+            value = d.get(name)
+            if value is not None and not isinstance(value, str):
+                raise CheckpointError(f"{source}: bad checkpoint header: {name} must be a "
+                                      f"string, got {value!r}")  # fmt: skip
+            setattr(st, name, value)
+        st.sampler = _sampler_state(source, d.get("sampler"))
+        st.scaler = _scaler_state(source, d.get("scaler"))
+        if train is not None and st.sampler is None:
+            raise CheckpointError(f"{source}: bad checkpoint header: a training run without "
+                                  "its sampler state")  # fmt: skip
+        return st
+
+
+def _header_int(source, d: dict, name: str, default: int) -> int:
+    value = d.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise CheckpointError(f"{source}: bad checkpoint header: {name} must be an integer "
+                              f">= 0, got {value!r}")  # fmt: skip
+    return value
+
+
+def _sampler_state(source, state: object) -> dict | None:
+    """A PCG64 bit_generator state numpy accepts, or None."""
+    if state is None:
+        return None
+    try:
+        if not isinstance(state, dict) or state.get("bit_generator") != "PCG64":
+            raise ValueError("not a PCG64 state")
+        np.random.PCG64().state = state  # numpy checks every part
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
+        raise CheckpointError(f"{source}: bad checkpoint header: sampler ({e})") from None
+    return state
+
+
+def _scaler_state(source, state: object) -> dict | None:
+    """LossScaler.state(): scale > 0 and finite, clean/skipped integers >= 0, dynamic a bool."""
+    if state is None:
+        return None
+    ok = isinstance(state, dict) and set(state) <= {"scale", "clean", "skipped", "dynamic"}
+    if ok:
+        scale, clean, skipped = state.get("scale"), state.get("clean"), state.get("skipped")
+        ok = isinstance(scale, (int, float)) and not isinstance(scale, bool) and \
+            math.isfinite(scale) and scale > 0  # fmt: skip
+        ok = ok and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                        for n in (clean, skipped))  # fmt: skip
+        ok = ok and isinstance(state.get("dynamic", False), bool)
+    if not ok:
+        raise CheckpointError(f"{source}: bad checkpoint header: scaler {state!r}")
+    return state
+
+
+@dataclass
+class Checkpoint:
+    state: RunState
     params: Params
     m: Params | None = None  # AdamW first moment
     v: Params | None = None  # AdamW second moment
-    meta: dict = field(default_factory=dict)  # step, adam_t, train config, rng state, ...
+
+    @property
+    def model(self) -> ModelConfig:
+        return self.state.model
 
 
 def _body_arrays(ck: Checkpoint) -> list[np.ndarray]:
@@ -67,8 +181,7 @@ def _write_all(f, arr: np.ndarray, crc: int) -> int:
 def save(path: str | Path, ck: Checkpoint) -> None:
     """Write to PATH.tmp, fsync, then rename over PATH: a crash never leaves a half-written file."""
     path = Path(path)
-    header = dict(ck.meta)
-    header["model"] = ck.model.to_dict()
+    header = ck.state.to_dict()
     header["has_optimizer"] = ck.m is not None and ck.v is not None
     header["n_params"] = len(ck.params)
     hbytes = json.dumps(header, sort_keys=True).encode()
@@ -86,33 +199,6 @@ def save(path: str | Path, ck: Checkpoint) -> None:
         f.write(_PREFIX.pack(MAGIC, VERSION, len(hbytes), body_len, crc, zlib.crc32(hbytes)))
 
     atomic_write(path, write, "checkpoint")
-
-
-def atomic_write(path: Path, write, what: str):
-    """Run write(f) on PATH.tmp, fsync, rename over PATH, fsync the directory; returns write's
-    result. On any OS error the temp file is removed and PATH is left exactly as it was."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            result = write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"{path}: cannot write {what} ({e.strerror or e})") from None
-    except BaseException:  # e.g. KeyboardInterrupt: no half-written temp file is left behind
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-    return result
 
 
 def read_header(path: str | Path) -> tuple[dict, int, int, int]:
@@ -154,15 +240,16 @@ def load(path: str | Path, with_optimizer: bool = True) -> Checkpoint:
     """Read and verify a whole checkpoint (CRC of the body) before returning anything."""
     path = Path(path)
     header, offset, blen, bcrc = read_header(path)
-    try:
-        cfg = ModelConfig.from_dict(header["model"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: bad model config in checkpoint ({e})") from None
-    params = Params(cfg)
-    n = len(params)
-    has_opt = bool(header.get("has_optimizer"))
-    if header.get("n_params") != n or blen != 4 * n * (3 if has_opt else 1):
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt checkpoint header (not a JSON object)")
+    has_opt = header.pop("has_optimizer", False)
+    n_saved = header.pop("n_params", None)
+    state = RunState.from_dict(header, path)
+    cfg = state.model
+    n = cfg.n_params()  # before allocating anything: the header may claim any size
+    if not isinstance(has_opt, bool) or n_saved != n or blen != 4 * n * (3 if has_opt else 1):
         raise CheckpointError(f"{path}: body size does not match the model config")
+    params = Params(cfg)
     m = v = None
     arrays = [params.flat]
     if has_opt and with_optimizer:
@@ -188,5 +275,4 @@ def load(path: str | Path, with_optimizer: bool = True) -> Checkpoint:
                 rest -= len(piece)
     if crc != bcrc:
         raise CheckpointError(f"{path}: checksum mismatch (corrupt checkpoint)")
-    meta = {k: v for k, v in header.items() if k not in ("model", "has_optimizer", "n_params")}
-    return Checkpoint(cfg, params, m, v, meta)
+    return Checkpoint(state, params, m, v)

@@ -7,13 +7,12 @@ import struct
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from anetrain.config import ModelConfig
 from anetrain.errors import CheckpointError, UserError
-from anetrain.formats.checkpoint import atomic_write
+from anetrain.formats.files import atomic_write
 from anetrain.params import Params
 
 # Formats (design/llama2c.md §2; little-endian, every matrix row-major W[out, in] like our Params,
@@ -218,17 +217,6 @@ def read_llama2c(path: str | os.PathLike[str]) -> tuple[ModelConfig, Params]:
     return cfg, params
 
 
-def is_llama2c(path: str | os.PathLike[str]) -> bool:
-    """True when PATH is not an anetrain checkpoint (so it should be read as a llama2.c model)."""
-    from anetrain.formats.checkpoint import MAGIC as OURS
-
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(OURS)) != OURS
-    except OSError:
-        return False
-
-
 # ----------------------------------------------------------------------------
 # writer
 
@@ -298,45 +286,3 @@ def write_llama2c(
     expect = v0_size(cfg) if version == 0 else v1_size(cfg)
     assert written == expect, (written, expect)
     return written
-
-
-# ----------------------------------------------------------------------------
-# fine-tuning start (python -m anetrain.train --init model.bin)
-
-
-class InitModel(NamedTuple):
-    preset: str | None  # the preset with this architecture (for per-preset defaults), if any
-    cfg: ModelConfig
-    params: Params
-
-
-def load_init(path: str | os.PathLike[str], model: str | None, seq: int | None) -> InitModel:
-    """A llama2.c model to fine-tune: the architecture comes from its header.
-
-    `model` (a --model preset) must agree with the header's architecture; its seq_len and vocab
-    are ignored. `seq` may lower the training context below the file's seq_len (RoPE has no
-    learned positions, so the weights do not depend on it); the run's checkpoints and exports then
-    record the lower seq_len. A longer context than the file's is refused: run.c sizes its KV cache
-    by the header, and the model never saw those positions.
-    """
-    from anetrain.config import PRESETS, preset
-
-    cfg, params = read_llama2c(path)
-    arch = ("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim")
-    same = [n for n, p in PRESETS.items() if all(getattr(p, a) == getattr(cfg, a) for a in arch)]
-    if model is not None:
-        want = preset(model)
-        if any(getattr(want, a) != getattr(cfg, a) for a in arch):
-            raise CheckpointError(
-                f"{path}: --model {model} does not match the file's architecture (dim {cfg.dim}, "
-                f"{cfg.n_layers} layers, {cfg.n_heads} heads ({cfg.n_kv_heads} kv), hidden "
-                f"{cfg.hidden_dim}); drop --model, the header decides"
-            )
-    if seq is not None:
-        if not 0 < seq <= cfg.seq_len:
-            raise CheckpointError(
-                f"{path}: --seq {seq} must be in 1..{cfg.seq_len} (the file's seq_len)"
-            )
-        cfg = cfg.replace(seq_len=seq)
-        params = Params(cfg, params.flat)
-    return InitModel(model or (same[0] if same else None), cfg, params)
