@@ -18,7 +18,7 @@ from anetrain.bench._args import nonneg_int, positive_int
 from anetrain.config import preset
 from anetrain.errors import UserError, run_cli
 from anetrain.model import micro_step
-from anetrain.optim import AdamW, clip_factor, grad_norm
+from anetrain.optim import AdamW, LossScaler, grad_norm, optimizer_step
 from anetrain.params import init_params
 
 # Pause before each timed call: thread pools (torch's OpenMP, OpenBLAS) keep spinning for a while
@@ -37,6 +37,7 @@ def anetrain_stepper(cfg, seed: int, threads: int):
     grads = params.zeros_like()
     kern = CpuKernels(cfg, params)
     opt = AdamW(params, threads=threads)
+    fp32 = LossScaler(1.0, dynamic=False)  # the cpu backend's: never skips
     toks = rng.integers(0, cfg.vocab_size, (16, cfg.seq_len + 1)).astype(np.int32)
     it = [0]
 
@@ -45,7 +46,7 @@ def anetrain_stepper(cfg, seed: int, threads: int):
         it[0] += 1
         loss = micro_step(params, grads, kern, w[:-1], w[1:], accumulate=False)
         norm = grad_norm(grads, 1.0, threads)
-        opt.step(grads, 3e-4, grad_scale=clip_factor(norm, 1.0))
+        optimizer_step(opt, grads, kern, fp32, 3e-4, norm, 1.0, 1.0)
         return loss
 
     return step, params

@@ -140,13 +140,14 @@ def run(cfg, seconds: dict[str, float], steps: int, accum: int, workers: int = 0
     from anetrain.backends.mil import MilKernels
     from anetrain.backends.runtime import LatencyRuntime
     from anetrain.model import micro_step
-    from anetrain.optim import AdamW, clip_factor, grad_norm
+    from anetrain.optim import AdamW, LossScaler, grad_norm, optimizer_step
     from anetrain.params import init_params
 
     rng = np.random.default_rng(seed)
     params = init_params(cfg, rng)
     grads = params.zeros_like()
     opt = AdamW(params, 0.9, 0.95, 1e-8, 0.1)
+    scaler = LossScaler(4096.0)  # as train.py on sim/ane
     rt = LatencyRuntime(seconds)
     kern = MilKernels(cfg, params, rt)
     pool = timed_pool(workers)
@@ -160,11 +161,11 @@ def run(cfg, seconds: dict[str, float], steps: int, accum: int, workers: int = 0
             c_main0, t_start = time.thread_time(), time.perf_counter()
             for m in range(accum):
                 last = m == accum - 1  # dW jobs of earlier micro-steps run on behind later ones
-                micro_step(params, grads, kern, tok[:-1], tok[1:], m > 0, 4096.0, pool, last)
-            scale = 1.0 / (accum * 4096.0)  # as train.py (1 thread): unscale, norm, clip, AdamW
-            norm = grad_norm(grads, scale)
-            opt.step(grads, 1e-4, grad_scale=scale * clip_factor(norm, 1.0))
-            kern.update_weights()
+                micro_step(params, grads, kern, tok[:-1], tok[1:], m > 0, scaler.scale, pool,
+                           last)  # fmt: skip
+            unscale = 1.0 / (accum * scaler.scale)  # as train.py (1 thread): norm, clip, AdamW
+            norm = grad_norm(grads, unscale)
+            optimizer_step(opt, grads, kern, scaler, 1e-4, norm, unscale, 1.0)
             c_main1, t_end = time.thread_time(), time.perf_counter()
             # gaps: (previous evaluation or step start) -> (next evaluation or step end)
             marks = [("start", c_main0, c_main0, t_start, t_start)] + rt.log + \
