@@ -1,0 +1,36 @@
+"""python -m anetrain <command>: dispatch, the command list, one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from anetrain.__main__ import COMMANDS, main
+
+
+def test_every_command_answers_help(capsys):
+    for name in COMMANDS:
+        try:
+            code = main([name, "--help"])
+        except SystemExit as e:  # argparse's --help
+            code = e.code or 0
+        assert code == 0, name
+        assert "usage" in capsys.readouterr().out.lower(), name
+
+
+def test_no_command_lists_them_and_an_unknown_one_is_one_line(capsys):
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out for name in COMMANDS)
+    assert main(["trian"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["anetrain: error: unknown command 'trian' (choose from train, sample, export, "
+                   "bench)"]  # fmt: skip
+
+
+def test_a_command_runs_with_its_arguments(tmp_path, capsys):
+    assert main(["train", "--quiet", "--model", "tiny", "--steps", "2", "--out",
+                 str(tmp_path / "r")]) == 0  # fmt: skip
+    assert (tmp_path / "r" / "checkpoint.bin").is_file()
+    assert main(["export", str(tmp_path / "r"), "--format", "llama2c", "-o",
+                 str(tmp_path / "m.bin")]) == 0  # fmt: skip
+    assert (tmp_path / "m.bin").stat().st_size > 0
