@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from anetrain.__main__ import COMMANDS, main
 
 

@@ -58,15 +58,37 @@ def check_program(
         out.append(Issue(sev, rule, where, msg))
 
     if list(prog.functions) != ["main"]:
-        add(
-            "E",
-            "one-function",
-            "program",
-            f"expected one function 'main', got {list(prog.functions)}",
-        )
+        add("E", "one-function", "program",
+            f"expected one function 'main', got {list(prog.functions)}")  # fmt: skip
     f = next(iter(prog.functions.values()))
     fw = f"line {f.line}: func {f.name}"
-    # -- I/O contract (rules 4, 5, 6, 21, 22) --
+    env = _check_inputs(f, fw, add)  # name -> type of every tensor seen so far
+    cvals: dict[str, object] = {}  # inline const name -> value
+    consts: set[str] = set()  # every const's name (inline and BLOBFILE)
+    n_blob, io = 0, [(n, t) for t, n in f.params if isinstance(t, TensorType)]
+    for s in f.stmts:
+        n_blob += _check_statement(s, env, cvals, consts, weights, blobs, add)
+    for o in f.outputs:
+        t = env.get(o)
+        if t is not None:
+            io.append((o, t))
+            if t.dtype != "fp16":
+                add("E", "io-type", fw,
+                    f"output {o!r} is {t.dtype}; the training surfaces are fp16")  # fmt: skip
+    if n_blob > MAX_BLOBS:
+        add("W", "blob-count", fw, f"{n_blob} BLOBFILE constants > {MAX_BLOBS}")
+    _check_io_sizes(io, fw, add)
+    if weights is not None:
+        used = {s.attrs["val"].value.path for s in f.stmts  # type: ignore[union-attr]
+                if s.op == "const" and isinstance(s.attrs["val"].value, BlobRef)}  # fmt: skip
+        for k in sorted(set(weights) - used):
+            add("W", "unused-weight", fw, f"weight {k!r} is not referenced by any BLOBFILE")
+    return out, blobs
+
+
+def _check_inputs(f, fw: str, add) -> dict[str, TensorType]:
+    """The I/O contract (rules 4, 5, 6, 21, 22) on the function's signature; returns the
+    environment of its tensor inputs."""
     if len(f.params) != 1:
         add("E", "single-input", fw, f"{len(f.params)} inputs; the ANE takes exactly one (0x1d)")
     if len(f.outputs) != 1:
@@ -79,54 +101,46 @@ def check_program(
             env[n] = t
             for b in _dims(t):  # the packed input too: weight columns widen it (§7.2 #3)
                 add("E", "dim-limit", fw, f"input {n!r} {list(t.shape)}: {b}")
-    cvals: dict[str, object] = {}  # inline const name -> value
-    consts: set[str] = set()  # every const's name (inline and BLOBFILE)
-    n_blob, io = 0, [(n, t) for t, n in f.params if isinstance(t, TensorType)]
-    for s in f.stmts:
-        w = s.where()
-        for t, n in s.results:
-            if isinstance(t, TensorType):
-                env[n] = t
-                if t.rank > MAX_RANK:
-                    add("E", "rank", w, f"{n!r} has rank {t.rank} > {MAX_RANK}")
-                for b in _dims(t):
-                    add("E", "dim-limit", w, f"{n!r} {list(t.shape)}: {b}")
-        if s.op == "const":
-            consts.add(s.results[0][1])
-            v = s.attrs["val"]
-            if isinstance(v.value, BlobRef):
-                n_blob += 1
-                _check_blob(s, v, weights, blobs, add)
-            else:
-                cvals[s.results[0][1]] = v.value
-            continue
-        if "name" not in s.attrs:
-            add("W", "op-name", w, "op has no [name=string(...)] attribute")
-        for k, b in s.args.items():
-            for e in b if isinstance(b, tuple) else (b,):
-                if isinstance(e, Literal):
-                    if isinstance(e.type, TensorType) and e.type.dtype == "bool":
-                        add("E", "inline-bool", w, f"inline bool {k}=...; bind it to a named const")
-                    else:
-                        add("W", "inline-literal", w, f"inline literal for {k}; use a named const")
-        _op_rules(s, env, cvals, consts, add)
-        if s.op in DECOMPOSE:
-            add(
-                "W",
-                "decompose",
-                w,
-                f"{s.op} is reported to fail in ANECCompile; use {DECOMPOSE[s.op]}",
-            )
-    for o in f.outputs:
-        t = env.get(o)
-        if t is not None:
-            io.append((o, t))
-            if t.dtype != "fp16":
-                add(
-                    "E", "io-type", fw, f"output {o!r} is {t.dtype}; the training surfaces are fp16"
-                )
-    if n_blob > MAX_BLOBS:
-        add("W", "blob-count", fw, f"{n_blob} BLOBFILE constants > {MAX_BLOBS}")
+    return env
+
+
+def _check_statement(s, env: dict, cvals: dict, consts: set, weights, blobs: dict, add) -> int:
+    """Rules on one statement (its results' ranks and dims, consts and blobs, literals, the op's
+    own rules); returns 1 for a BLOBFILE const, else 0."""
+    w = s.where()
+    for t, n in s.results:
+        if isinstance(t, TensorType):
+            env[n] = t
+            if t.rank > MAX_RANK:
+                add("E", "rank", w, f"{n!r} has rank {t.rank} > {MAX_RANK}")
+            for b in _dims(t):
+                add("E", "dim-limit", w, f"{n!r} {list(t.shape)}: {b}")
+    if s.op == "const":
+        consts.add(s.results[0][1])
+        v = s.attrs["val"]
+        if isinstance(v.value, BlobRef):
+            _check_blob(s, v, weights, blobs, add)
+            return 1
+        cvals[s.results[0][1]] = v.value
+        return 0
+    if "name" not in s.attrs:
+        add("W", "op-name", w, "op has no [name=string(...)] attribute")
+    for k, b in s.args.items():
+        for e in b if isinstance(b, tuple) else (b,):
+            if isinstance(e, Literal):
+                if isinstance(e.type, TensorType) and e.type.dtype == "bool":
+                    add("E", "inline-bool", w, f"inline bool {k}=...; bind it to a named const")
+                else:
+                    add("W", "inline-literal", w, f"inline literal for {k}; use a named const")
+    _op_rules(s, env, cvals, consts, add)
+    if s.op in DECOMPOSE:
+        add("W", "decompose", w,
+            f"{s.op} is reported to fail in ANECCompile; use {DECOMPOSE[s.op]}")  # fmt: skip
+    return 0
+
+
+def _check_io_sizes(io: list, fw: str, add) -> None:
+    """Size warnings on every I/O tensor: bytes, channels, width alignment."""
     for n, t in io:
         if t.nbytes < MIN_IO_BYTES:
             add("W", "io-min-bytes", fw, f"I/O tensor {n!r} is {t.nbytes} bytes < {MIN_IO_BYTES}")
@@ -134,18 +148,8 @@ def check_program(
             add("W", "io-min-channels", fw,
                 f"I/O tensor {n!r} has {t.shape[1]} channels < {MIN_IO_CHANNELS}")  # fmt: skip
         if t.rank == 4 and t.shape[-1] % ALIGN_W:
-            add(
-                "W",
-                "io-width",
-                fw,
-                f"I/O tensor {n!r} width {t.shape[-1]} is not a multiple of {ALIGN_W}",
-            )
-    if weights is not None:
-        used = {s.attrs["val"].value.path for s in f.stmts  # type: ignore[union-attr]
-                if s.op == "const" and isinstance(s.attrs["val"].value, BlobRef)}  # fmt: skip
-        for k in sorted(set(weights) - used):
-            add("W", "unused-weight", fw, f"weight {k!r} is not referenced by any BLOBFILE")
-    return out, blobs
+            add("W", "io-width", fw,
+                f"I/O tensor {n!r} width {t.shape[-1]} is not a multiple of {ALIGN_W}")  # fmt: skip
 
 
 def _op_rules(s: Statement, env: dict[str, TensorType], cvals: dict, consts: set[str],
