@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from mil_util import random_case
 
-from anetrain.config import preset
+from anetrain.config import ModelConfig, preset
 from anetrain.mil import MilError, MilOverflowWarning
 from anetrain.mil.ir import TensorType
-from anetrain.mil.kernels import KERNELS, build_kernels
+from anetrain.mil.kernels import KERNELS, KernelSpec, build_kernels
 from anetrain.mil.sim import Simulation, run
 
 TINY = build_kernels(preset("tiny"))
 GQA_CFG = preset("tiny", n_kv_heads=2)
-GQA = build_kernels(GQA_CFG)
+SPECS = {"mha": (preset("tiny"), TINY), "gqa": (GQA_CFG, build_kernels(GQA_CFG))}
 pytestmark = pytest.mark.filterwarnings("ignore::anetrain.mil.errors.MilWarning")
 
 
@@ -66,7 +66,9 @@ def test_every_op_result_is_rounded_to_fp16():
     assert y.dtype == np.float16 and float(y.flat[0]) == 2 + 2**-9
 
 
-def _fp16_values(spec, cfg, seed: int, **kw) -> dict[str, tuple[str, np.ndarray]]:
+def _fp16_values(
+    spec: KernelSpec, cfg: ModelConfig, seed: int, **kw
+) -> dict[str, tuple[str, np.ndarray]]:
     """{name: (op, value)} of every fp16-typed value of one simulated run (input, consts, ops)."""
     sim = Simulation(spec.mil, spec.weights, **kw)
     (f,) = sim.prog.functions.values()
@@ -86,9 +88,8 @@ def test_every_fp16_intermediate_of_every_kernel_is_an_fp16_number(kernel, accum
     """Not just the outputs (which the output write rounds anyway): a value feeding a matmul or a
     softmax probability left in fp32 would make the simulator more precise than the ANE."""
     ops = set()
-    for name, cfg in (("mha", preset("tiny")), ("gqa", GQA_CFG)):
-        spec = (TINY if name == "mha" else GQA)[kernel]
-        for n, (op, v) in _fp16_values(spec, cfg, 5, accum=accum).items():
+    for name, (cfg, specs) in SPECS.items():
+        for n, (op, v) in _fp16_values(specs[kernel], cfg, 5, accum=accum).items():
             ops.add(op)
             ok = np.isnan(v) | (v.astype(np.float16).astype(np.float32) == v)
             assert ok.all(), f"{name} {kernel}: {op} {n!r} holds {v[~ok].flat[0]!r}, not an fp16"
