@@ -6,13 +6,17 @@ import warnings
 
 import numpy as np
 import pytest
+from mil_util import random_case
 
-from anetrain.config import preset
+from anetrain.config import ModelConfig, preset
 from anetrain.mil import MilError, MilOverflowWarning
-from anetrain.mil.kernels import build_kernels
+from anetrain.mil.ir import TensorType
+from anetrain.mil.kernels import KERNELS, KernelSpec, build_kernels
 from anetrain.mil.sim import Simulation, run
 
 TINY = build_kernels(preset("tiny"))
+GQA_CFG = preset("tiny", n_kv_heads=2)
+SPECS = {"mha": (preset("tiny"), TINY), "gqa": (GQA_CFG, build_kernels(GQA_CFG))}
 pytestmark = pytest.mark.filterwarnings("ignore::anetrain.mil.errors.MilWarning")
 
 
@@ -60,6 +64,39 @@ def test_every_op_result_is_rounded_to_fp16():
     x = np.full((1, 64, 1, 512), 1 + 2**-10, dtype=np.float16)
     y = Simulation(text)(x)
     assert y.dtype == np.float16 and float(y.flat[0]) == 2 + 2**-9
+
+
+def _fp16_values(
+    spec: KernelSpec, cfg: ModelConfig, seed: int, **kw
+) -> dict[str, tuple[str, np.ndarray]]:
+    """{name: (op, value)} of every fp16-typed value of one simulated run (input, consts, ops)."""
+    sim = Simulation(spec.mil, spec.weights, **kw)
+    (f,) = sim.prog.functions.values()
+    types = {n: (t, "input") for t, n in f.params}
+    types.update({n: (t, s.op) for s in f.stmts for t, n in s.results})
+    packed, _ = random_case(spec, cfg, np.random.default_rng(seed))
+    env = sim.values(packed)
+    fp16 = {n: (op, env[n]) for n, (t, op) in types.items()
+            if isinstance(t, TensorType) and t.dtype == "fp16"}  # fmt: skip
+    assert len(fp16) > 3 and all(isinstance(v, np.ndarray) for _, v in fp16.values())
+    return fp16
+
+
+@pytest.mark.parametrize("accum", ["fp32", "fp16"])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_every_fp16_intermediate_of_every_kernel_is_an_fp16_number(kernel, accum):
+    """Not just the outputs (which the output write rounds anyway): a value feeding a matmul or a
+    softmax probability left in fp32 would make the simulator more precise than the ANE."""
+    ops = set()
+    for name, (cfg, specs) in SPECS.items():
+        for n, (op, v) in _fp16_values(specs[kernel], cfg, 5, accum=accum).items():
+            ops.add(op)
+            ok = np.isnan(v) | (v.astype(np.float16).astype(np.float32) == v)
+            assert ok.all(), f"{name} {kernel}: {op} {n!r} holds {v[~ok].flat[0]!r}, not an fp16"
+            sub = (v != 0) & (np.abs(v) < 2.0**-14)  # ftz: no subnormals survive
+            assert not sub.any(), f"{name} {kernel}: {op} {n!r} holds subnormal {v[sub].flat[0]!r}"
+    if kernel in ("sdpaFwd", "sdpaBwd1"):
+        assert "softmax" in ops  # the attention probabilities themselves are checked
 
 
 def test_overflow_is_reported_with_the_op():

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import tiny_cfg
+from conftest import perturb_norms, tiny_cfg
 
 from anetrain.optim import AdamW, LossScaler, clip_factor, get_lr, grad_norm
 from anetrain.params import init_params
@@ -42,6 +42,46 @@ def test_adamw_matches_torch(rng):
         )
 
 
+def test_adamw_unscales_every_group_before_the_moments(rng):
+    """Loss-scaled gradients (x 4096, grad_scale 1/4096) must give torch's moments on the unscaled
+    gradients in every tensor. Adam's update is scale-invariant, so a group that skipped the
+    unscale would still match torch's parameters; its m and v would be 4096x and 4096²x off."""
+    torch = pytest.importorskip("torch")
+    cfg = tiny_cfg(n_kv_heads=2, shared_classifier=False)
+    p = init_params(cfg, rng)
+    perturb_norms(p, rng)
+    ref = {n: torch.nn.Parameter(torch.tensor(np.array(t))) for n, t in p.tensors.items()}
+    topt = torch.optim.AdamW(
+        [
+            {"params": [t for t in ref.values() if t.ndim >= 2], "weight_decay": 0.1},
+            {"params": [t for t in ref.values() if t.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=1e-3,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+    )
+    opt = AdamW(p, 0.9, 0.95, 1e-8, 0.1)
+    scale = 4096.0
+    for _ in range(2):
+        g = p.zeros_like()
+        g.flat[:] = rng.standard_normal(len(p)).astype(np.float32)
+        for n, t in ref.items():
+            t.grad = torch.tensor(np.array(g.tensors[n]))  # the true (unscaled) gradient
+        g.flat *= np.float32(scale)  # what a loss-scaled backward hands the optimizer
+        topt.step()
+        opt.step(g, 1e-3, grad_scale=1.0 / scale)
+    kinds = {t.ndim for t in ref.values()}
+    assert kinds == {1, 2}  # both groups (matrices and embedding; norm weights) are covered
+    for n, t in ref.items():
+        state = topt.state[t]
+        for ours, theirs in ((opt.m, "exp_avg"), (opt.v, "exp_avg_sq"), (p, None)):
+            want = (t if theirs is None else state[theirs]).detach().numpy()
+            got = ours.tensors[n]
+            np.testing.assert_allclose(
+                got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max(), err_msg=f"{n} {theirs}"
+            )
+
+
 def test_clip_matches_torch(rng):
     torch = pytest.importorskip("torch")
     cfg = tiny_cfg()
@@ -57,6 +97,28 @@ def test_clip_matches_torch(rng):
     for pp, t in zip(ps, ts):
         np.testing.assert_allclose(t.numpy() * f, pp.grad.numpy(), rtol=1e-5, atol=1e-9)
     assert clip_factor(norm, 0.0) == 1.0 and clip_factor(0.1, 1.0) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("norm", "clip"),
+    [(2e-6, 2e-6), (1e-6, 1.5e-6), (3e-7, 1e-6), (1e-5, 1e-5), (1e-6, 5e-7)],
+)
+def test_clip_factor_matches_torch_near_the_threshold(rng, norm, clip):
+    """torch clips by clip / (norm + 1e-6): with norm <= clip < norm + 1e-6 it still scales the
+    gradients down, where clip / norm would leave them alone; below it the two factors differ."""
+    torch = pytest.importorskip("torch")
+    g = init_params(tiny_cfg(), rng)
+    g.flat *= np.float32(norm / grad_norm(g))
+    ts = [torch.tensor(np.array(t)) for t in g.tensors.values()]
+    ps = [torch.nn.Parameter(torch.zeros_like(t)) for t in ts]
+    for pp, t in zip(ps, ts):
+        pp.grad = t.clone()
+    tnorm = float(torch.nn.utils.clip_grad_norm_(ps, clip))
+    assert grad_norm(g) == pytest.approx(tnorm, rel=1e-5)
+    f = clip_factor(grad_norm(g), clip)
+    for pp, t in zip(ps, ts):
+        want = pp.grad.numpy()
+        np.testing.assert_allclose(t.numpy() * f, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
 def test_lr_schedule_shape():

@@ -185,6 +185,18 @@ def test_multinomial_and_top_p_choices():
     assert sample_topp(probs, 0.6, 0.999) == 2
 
 
+@pytest.mark.parametrize(("coin", "want"), [(0.0, 0), (0.1, 0), (0.6, 0), (0.7, 1), (0.9, 1)])
+def test_top_p_ties_at_both_cutoffs_pick_what_run_c_picks(coin, want):
+    # run.c, V = 3, top-p 0.5: cutoff (1 - 0.5) / 2 = 0.25 keeps all three (p >= cutoff, the two
+    # 0.25s included); sorted 0 (0.5), 1 (0.25), 2 (0.25); cumulative 0.5 is not > 0.5, 0.75 is:
+    # nucleus {0, 1}; r = coin * 0.75 picks 0 while r < 0.5, else 1. (A `>` candidate cutoff or a
+    # `>=` cumulative cutoff leaves the nucleus {0}: token 0 for every coin.) Equal probabilities
+    # keep their index order, as glibc's qsort does on a handful of elements (its insertion sort).
+    probs = np.array([0.5, 0.25, 0.25], dtype=np.float32)
+    assert sample_topp(probs, 0.5, coin) == want
+    assert sample_topp(probs[::-1].copy(), 0.5, coin) == [2, 0][want]
+
+
 def test_sampling_is_seeded_and_has_the_right_distribution():
     logits = np.log(np.array([0.5, 0.3, 0.15, 0.05], dtype=np.float32))
 

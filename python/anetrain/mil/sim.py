@@ -330,7 +330,9 @@ class Simulation:
 
         return step
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def values(self, x: np.ndarray) -> dict[str, object]:
+        """Evaluate on x and return every named value: the constants, the input and each op's
+        result (fp16 ones as float32 arrays of fp16 numbers). Tests inspect intermediates here."""
         x = np.asarray(x)
         if x.shape != self.input_type.shape:
             if x.size != self.input_type.size:
@@ -345,7 +347,10 @@ class Simulation:
         with np.errstate(all="ignore"):
             for step in self.steps:
                 step(env)
-        y = np.asarray(env[self.output_name]).astype(np.float16)
+        return env
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        y = np.asarray(self.values(x)[self.output_name]).astype(np.float16)
         if self.events and not np.isfinite(y).all():
             warnings.warn(
                 "sim: non-finite output; first: " + self.events[0], MilOverflowWarning, stacklevel=2
