@@ -26,6 +26,8 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
+from anetrain.errors import UserError
+
 try:
     from anetrain import _ane
 
@@ -48,7 +50,7 @@ ERR_LEN = 8192  # the NSError text of a rejected program carries the compiler's 
 __all__ = ["AneDevice", "AneError", "Kernel", "Request", "Surface", "available", "built"]
 
 
-class AneError(RuntimeError):
+class AneError(UserError, RuntimeError):
     """A failure reported by the ANE runtime (dlopen, NSError, Objective-C exception, bounds...)."""
 
 
