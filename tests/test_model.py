@@ -196,3 +196,19 @@ def test_dw_pool_workers_run_at_lower_priority():
         got = {pool.submit(nice_of_this_thread).result() for _ in range(4)}
     assert got == {min(19, base + 7)}
     assert nice_of_this_thread() == base  # the caller's own priority is untouched
+
+
+def test_default_threads_is_one_per_core_for_the_dw_pool_and_cpu_kernels(monkeypatch, rng):
+    import os
+
+    from anetrain.config import default_threads
+    from anetrain.model import DwPool
+
+    cfg, p, _, _ = _setup(rng)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert default_threads() == 3 and CpuKernels(cfg, p).threads == 3
+    with DwPool() as pool:
+        assert pool.workers == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown: one thread
+    assert default_threads() == 1 and CpuKernels(cfg, p).threads == 1
+    assert CpuKernels(cfg, p, threads=5).threads == 5

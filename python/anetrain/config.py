@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 
 from anetrain.errors import UserError
@@ -174,3 +175,8 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def default_threads() -> int:
+    """Threads when none are asked for: one per core (os.cpu_count(), 1 when it is unknown)."""
+    return os.cpu_count() or 1

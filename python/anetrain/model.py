@@ -12,6 +12,7 @@ import numpy as np
 
 from anetrain import native
 from anetrain.backends.cpu import reduce_kv, tile_kv
+from anetrain.config import default_threads
 from anetrain.params import Params
 
 # Data flow (channel-first [C, S] everywhere, S = one sequence; see ARCHITECTURE.md):
@@ -89,7 +90,7 @@ class DwPool(ThreadPoolExecutor):
     """
 
     def __init__(self, workers: int = 0, nice: int = 10) -> None:
-        self.workers = workers or max(1, os.cpu_count() or 1)
+        self.workers = workers or default_threads()
         super().__init__(self.workers, "anetrain-dw", _lower_priority, (nice,))
         self._jobs: list[Future] = []  # since the last wait
         self._tail: dict[object, list[Future]] = {}  # key -> its most recent jobs

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from anetrain import native
-from anetrain.config import ModelConfig
+from anetrain.config import ModelConfig, default_threads
 from anetrain.params import Params
 from anetrain.rope import rope_tables
 
@@ -76,7 +74,7 @@ class CpuKernels:
         self.S = seq_len or cfg.seq_len
         self.cos, self.sin = rope_tables(cfg.head_dim, self.S, cfg.rope_theta)  # [S, hd/2] each
         self.scale = np.float32(1.0 / np.sqrt(cfg.head_dim))
-        self.threads = threads or os.cpu_count() or 1  # for the elementwise C ops (softmax, ...)
+        self.threads = threads or default_threads()  # for the elementwise C ops (softmax, ...)
         # attention probabilities of the forward, reused by sdpa_bwd1 when it is called with the
         # very same q array and equal tiled k (the ANE recomputes them; here that would only cost
         # time; with GQA the caller tiles k afresh, so identity alone would never match)
