@@ -38,12 +38,13 @@ import numpy as np
 
 from anetrain.backends import ROSETTA, old_macos, under_rosetta
 from anetrain.backends.ane import FRAMEWORK_ENV, AneError
-from anetrain.backends.cpu import CpuKernels, tile_kv
+from anetrain.backends.cpu import CpuKernels
 from anetrain.backends.mil import MilKernels
 from anetrain.backends.runtime import AneRuntime
 from anetrain.config import ConfigError, preset
 from anetrain.mil.errors import MilError
 from anetrain.mil.kernels import build_kernels
+from anetrain.model import tile_kv
 from anetrain.params import init_params
 
 # tiny (dim 64, hidden 176, seq 64) breaks the ANE's size rules; this passes all of them

@@ -217,9 +217,7 @@ def _release(kern, dw_pool) -> None:
     dirs (cpu kernels hold nothing)."""
     if dw_pool is not None:
         dw_pool.shutdown()
-    close = getattr(kern, "close", None)
-    if close is not None:
-        close()
+    kern.close()
 
 
 @contextmanager
@@ -380,11 +378,11 @@ def train(argv: list[str] | None) -> int:
     dw_pool, dw_note = None, ""
     try:  # setup after the compile: a failure here must not leak kernels or worker threads
         # fp16 kernels need loss scaling; the fp32 cpu kernels do not (scale 1, never skips)
-        fp16 = getattr(kern, "fp16", False)
+        fp16 = kern.fp16
         scaler = LossScaler(2.0**12 if fp16 else 1.0, dynamic=fp16)
         if resumed is not None and "scaler" in resumed.meta:
             scaler.set_state(resumed.meta["scaler"])
-        if getattr(kern, "overlap_dw", False):  # dW sgemms on worker threads, behind kernel evals
+        if kern.overlap_dw:  # dW sgemms on worker threads, behind kernel evals
             from anetrain.model import DwPool
 
             dw_pool = DwPool(threads)
@@ -576,7 +574,7 @@ def train(argv: list[str] | None) -> int:
         )
         if scaler.dynamic:
             print(f"loss scale {scaler.scale:g}, skipped steps {scaler.skipped}")
-        for key, val in getattr(kern, "stats", dict)().items():  # backend figures (sim/ane)
+        for key, val in kern.stats().items():  # backend figures (sim/ane)
             print(f"{key}: {val}")
         print(f"checkpoint: {ckpt_path}, metrics: {metrics_path}")
     return 0

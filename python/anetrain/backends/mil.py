@@ -13,9 +13,8 @@ from anetrain.config import ConfigError, ModelConfig
 from anetrain.mil.errors import MilError
 from anetrain.mil.kernels import KERNELS, KernelSpec, Layout, build_kernels
 from anetrain.params import Params
-from anetrain.rope import rope_tables
 
-# Same interface as CpuKernels (kernels_cpu.py): channel-first fp32 [C, S] in and out. Each
+# Same interface as CpuKernels (model.Kernels): channel-first fp32 [C, S] in and out. Each
 # kernel is compiled once; every surface layout comes from mil/kernels.py (KernelSpec.inp/.out).
 #
 #   weight-bearing kernels   one input surface per layer [C_in, W]: weight segments staged after
@@ -62,10 +61,11 @@ def ane_fits(cfg: ModelConfig) -> bool:
 
 
 class MilKernels:
-    """The Kernels interface over compiled MIL programs; fp16 on the device, fp32 at the edges."""
+    """model.Kernels over compiled MIL programs; fp16 on the device, fp32 at the edges."""
 
     fp16 = True  # train.py: dynamic loss scaling
     overlap_dw = True  # model.py: dW sgemms on worker threads (DwPool), behind kernel evaluations
+    threads = 1  # host elementwise ops run on the calling thread: the dW workers own the cores
 
     def __init__(self, cfg: ModelConfig, params: Params, runtime: Runtime,
                  async_staging: bool = True, own_runtime: bool = False) -> None:  # fmt: skip
@@ -74,7 +74,6 @@ class MilKernels:
         self.own_runtime = own_runtime
         self.name = runtime.name
         self.S = cfg.seq_len
-        self.cos, self.sin = rope_tables(cfg.head_dim, self.S, cfg.rope_theta)  # [S, hd/2] each
         try:
             specs = build_kernels(cfg, strict=runtime.strict)
         except MilError as e:
