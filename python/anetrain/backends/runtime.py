@@ -1,4 +1,4 @@
-"""Runtimes that compile MIL kernels once and evaluate them on fp16 surfaces (sim or ANE)."""
+"""Runtimes that compile MIL programs once and evaluate them on fp16 surfaces (sim or ANE)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from anetrain.mil.kernels import KernelSpec
 from anetrain.mil.parse import parse
 from anetrain.mil.sim import Simulation
 
-# A kernel has one output surface [C_out, S] (shared by every evaluation, upstream.md §1.4) and
+# A program has one output surface [C_out, S] (shared by every evaluation, upstream.md §1.4) and
 # any number of input surfaces [C_in, W], each bound to the output by its own request: one input
 # surface per layer for the weight-bearing kernels (upstream.md §5.3). A surface is locked to get
 # a uint16 numpy view of its fp16 bits, shaped [C, W] as the layout says; the C packer in
 # native.py writes and reads segments of that view. Evaluating overwrites the output surface, so
-# its contents must be read before the same kernel runs again.
+# its contents must be read before the same program runs again.
 
 
 class Surface(Protocol):
@@ -36,8 +36,8 @@ class Surface(Protocol):
         ...
 
 
-class Kernel(Protocol):
-    """A compiled program: its spec, the shared output surface, and per-input requests."""
+class Program(Protocol):
+    """A compiled MIL program: its spec, the shared output surface, and per-input requests."""
 
     spec: KernelSpec
     out: Surface
@@ -54,16 +54,16 @@ class Kernel(Protocol):
 
 
 class Runtime(Protocol):
-    """Compiles kernels (each compile is counted) and times their evaluations."""
+    """Compiles programs (each compile is counted) and times their evaluations."""
 
     name: str
-    strict: bool  # True: kernels must satisfy the ANE alignment rules (build_kernels strict=)
+    strict: bool  # True: programs must satisfy the ANE alignment rules (build_kernels strict=)
     compiles: int
     compile_seconds: float
     evals: int
     eval_seconds: float
 
-    def compile(self, spec: KernelSpec) -> Kernel: ...
+    def compile(self, spec: KernelSpec) -> Program: ...
 
     def copy(self, dst: Surface, dst_c0: int, dst_s0: int, src: Surface, src_c0: int,
              src_s0: int, nch: int, width: int) -> None:
@@ -123,7 +123,7 @@ class ArraySurface:
         yield self.buf
 
 
-class SimKernel:
+class SimProgram:
     def __init__(self, runtime: SimRuntime, spec: KernelSpec) -> None:
         self.rt, self.spec = runtime, spec
         self.sim = _simulation(spec)
@@ -156,9 +156,9 @@ class SimRuntime(_Timed):
     name = "sim"
     strict = False
 
-    def compile(self, spec: KernelSpec) -> SimKernel:
+    def compile(self, spec: KernelSpec) -> SimProgram:
         t = time.perf_counter()
-        k = SimKernel(self, spec)
+        k = SimProgram(self, spec)
         self.compile_seconds += time.perf_counter() - t
         self.compiles += 1
         return k
@@ -171,7 +171,7 @@ class SimRuntime(_Timed):
 # LatencyRuntime: a timing model (benchmarks) whose evaluations only sleep
 
 
-class LatencyKernel(SimKernel):
+class LatencyProgram(SimProgram):
     """Evaluation = time.sleep(seconds); the output surface keeps whatever it holds (zeros)."""
 
     def __init__(self, runtime: LatencyRuntime, spec: KernelSpec, seconds: float) -> None:
@@ -189,7 +189,7 @@ class LatencyKernel(SimKernel):
 
 
 class LatencyRuntime(SimRuntime):
-    """Kernels that take a given time per evaluation and compute nothing (overlap benchmark).
+    """Programs that take a given time per evaluation and compute nothing (overlap benchmark).
 
     `seconds`: kernel name -> evaluation time. Every evaluation appends (kernel name, calling
     thread's CPU time at its start and end, perf_counter at its start and end) to `log`, so a
@@ -203,9 +203,9 @@ class LatencyRuntime(SimRuntime):
         self.seconds = dict(seconds)
         self.log: list[tuple[str, float, float, float, float]] = []
 
-    def compile(self, spec: KernelSpec) -> LatencyKernel:
+    def compile(self, spec: KernelSpec) -> LatencyProgram:
         self.compiles += 1
-        return LatencyKernel(self, spec, self.seconds[spec.name])
+        return LatencyProgram(self, spec, self.seconds[spec.name])
 
 
 # ----------------------------------------------------------------------------
@@ -230,18 +230,18 @@ class AneSurface:
         self.surface.free()
 
 
-class AneKernel:
+class AneProgram:
     def __init__(self, runtime: AneRuntime, spec: KernelSpec) -> None:
         self.rt, self.spec = runtime, spec
         try:
-            self.k = runtime.device.compile(spec.mil, spec.weights, spec.inp.nbytes,
+            self.program = runtime.device.compile(spec.mil, spec.weights, spec.inp.nbytes,
                                             spec.out.nbytes)  # fmt: skip
         except runtime.AneError as e:  # say which kernel
             raise runtime.AneError(f"kernel {spec.name}: {e}") from e
         try:
             self.out = AneSurface(spec.out.C, spec.out.W)  # [C_out, S]
         except BaseException:
-            self.k.free()
+            self.program.free()
             raise
         self.requests: dict[int, object] = {}  # id(input surface) -> ane.Request
         self.inputs: list[AneSurface] = []
@@ -251,13 +251,13 @@ class AneKernel:
         with s.lock() as v:  # IOSurfaces start undefined; the layouts leave no gaps, but be sure
             v[...] = 0
         self.inputs.append(s)
-        self.requests[id(s)] = self.k.request(s.surface, self.out.surface)
+        self.requests[id(s)] = self.program.request(s.surface, self.out.surface)
         return s
 
     def eval(self, inp: AneSurface) -> None:
         t = time.perf_counter()
         try:
-            self.k.eval(self.requests[id(inp)])
+            self.program.eval(self.requests[id(inp)])
         except self.rt.AneError as e:  # say which kernel
             raise self.rt.AneError(f"kernel {self.spec.name}: {e}") from e
         self.rt.evals += 1
@@ -271,13 +271,13 @@ class AneKernel:
             s.free()
         self.inputs.clear()
         self.out.free()
-        self.k.free()
-        if self in self.rt.kernels:
-            self.rt.kernels.remove(self)
+        self.program.free()
+        if self in self.rt.programs:
+            self.rt.programs.remove(self)
 
 
 class AneRuntime(_Timed):
-    """Kernels compiled by anetrain._ane: the real AppleNeuralEngine.framework on macOS, or
+    """Programs compiled by anetrain._ane: the real AppleNeuralEngine.framework on macOS, or
     (tests, Linux) the mock named by ANETRAIN_ANE_FRAMEWORK, whose evaluations this runtime
     routes into the simulator. With the real framework kernels must be ANE-aligned (strict),
     and every program passes our constraint checker before the framework compiles it."""
@@ -295,14 +295,14 @@ class AneRuntime(_Timed):
             self.framework_path
         )
         self.strict = not self.mock
-        self.kernels: list[AneKernel] = []
+        self.programs: list[AneProgram] = []
 
     @property
     def device_compiles(self) -> int:
         """Successful compiles the runtime's C context has counted (the ~119 budget)."""
         return self.device.compile_count
 
-    def compile(self, spec: KernelSpec) -> AneKernel:
+    def compile(self, spec: KernelSpec) -> AneProgram:
         t = time.perf_counter()
         if self.mock:  # the mock's evaluate runs this program's simulation (parsed once)
             key = _sim_key(spec.mil, spec.weights)
@@ -310,14 +310,14 @@ class AneRuntime(_Timed):
                 _MOCK_SIMS[key] = _simulation(spec)
         else:
             check_for_device(spec)
-        k = AneKernel(self, spec)
+        k = AneProgram(self, spec)
         self.compile_seconds += time.perf_counter() - t
         self.compiles += 1
-        self.kernels.append(k)
+        self.programs.append(k)
         return k
 
     def close(self) -> None:
-        for k in list(self.kernels):
+        for k in list(self.programs):
             k.free()
         self.device.close()
 

@@ -57,6 +57,10 @@ from anetrain.rope import rope_tables
 
 MASK_VALUE = -65504.0  # most negative finite fp16, not -inf (upstream.md §5.6)
 ALIGN_C = 32  # surface channels a multiple of 32 (upstream.md §2.5); widths: ALIGN_W (64)
+# The ten kernels by name. The names are data, not Python identifiers: upstream's MIL program names
+# (camelCase), which also name each program's final op, the golden files under tests/golden and
+# every per-kernel table (BUILDERS, REFERENCE, MilKernels' surfaces); the Python functions that
+# build or run them are snake_case (sdpa_fwd builds "sdpaFwd").
 KERNELS = ("sdpaFwd", "woFwd", "ffnFused", "ffnBwdW2t", "ffnBwdW13t", "wotBwd", "sdpaBwd1",
            "sdpaBwd2", "qBwd", "kvBwd")  # fmt: skip
 WEIGHT = "@model_path/weights/{}.bin"
