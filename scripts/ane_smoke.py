@@ -36,10 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from anetrain.backends import ROSETTA, old_macos, under_rosetta
 from anetrain.backends.ane import FRAMEWORK_ENV, AneError
 from anetrain.backends.cpu import CpuKernels
 from anetrain.backends.mil import MilKernels
+from anetrain.backends.platform import ROSETTA, old_macos, under_rosetta
 from anetrain.backends.runtime import AneRuntime
 from anetrain.config import ConfigError, preset
 from anetrain.mil.errors import MilError

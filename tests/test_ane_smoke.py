@@ -56,7 +56,7 @@ def test_smoke_script_reports_unaligned_models_as_failures(monkeypatch, capsys):
     monkeypatch.setattr(smoke, "train", lambda *a: {"ok": False, "error": "not run here"})
     assert smoke.main(["--in-process", "--models", "stories15m,tiny"]) == 1
     out = capsys.readouterr().out
-    assert re.search(r"stories15m: compile 10 kernels\s+FAIL .*cannot run on the ANE", out)
+    assert re.search(r"stories15m: compile 10 kernels\s+FAIL .*breaks the ANE's alignment", out)
     assert re.search(r"tiny: compile 10 kernels\s+PASS", out)  # the aligned tiny still runs
     assert re.search(r"tiny: ffnFused vs cpu\s+PASS", out)
 

@@ -8,8 +8,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from anetrain import native
+from anetrain.backends.platform import misfit_error
 from anetrain.backends.runtime import Program, Runtime, Surface
-from anetrain.config import ConfigError, ModelConfig
+from anetrain.config import ModelConfig
 from anetrain.mil.errors import MilError
 from anetrain.mil.kernels import KERNELS, KernelSpec, Layout, build_kernels
 from anetrain.params import Params
@@ -50,16 +51,6 @@ def stage_weights(dst: np.ndarray, layout: Layout, lp) -> None:
         native.pack(dst, s.c0, s.s0, w, transpose=s.stage == "T")
 
 
-def ane_fits(cfg: ModelConfig) -> bool:
-    """Whether the real ANE can run this model's sizes: the alignment rules MilKernels enforces
-    on a strict runtime (it raises the ConfigError listing them), checked without compiling."""
-    try:
-        build_kernels(cfg, strict=True)
-    except MilError:
-        return False
-    return True
-
-
 class MilKernels:
     """model.Kernels over compiled MIL programs; fp16 on the device, fp32 at the edges."""
 
@@ -76,12 +67,8 @@ class MilKernels:
         self.S = cfg.seq_len
         try:
             specs = build_kernels(cfg, strict=runtime.strict)
-        except MilError as e:
-            raise ConfigError(
-                f"--backend {runtime.name}: model dim {cfg.dim}, hidden {cfg.hidden_dim}, "
-                f"seq {cfg.seq_len} cannot run on the ANE ({e}); widths must be multiples of "
-                "64 and channels of 32 - use --backend sim or cpu for this size"
-            ) from None
+        except MilError as e:  # only a strict runtime refuses sizes
+            raise misfit_error(runtime.name, cfg, str(e)) from None
         self.specs: dict[str, KernelSpec] = specs
         # sdpa_bwd copies these surface to surface: (sdpaBwd1 side, its segment, sdpaBwd2's)
         b1, b2 = specs["sdpaBwd1"], specs["sdpaBwd2"]
