@@ -10,7 +10,8 @@ from conftest import MOCK_SO, ROOT, mock_framework, perturb_norms, tiny_cfg
 
 from anetrain import native
 from anetrain.backends.mil import MilKernels
-from anetrain.backends.runtime import LatencyRuntime, SimRuntime
+from anetrain.backends.runtime import SimRuntime
+from anetrain.bench.latency import LatencyRuntime
 from anetrain.mil.errors import MilWarning
 from anetrain.mil.kernels import build_kernels
 from anetrain.mil.sim import Simulation

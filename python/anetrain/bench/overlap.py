@@ -140,7 +140,7 @@ def run(cfg, seconds: dict[str, float], steps: int, accum: int, workers: int = 0
     import numpy as np
 
     from anetrain.backends.mil import MilKernels
-    from anetrain.backends.runtime import LatencyRuntime
+    from anetrain.bench.latency import LatencyRuntime
     from anetrain.model import micro_step
     from anetrain.optim import AdamW, clip_factor, grad_norm
     from anetrain.params import init_params
