@@ -47,6 +47,8 @@ def test_ane_backend_on_the_mock(tmp_path, capsys, monkeypatch):
         pytest.skip("anetrain._ane is not built (ANETRAIN_OBJC=gnustep pip install -e .)")
     monkeypatch.setenv(ane.FRAMEWORK_ENV, str(MOCK_SO))
     mock = mock_framework()
+    mock.reset()
+    mock.use_simulator()
     rows, report = run(tmp_path, "ane", 5, capsys)
     assert len(rows) == 5 and all(r["skipped"] == 0 for r in rows)
     assert "compiles: 10 kernels (ane runtime)" in report

@@ -168,7 +168,7 @@ class SimRuntime(_Timed):
 
 
 # ----------------------------------------------------------------------------
-# AneRuntime: anetrain._ane over the real framework, or the mock on Linux
+# AneRuntime: anetrain._ane over the system framework, or a replacement (the mock on Linux)
 
 
 class AneSurface:
@@ -190,17 +190,20 @@ class AneSurface:
 
 
 class AneProgram:
+    """One program compiled and loaded by the framework (`compiled`: the ane.Program), with its
+    output surface and one ane.Request per input surface."""
+
     def __init__(self, runtime: AneRuntime, spec: KernelSpec) -> None:
         self.rt, self.spec = runtime, spec
         try:
-            self.program = runtime.device.compile(spec.mil, spec.weights, spec.inp.nbytes,
-                                            spec.out.nbytes)  # fmt: skip
+            self.compiled = runtime.device.compile(spec.mil, spec.weights, spec.inp.nbytes,
+                                                   spec.out.nbytes)  # fmt: skip
         except runtime.AneError as e:  # say which kernel
             raise runtime.AneError(f"kernel {spec.name}: {e}") from e
         try:
             self.out = AneSurface(spec.out.C, spec.out.W)  # [C_out, S]
         except BaseException:
-            self.program.free()
+            self.compiled.free()
             raise
         self.requests: dict[int, object] = {}  # id(input surface) -> ane.Request
         self.inputs: list[AneSurface] = []
@@ -210,13 +213,13 @@ class AneProgram:
         with s.lock() as v:  # IOSurfaces start undefined; the layouts leave no gaps, but be sure
             v[...] = 0
         self.inputs.append(s)
-        self.requests[id(s)] = self.program.request(s.surface, self.out.surface)
+        self.requests[id(s)] = self.compiled.request(s.surface, self.out.surface)
         return s
 
     def eval(self, inp: AneSurface) -> None:
         t = time.perf_counter()
         try:
-            self.program.eval(self.requests[id(inp)])
+            self.compiled.eval(self.requests[id(inp)])
         except self.rt.AneError as e:  # say which kernel
             raise self.rt.AneError(f"kernel {self.spec.name}: {e}") from e
         self.rt.evals += 1
@@ -230,30 +233,31 @@ class AneProgram:
             s.free()
         self.inputs.clear()
         self.out.free()
-        self.program.free()
+        self.compiled.free()
         if self in self.rt.programs:
             self.rt.programs.remove(self)
 
 
 class AneRuntime(_Timed):
-    """Programs compiled by anetrain._ane: the real AppleNeuralEngine.framework on macOS, or
-    (tests, Linux) the mock named by ANETRAIN_ANE_FRAMEWORK, whose evaluations this runtime
-    routes into the simulator. With the real framework kernels must be ANE-aligned (strict),
-    and every program passes our constraint checker before the framework compiles it."""
+    """Programs compiled by anetrain._ane over an ANE framework: the system
+    AppleNeuralEngine.framework, or a replacement named by `framework_path` or
+    $ANETRAIN_ANE_FRAMEWORK (e.g. the Linux test mock, tests/mock).
+
+    strict (default: the framework is the system one) holds programs to the real ANE's rules:
+    MilKernels refuses sizes that are not aligned, and every program passes our constraint
+    checker (check_for_device) before the framework compiles it. A replacement framework is not
+    held to them unless strict=True."""
 
     name = "ane"
 
-    def __init__(self, framework_path: str | None = None) -> None:
+    def __init__(self, framework_path: str | None = None, strict: bool | None = None) -> None:
         super().__init__()
         from anetrain.backends import ane
 
         self.AneError = ane.AneError  # (backends.ane is imported only when this runtime is used)
         self.framework_path = ane.resolve_framework_path(framework_path)
         self.device = ane.AneDevice(self.framework_path)
-        self.mock = self.framework_path != ane.SYSTEM_FRAMEWORK and _install_mock_sim(
-            self.framework_path
-        )
-        self.strict = not self.mock
+        self.strict = self.framework_path == ane.SYSTEM_FRAMEWORK if strict is None else strict
         self.programs: list[AneProgram] = []
 
     @property
@@ -263,84 +267,15 @@ class AneRuntime(_Timed):
 
     def compile(self, spec: KernelSpec) -> AneProgram:
         t = time.perf_counter()
-        if self.mock:  # the mock's evaluate runs this program's simulation (parsed once)
-            key = _sim_key(spec.mil, spec.weights)
-            if key not in _MOCK_SIMS:
-                _MOCK_SIMS[key] = _simulation(spec)
-        else:
+        if self.strict:
             check_for_device(spec)
-        k = AneProgram(self, spec)
+        p = AneProgram(self, spec)
         self.compile_seconds += time.perf_counter() - t
         self.compiles += 1
-        self.programs.append(k)
-        return k
+        self.programs.append(p)
+        return p
 
     def close(self) -> None:
-        for k in list(self.programs):
-            k.free()
+        for p in list(self.programs):
+            p.free()
         self.device.close()
-
-
-# The mock framework (tests/mock/ane_mock.m) calls one C function per evaluation with the MIL
-# text, the weight files and the two surfaces; this runs the simulator there. It is reached
-# through cffi ABI mode on the same file the runtime dlopen()ed (one instance of the mock).
-MOCK_EVAL_CDEF = """
-typedef int (*ane_mock_eval_fn)(void *user, const char *mil, size_t mil_len, int n_weights,
-                                const char *const *names, const uint8_t *const *data,
-                                const size_t *sizes, const void *in, size_t in_bytes, void *out,
-                                size_t out_bytes, char *err, size_t err_len);
-void ane_mock_set_eval(ane_mock_eval_fn fn, void *user);
-"""
-_MOCK_SIMS: dict[tuple, Simulation] = {}  # (MIL text, weights digest) -> parsed program
-_MOCK_KEEP: dict[str, tuple] = {}  # path -> (ffi, lib, callback): alive while installed
-
-
-def mock_eval_callback(ffi, fn):
-    """A cffi `ane_mock_eval_fn` calling fn(mil text, {weight key: bytes}, input uint8 view,
-    output uint8 view); any exception fails the evaluation with its text in the NSError."""
-
-    def trampoline(user, mil, mil_len, n, names, data, sizes, inp, in_bytes, out, out_bytes,
-                   err, err_len):
-        try:
-            weights = {ffi.string(names[i]).decode(): ffi.buffer(data[i], sizes[i])[:]
-                       for i in range(n)}
-            x = np.frombuffer(ffi.buffer(inp, in_bytes), dtype=np.uint8)  # input surface bytes
-            x.flags.writeable = False
-            y = np.frombuffer(ffi.buffer(out, out_bytes), dtype=np.uint8)  # output surface bytes
-            fn(ffi.buffer(mil, mil_len)[:].decode("utf-8"), weights, x, y)
-            return 0
-        except Exception as e:  # noqa: BLE001 - every error must reach the NSError
-            msg = f"{type(e).__name__}: {e}".encode()[: err_len - 1]
-            ffi.memmove(err, msg + b"\0", len(msg) + 1)
-            return 1
-
-    return ffi.callback("ane_mock_eval_fn", trampoline, error=1)
-
-
-def _sim_key(mil: str, weights: dict[str, bytes]) -> tuple:
-    return mil, tuple(sorted((k, len(v), hash(v)) for k, v in weights.items()))
-
-
-def _install_mock_sim(path: str) -> bool:
-    """Make the mock at `path` evaluate through the simulator; False if it is not the mock."""
-    import cffi
-
-    ffi = cffi.FFI()
-    ffi.cdef(MOCK_EVAL_CDEF)
-    try:
-        lib = ffi.dlopen(path)
-        set_eval = lib.ane_mock_set_eval
-    except (OSError, AttributeError):
-        return False
-
-    def evaluate(mil: str, weights: dict[str, bytes], x: np.ndarray, y: np.ndarray) -> None:
-        key = _sim_key(mil, weights)
-        sim = _MOCK_SIMS.get(key)
-        if sim is None:  # compiled elsewhere: parse now, once
-            sim = _MOCK_SIMS[key] = Simulation(mil, weights, check=False)
-        y.view(np.uint16)[:] = sim(x.view(np.float16)).view(np.uint16).reshape(-1)  # [C_out·S]
-
-    cb = mock_eval_callback(ffi, evaluate)
-    set_eval(cb, ffi.NULL)
-    _MOCK_KEEP[path] = (ffi, lib, cb)
-    return True
