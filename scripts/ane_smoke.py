@@ -268,6 +268,22 @@ def save(path: str | None, report: dict) -> str:
     return text
 
 
+def open_framework(report: dict, rows: list) -> AneRuntime | None:
+    """The ANE runtime (report["framework"] says which), or None and a failed row."""
+    t = time.perf_counter()
+    try:
+        rt = AneRuntime()
+    except AneError as e:  # not built, dlopen failed, a class or selector missing
+        report["framework"] = {"error": str(e), "mock": bool(os.environ.get(FRAMEWORK_ENV))}
+        rows.append(("open the ANE framework", False, str(e)))
+        return None
+    # "mock": a replacement framework (e.g. the Linux mock), not held to the ANE's rules
+    report["framework"] = {"path": rt.framework_path, "mock": not rt.strict,
+                           "open_s": time.perf_counter() - t}  # fmt: skip
+    report["compiles"] = 0
+    return rt
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     p.add_argument("--models", default="tiny,stories110m", help="kernel checks (comma list)")
@@ -300,18 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     if report["machine"]["rosetta"]:
         print(f"warning: {ROSETTA}")
     rows: list[tuple[str, bool, str]] = []
-    t = time.perf_counter()
-    try:
-        rt = AneRuntime()
-    except AneError as e:  # not built, dlopen failed, a class or selector missing
-        rt = None
-        report["framework"] = {"error": str(e), "mock": bool(os.environ.get(FRAMEWORK_ENV))}
-        rows.append(("open the ANE framework", False, str(e)))
-    else:
-        # "mock": a replacement framework (e.g. the Linux mock), not held to the ANE's rules
-        report["framework"] = {"path": rt.framework_path, "mock": not rt.strict,
-                               "open_s": time.perf_counter() - t}  # fmt: skip
-        report["compiles"] = 0
+    rt = open_framework(report, rows)
     save(args.json, report)
     try:
         for name in [m for m in args.models.split(",") if m and rt is not None]:

@@ -269,6 +269,44 @@ def loss_only(params: Params, kern: Kernels, tokens: np.ndarray, targets: np.nda
     return loss
 
 
+def _layer_bwd(params: Params, grads: Params, kern: Kernels, dw: DwPool | _Inline, layer: int,
+               a: LayerActs, dy: np.ndarray, accumulate: bool,
+               rope: tuple[np.ndarray, np.ndarray]) -> np.ndarray:  # fmt: skip
+    """Backward of one layer: dy [D, S] at its output -> at its input; queues its dW jobs."""
+    cfg, lp, gp = params.cfg, params.layers[layer], grads.layers[layer]
+    # FFN branch: x_out = x2 + W2 (silu(W1 x2n) * W3 x2n)
+    dgate = kern.ffn_bwd_w2t(layer, dy)  # [F, S]
+    dw.matmul((layer, "w2"), gp.w2, dy, a.gate.T, accumulate)
+    F = cfg.hidden_dim
+    dh13 = np.empty((2 * F, dy.shape[1]), dtype=np.float32)  # [dh1; dh3] [2F, S]
+    dh1, dh3 = native.swiglu_bwd(
+        dgate, a.h1, a.h3, dh1=dh13[:F], dh3=dh13[F:], threads=kern.threads
+    )
+    dw.matmul((layer, "w13"), grads.block(layer, "w1", "w3"), dh13, a.x2n.T, accumulate)
+    dx2n = kern.ffn_bwd_w13t(layer, dh1, dh3)  # [D, S]
+    dx2 = native.rmsnorm_bwd(dx2n, a.x2, lp.rms_ffn, a.r_ffn, gp.rms_ffn, out=dx2n)
+    dx2 += dy
+    # attention branch: x2 = x + Wo attn(RoPE(Wq xn), RoPE(Wk xn), Wv xn)
+    dattn = kern.wot_bwd(layer, dx2)  # [Q, S]
+    dw.matmul((layer, "wo"), gp.wo, dx2, a.attn.T, accumulate)
+    k_t, v_t = tile_kv(a.k, cfg), tile_kv(a.v, cfg)  # [Q, S]
+    dq, dk_full, dv_full = kern.sdpa_bwd(layer, a.q, k_t, v_t, dattn)
+    Q, KV = cfg.q_dim, cfg.kv_dim
+    dqkv = np.empty((Q + 2 * KV, dq.shape[1]), dtype=np.float32)  # [dq; dk; dv]
+    dqkv[:Q] = dq
+    dqkv[Q : Q + KV] = reduce_kv(dk_full, cfg)  # [KV, S] summed over each kv group
+    dqkv[Q + KV :] = reduce_kv(dv_full, cfg)
+    dq, dk, dv = dqkv[:Q], dqkv[Q : Q + KV], dqkv[Q + KV :]  # row views
+    native.rope_bwd(dq, *rope, cfg.n_heads)
+    native.rope_bwd(dk, *rope, cfg.n_kv_heads)
+    dw.matmul((layer, "wqkv"), grads.block(layer, "wq", "wv"), dqkv, a.xn.T, accumulate)
+    dxn = kern.q_bwd(layer, dq)  # [D, S]
+    dxn += kern.kv_bwd(layer, dk, dv)
+    dy = native.rmsnorm_bwd(dxn, a.x, lp.rms_att, a.r_att, gp.rms_att, out=dxn)
+    dy += dx2
+    return dy
+
+
 def micro_step(
     params: Params,
     grads: Params,
@@ -312,39 +350,9 @@ def micro_step(
     dy = native.rmsnorm_bwd(dxf, x, params.rms_final, r_fin, grads.rms_final, out=dxf)
 
     # ---- layers, last to first; dy is dLoss/d(residual stream) at the layer output
-    cos, sin = rope_for(cfg.head_dim, len(tokens), cfg.rope_theta)  # [S, hd/2] each
+    rope = rope_for(cfg.head_dim, len(tokens), cfg.rope_theta)  # cos, sin [S, hd/2] each
     for layer in reversed(range(cfg.n_layers)):
-        a, lp, gp = acts[layer], params.layers[layer], grads.layers[layer]
-        # FFN branch: x_out = x2 + W2 (silu(W1 x2n) * W3 x2n)
-        dgate = kern.ffn_bwd_w2t(layer, dy)  # [F, S]
-        dw.matmul((layer, "w2"), gp.w2, dy, a.gate.T, accumulate)
-        F = cfg.hidden_dim
-        dh13 = np.empty((2 * F, dy.shape[1]), dtype=np.float32)  # [dh1; dh3] [2F, S]
-        dh1, dh3 = native.swiglu_bwd(
-            dgate, a.h1, a.h3, dh1=dh13[:F], dh3=dh13[F:], threads=kern.threads
-        )
-        dw.matmul((layer, "w13"), grads.block(layer, "w1", "w3"), dh13, a.x2n.T, accumulate)
-        dx2n = kern.ffn_bwd_w13t(layer, dh1, dh3)  # [D, S]
-        dx2 = native.rmsnorm_bwd(dx2n, a.x2, lp.rms_ffn, a.r_ffn, gp.rms_ffn, out=dx2n)
-        dx2 += dy
-        # attention branch: x2 = x + Wo attn(RoPE(Wq xn), RoPE(Wk xn), Wv xn)
-        dattn = kern.wot_bwd(layer, dx2)  # [Q, S]
-        dw.matmul((layer, "wo"), gp.wo, dx2, a.attn.T, accumulate)
-        k_t, v_t = tile_kv(a.k, cfg), tile_kv(a.v, cfg)  # [Q, S]
-        dq, dk_full, dv_full = kern.sdpa_bwd(layer, a.q, k_t, v_t, dattn)
-        Q, KV = cfg.q_dim, cfg.kv_dim
-        dqkv = np.empty((Q + 2 * KV, dq.shape[1]), dtype=np.float32)  # [dq; dk; dv]
-        dqkv[:Q] = dq
-        dqkv[Q : Q + KV] = reduce_kv(dk_full, cfg)  # [KV, S] summed over each kv group
-        dqkv[Q + KV :] = reduce_kv(dv_full, cfg)
-        dq, dk, dv = dqkv[:Q], dqkv[Q : Q + KV], dqkv[Q + KV :]  # row views
-        native.rope_bwd(dq, cos, sin, cfg.n_heads)
-        native.rope_bwd(dk, cos, sin, cfg.n_kv_heads)
-        dw.matmul((layer, "wqkv"), grads.block(layer, "wq", "wv"), dqkv, a.xn.T, accumulate)
-        dxn = kern.q_bwd(layer, dq)  # [D, S]
-        dxn += kern.kv_bwd(layer, dk, dv)
-        dy = native.rmsnorm_bwd(dxn, a.x, lp.rms_att, a.r_att, gp.rms_att, out=dxn)
-        dy += dx2
+        dy = _layer_bwd(params, grads, kern, dw, layer, acts[layer], dy, accumulate, rope)
         acts[layer] = None  # free this layer's activations early (peak memory)
 
     # embedding scatter: after the classifier dW when the table is tied (same buffer, same key)

@@ -2,7 +2,7 @@
 
 Every kernel has one fp16 input surface [1, C, 1, W] and one fp16 output surface [1, C, 1, S],
 channel-first: element (c, s) at c·W + s (upstream.md §2.3). A `Layout` names each packed part
-(channel range × spatial range); the packers in kernels_mil.py use exactly these objects.
+(channel range × spatial range); the packers in backends/mil.py use exactly these objects.
 S = seq_len, D = dim, Q = q_dim, KV = kv_dim, F = hidden_dim, H = n_heads, HD = head_dim,
 g = kv_group. Weights are llama2.c W[out, in]. `T` below = the surface holds Wᵀ (the packer
 transposes the fp32 W[out, in]); `raw` = the surface holds W as is (upstream.md §5.3: the
