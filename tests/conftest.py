@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +13,27 @@ from anetrain.config import preset
 
 ROOT = Path(__file__).resolve().parents[1]
 MOCK_SO = ROOT / "build" / "mock" / "libane_mock.so"  # make mock
+MOCK_DIR = ROOT / "tests" / "mock"  # mock_control.py, and sitecustomize.py for child processes
+sys.path.insert(0, str(MOCK_DIR))  # import mock_control (lazily: it loads cffi and the runtime)
 
 
 def mock_framework():
-    """tests/mock/mock_control.py's MockFramework over the built mock (counters, faults)."""
-    spec = importlib.util.spec_from_file_location("mock_control",
-                                                  ROOT / "tests" / "mock" / "mock_control.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.MockFramework(MOCK_SO)
+    """tests/mock/mock_control.py's MockFramework over the built mock (counters, faults, eval
+    callback; use_simulator() makes AneRuntime over the mock compute what the simulator does)."""
+    import mock_control
+
+    return mock_control.shared(MOCK_SO)
+
+
+def mock_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: this process's) for a child Python on the mock: ANETRAIN_ANE_FRAMEWORK
+    names it, and tests/mock goes first on PYTHONPATH so that sitecustomize.py makes it
+    evaluate through the simulator (in that child and in every process it starts)."""
+    env = dict(os.environ if env is None else env)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(MOCK_DIR) + (os.pathsep + path if path else "")
+    env["ANETRAIN_ANE_FRAMEWORK"] = str(MOCK_SO)
+    return env
 
 
 @pytest.fixture

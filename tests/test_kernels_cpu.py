@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import tiny_cfg
 
-from anetrain.backends.cpu import CpuKernels, tile_kv
-from anetrain.model import micro_step
+from anetrain.backends.cpu import CpuKernels
+from anetrain.model import micro_step, tile_kv
 from anetrain.params import init_params
 
 

@@ -196,3 +196,53 @@ def test_dw_pool_workers_run_at_lower_priority():
         got = {pool.submit(nice_of_this_thread).result() for _ in range(4)}
     assert got == {min(19, base + 7)}
     assert nice_of_this_thread() == base  # the caller's own priority is untouched
+
+
+def test_default_threads_is_one_per_core_for_the_dw_pool_and_cpu_kernels(monkeypatch, rng):
+    import os
+
+    from anetrain.config import default_threads
+    from anetrain.model import DwPool
+
+    cfg, p, _, _ = _setup(rng)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert default_threads() == 3 and CpuKernels(cfg, p).threads == 3
+    with DwPool() as pool:
+        assert pool.workers == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown: one thread
+    assert default_threads() == 1 and CpuKernels(cfg, p).threads == 1
+    assert CpuKernels(cfg, p, threads=5).threads == 5
+
+
+def test_cpu_kernels_implement_the_kernels_protocol(rng):
+    from anetrain.model import Kernels
+
+    cfg, p, _, _ = _setup(rng)
+    kern = CpuKernels(cfg, p)
+    assert isinstance(kern, Kernels)
+    assert not kern.fp16 and not kern.overlap_dw and kern.stats() == {}
+    kern.close()  # nothing to free
+
+
+def test_model_ropes_the_backward_with_the_shared_tables():
+    """micro_step's RoPE' tables are rope.rope_tables' bit for bit, computed once per
+    (head_dim, seq_len, theta), and read-only (they are shared)."""
+    from anetrain.model import rope_for
+    from anetrain.rope import rope_tables
+
+    cos, sin = rope_for(16, 24, 500.0)
+    ref = rope_tables(16, 24, 500.0)
+    np.testing.assert_array_equal(cos, ref[0])
+    np.testing.assert_array_equal(sin, ref[1])
+    assert rope_for(16, 24, 500.0)[0] is cos and not cos.flags.writeable
+    assert rope_for(16, 24, 10000.0)[0] is not cos
+
+
+def test_model_imports_no_backend():
+    """model.py is the consumer side of Kernels: backends import it, never the reverse."""
+    import subprocess
+
+    code = ("import sys, anetrain.model\n"
+            "print(sorted(m for m in sys.modules if m.startswith('anetrain.backends')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

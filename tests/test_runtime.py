@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
 import pytest
-from conftest import MOCK_SO, ROOT, mock_framework, perturb_norms, tiny_cfg
+from conftest import MOCK_SO, ROOT, mock_env, mock_framework, perturb_norms, tiny_cfg
 
 from anetrain import native
 from anetrain.backends.mil import MilKernels
-from anetrain.backends.runtime import LatencyRuntime, SimRuntime
+from anetrain.backends.runtime import SimRuntime
+from anetrain.bench.latency import LatencyRuntime
 from anetrain.mil.errors import MilWarning
 from anetrain.mil.kernels import build_kernels
 from anetrain.mil.sim import Simulation
@@ -98,10 +100,12 @@ def mock(ane_mod):
 
 @pytest.fixture
 def ane_rt(mock):
-    """An AneRuntime over the mock (reset first: reset clears the mock's eval callback)."""
+    """An AneRuntime over the mock, which evaluates through the simulator (reset first: reset
+    clears the mock's eval callback)."""
     from anetrain.backends.runtime import AneRuntime
 
     mock.reset(reset_compiles=True)
+    mock.use_simulator()
     rt = AneRuntime(str(MOCK_SO))
     yield rt
     rt.close()
@@ -124,7 +128,7 @@ def _grads(cfg, runtime, seed=3):
 @pytest.mark.parametrize("kv", [None, 2])
 def test_micro_step_through_mock_is_bit_identical_to_sim(ane_rt, mock, kv):
     cfg = tiny_cfg(n_kv_heads=kv)
-    assert ane_rt.mock and not ane_rt.strict
+    assert not ane_rt.strict  # a replacement framework: not held to the ANE's size rules
     loss_a, g_a = _grads(cfg, ane_rt)
     loss_s, g_s = _grads(cfg, SimRuntime())
     assert loss_a == loss_s
@@ -183,7 +187,7 @@ def test_make_kernels_owns_and_closes_its_ane_runtime(mock, ane_mod, monkeypatch
 
 
 def test_simulator_error_inside_mock_eval_is_ane_error(ane_rt, ane_mod, monkeypatch):
-    from anetrain.backends import runtime
+    import mock_control
 
     spec = _specs()["woFwd"]
     k = ane_rt.compile(spec)
@@ -192,28 +196,100 @@ def test_simulator_error_inside_mock_eval_is_ane_error(ane_rt, ane_mod, monkeypa
     def boom(x):
         raise ValueError("kernel exploded")
 
-    monkeypatch.setitem(runtime._MOCK_SIMS, runtime._sim_key(spec.mil, spec.weights), boom)
+    monkeypatch.setitem(mock_control.SIMS, mock_control.sim_key(spec.mil, spec.weights), boom)
     with pytest.raises(ane_mod.AneError, match="program failed: ValueError: kernel exploded"):
         k.eval(s)
 
 
-def test_real_framework_path_checks_the_mil_before_compiling(ane_rt, mock):
-    """With the real framework (not the mock) our constraint checker runs on the exact text
-    first: a rule the ANE enforces gives a MilError naming the kernel, and the framework is
-    never asked to compile it; a clean kernel goes through to the framework."""
+def test_strict_runtime_checks_the_mil_before_compiling(mock):
+    """A strict runtime (the default over the system framework) runs our constraint checker on
+    the exact text first: a rule the ANE enforces gives a MilError naming the kernel, and the
+    framework is never asked to compile it; a clean kernel goes through to the framework."""
     from dataclasses import replace
 
+    from anetrain.backends.runtime import AneRuntime
     from anetrain.mil.errors import MilError
 
-    ane_rt.mock = False  # as AneRuntime() over the system framework
-    spec = build_kernels(tiny_cfg(), strict=False)["woFwd"]
-    two_inputs = spec.mil.replace(") {", ", tensor<fp16, [1, 64, 1, 64]> extra) {", 1)
-    with pytest.raises(MilError, match=r"^woFwd: .*2 inputs; the ANE takes exactly one"):
-        ane_rt.compile(replace(spec, mil=two_inputs))
-    assert mock.compiles() == 0 and ane_rt.compiles == 0
-    with pytest.warns(MilWarning):  # tiny is not ANE-aligned: warnings, but it compiles
-        ane_rt.compile(spec)
-    assert mock.compiles() == 1
+    mock.reset(reset_compiles=True)
+    ane_rt = AneRuntime(str(MOCK_SO), strict=True)
+    try:
+        spec = build_kernels(tiny_cfg(), strict=False)["woFwd"]
+        two_inputs = spec.mil.replace(") {", ", tensor<fp16, [1, 64, 1, 64]> extra) {", 1)
+        with pytest.raises(MilError, match=r"^woFwd: .*2 inputs; the ANE takes exactly one"):
+            ane_rt.compile(replace(spec, mil=two_inputs))
+        assert mock.compiles() == 0 and ane_rt.compiles == 0
+        with pytest.warns(MilWarning):  # tiny is not ANE-aligned: warnings, but it compiles
+            ane_rt.compile(spec)
+        assert mock.compiles() == 1
+    finally:
+        ane_rt.close()
+        mock.reset(reset_compiles=True)
+
+
+def test_strict_by_default_only_over_the_system_framework(mock, ane_mod, monkeypatch):
+    """AneRuntime's policy knows nothing of the mock: strict when the framework is the system
+    one, not for a replacement, unless asked; and it never routes evaluations anywhere (the
+    mock left alone copies the input surface into the output)."""
+    from anetrain.backends.runtime import AneRuntime
+
+    mock.reset(reset_compiles=True)
+    for path, strict, want in [(MOCK_SO, None, False), (MOCK_SO, True, True)]:
+        rt = AneRuntime(str(path), strict=strict)
+        assert rt.strict is want
+        rt.close()
+    monkeypatch.setattr(ane_mod, "SYSTEM_FRAMEWORK", str(MOCK_SO))  # as if it were the system's
+    rt = AneRuntime()
+    try:
+        assert rt.strict and rt.framework_path == str(MOCK_SO)
+        spec = build_kernels(tiny_cfg(), strict=False)["woFwd"]
+        with pytest.warns(MilWarning):  # checked: tiny is not ANE-aligned
+            k = rt.compile(spec)
+        s = _fill(rt, k, np.random.default_rng(2))
+        k.eval(s)
+        with s.lock() as x, k.out.lock(read_only=True) as y:
+            n = min(x.size, y.size)
+            assert np.array_equal(y.reshape(-1)[:n], x.reshape(-1)[:n])  # copied, not simulated
+    finally:
+        rt.close()
+
+
+def test_child_processes_get_the_simulator_from_sitecustomize(ane_mod):
+    """tests/mock/sitecustomize.py (mock_env): nothing loads at start-up (train.py sizes BLAS
+    before numpy), the bridge is installed right after anetrain.backends.ane is imported, and
+    a compiled program then evaluates through the simulator."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+assert "numpy" not in sys.modules and "mock_control" not in sys.modules
+import numpy as np
+from anetrain.backends.runtime import AneRuntime
+from anetrain.mil.kernels import build_kernels
+from anetrain.mil.sim import Simulation
+from conftest import tiny_cfg
+spec = build_kernels(tiny_cfg())["woFwd"]
+rt = AneRuntime()
+k = rt.compile(spec)
+s = k.new_input()
+x = np.random.default_rng(0).standard_normal((spec.inp.C, spec.inp.W)).astype(np.float16)
+with s.lock() as v:
+    v[...] = x.view(np.uint16)
+k.eval(s)
+with k.out.lock(read_only=True) as y:
+    want = Simulation(spec.mil, spec.weights, check=False)(x).view(np.uint16).reshape(y.shape)
+    print(bool(np.array_equal(y, want)))
+rt.close()
+"""
+    env = mock_env()
+    env["PYTHONPATH"] += os.pathsep + str(ROOT / "tests")  # conftest.tiny_cfg
+    r = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True,
+                       text=True, env=env, timeout=120)  # fmt: skip
+    assert r.returncode == 0 and r.stdout.strip() == "True", r.stdout + r.stderr
+    env["PYTHONPATH"] = env["PYTHONPATH"].split(os.pathsep, 1)[1]  # without tests/mock
+    r = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True,
+                       text=True, env=env, timeout=120)  # fmt: skip
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stdout + r.stderr
 
 
 def test_compile_eval_free_cycles_leak_nothing(ane_rt, mock):
@@ -227,7 +303,7 @@ def test_compile_eval_free_cycles_leak_nothing(ane_rt, mock):
             native.pack(v, 0, 0, x)
         k.eval(s)
         k.free()
-    assert not ane_rt.kernels
+    assert not ane_rt.programs
     assert mock.live_objects() == base and mock.live_surfaces() == 0
     assert mock.loaded_models() == 0 and mock.locked_surfaces() == 0
     assert ane_rt.compiles == 200

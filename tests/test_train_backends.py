@@ -47,6 +47,8 @@ def test_ane_backend_on_the_mock(tmp_path, capsys, monkeypatch):
         pytest.skip("anetrain._ane is not built (ANETRAIN_OBJC=gnustep pip install -e .)")
     monkeypatch.setenv(ane.FRAMEWORK_ENV, str(MOCK_SO))
     mock = mock_framework()
+    mock.reset()
+    mock.use_simulator()
     rows, report = run(tmp_path, "ane", 5, capsys)
     assert len(rows) == 5 and all(r["skipped"] == 0 for r in rows)
     assert "compiles: 10 kernels (ane runtime)" in report
@@ -77,7 +79,7 @@ def test_setup_failure_after_compile_frees_the_kernels(tmp_path, monkeypatch, ca
     monkeypatch.setattr(anetrain.train, "_prepare_metrics", fail)
     rc = main(["--backend", "sim", "--model", "tiny", "--steps", "2", "--out", str(tmp_path)])
     assert rc == 2 and "disk full" in capsys.readouterr().err
-    assert len(made) == 1 and made[0].kernels == {} and made[0].inputs == {}
+    assert len(made) == 1 and made[0].programs == {} and made[0].inputs == {}
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="macOS may have a real ANE")
@@ -100,17 +102,18 @@ def test_auto_says_what_it_picked(monkeypatch, capsys):
 
 
 def test_macos_version_is_read_from_the_system(monkeypatch):
-    from anetrain import backends
+    from anetrain.backends import platform as plat
 
     monkeypatch.setattr(sys, "platform", "darwin")
-    monkeypatch.setattr(backends.platform, "mac_ver", lambda: ("14.6.1", ("", "", ""), "arm64"))
-    assert backends.macos_version() == (14, 6)
-    assert backends.old_macos() == ("macOS 14.6 predates the MIL ios18 opset the ANE programs "
-                                    "use (macOS 15 or later)")  # fmt: skip
-    monkeypatch.setattr(backends.platform, "mac_ver", lambda: ("15.0", ("", "", ""), "arm64"))
-    assert backends.macos_version() == (15, 0) and backends.old_macos() is None
+    # plat.platform: the standard library module it reads
+    monkeypatch.setattr(plat.platform, "mac_ver", lambda: ("14.6.1", ("", "", ""), "arm64"))
+    assert plat.macos_version() == (14, 6)
+    assert plat.old_macos() == ("macOS 14.6 predates the MIL ios18 opset the ANE programs "
+                                "use (macOS 15 or later)")  # fmt: skip
+    monkeypatch.setattr(plat.platform, "mac_ver", lambda: ("15.0", ("", "", ""), "arm64"))
+    assert plat.macos_version() == (15, 0) and plat.old_macos() is None
     monkeypatch.setattr(sys, "platform", "linux")
-    assert backends.macos_version() is None and backends.old_macos() is None
+    assert plat.macos_version() is None and plat.old_macos() is None
 
 
 def test_rosetta_python_is_told_to_use_an_arm64_python(monkeypatch, capsys):
@@ -118,11 +121,11 @@ def test_rosetta_python_is_told_to_use_an_arm64_python(monkeypatch, capsys):
     an Intel Mac (sysctl prints nothing) gets the plain 'no ANE' reasons."""
     import subprocess
 
-    from anetrain import backends
+    from anetrain.backends import platform as plat
 
     monkeypatch.delenv("ANETRAIN_ANE_FRAMEWORK", raising=False)
     monkeypatch.setattr(sys, "platform", "darwin")
-    monkeypatch.setattr(backends.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(plat.platform, "machine", lambda: "x86_64")  # the standard library's
     translated = "1\n"
 
     def fake_run(cmd, **kw):
@@ -130,14 +133,14 @@ def test_rosetta_python_is_told_to_use_an_arm64_python(monkeypatch, capsys):
         return subprocess.CompletedProcess(cmd, 0, translated, "")
 
     monkeypatch.setattr(subprocess, "run", fake_run)
-    assert backends.under_rosetta()
+    assert plat.under_rosetta()
     assert pick_backend("auto") == "cpu"
     assert "using cpu (this Python is x86_64 running under Rosetta" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="--backend ane: this Python is x86_64 running under "
                        "Rosetta; the Apple Neural Engine needs an arm64 Python"):  # fmt: skip
         pick_backend("ane")
     translated = ""  # an Intel Mac
-    assert not backends.under_rosetta()
+    assert not plat.under_rosetta()
     assert pick_backend("auto") == "cpu"
     assert "using cpu (no Apple Neural Engine here)" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="needs macOS on Apple silicon \\(this is darwin x86_64"):
@@ -147,20 +150,20 @@ def test_rosetta_python_is_told_to_use_an_arm64_python(monkeypatch, capsys):
 def test_old_macos_auto_picks_cpu_and_explicit_ane_warns(monkeypatch, capsys):
     """On Apple silicon with macOS < 15 auto falls back to cpu and says why; --backend ane
     still runs (nothing here proves it fails) but warns that the kernels will not compile."""
-    from anetrain import backends
+    from anetrain.backends import platform as plat
 
-    monkeypatch.setattr(backends, "apple_silicon", lambda: True)
-    monkeypatch.setattr(backends, "_ane_unavailable_reason", lambda: None)
-    monkeypatch.setattr(backends, "macos_version", lambda: (14, 6))
+    monkeypatch.setattr(plat, "apple_silicon", lambda: True)
+    monkeypatch.setattr(plat, "ane_unavailable", lambda: None)
+    monkeypatch.setattr(plat, "macos_version", lambda: (14, 6))
     assert pick_backend("auto") == "cpu"
     assert "backend auto: using cpu (macOS 14.6 predates the MIL ios18" in capsys.readouterr().out
     assert pick_backend("ane") == "ane"
     assert "warning: --backend ane: macOS 14.6 predates" in capsys.readouterr().err
-    monkeypatch.setattr(backends, "macos_version", lambda: (15, 1))
+    monkeypatch.setattr(plat, "macos_version", lambda: (15, 1))
     assert pick_backend("auto") == "ane"
     assert "using ane (Apple Neural Engine found)" in capsys.readouterr().out
     assert pick_backend("ane") == "ane" and capsys.readouterr().err == ""
-    monkeypatch.setattr(backends, "_ane_unavailable_reason", lambda: "the ANE framework F does "
+    monkeypatch.setattr(plat, "ane_unavailable", lambda: "the ANE framework F does "
                         "not load")  # fmt: skip
     assert pick_backend("auto") == "cpu"
     assert "using cpu (the ANE framework F does not load)" in capsys.readouterr().out
@@ -247,11 +250,11 @@ def test_sim_overflow_is_one_error_line_not_warnings(tmp_path, capsys):
 
 
 def _fake_apple_silicon(monkeypatch) -> None:
-    from anetrain import backends
+    from anetrain.backends import platform as plat
 
-    monkeypatch.setattr(backends, "apple_silicon", lambda: True)
-    monkeypatch.setattr(backends, "macos_version", lambda: (15, 1))
-    monkeypatch.setattr(backends, "_ane_unavailable_reason", lambda: None)
+    monkeypatch.setattr(plat, "apple_silicon", lambda: True)
+    monkeypatch.setattr(plat, "macos_version", lambda: (15, 1))
+    monkeypatch.setattr(plat, "ane_unavailable", lambda: None)
 
 
 def test_auto_picks_cpu_for_sizes_the_ane_refuses(monkeypatch, capsys):
@@ -262,7 +265,8 @@ def test_auto_picks_cpu_for_sizes_the_ane_refuses(monkeypatch, capsys):
     _fake_apple_silicon(monkeypatch)
     assert pick_backend("auto", cfg=preset("tiny")) == "cpu"
     assert ("backend auto: using cpu (model dim 64, hidden 176, seq 64 breaks the ANE's "
-            "alignment rules; --backend ane lists them)") in capsys.readouterr().out
+            "alignment rules: widths must be multiples of 64 and channels of 32)"
+            ) in capsys.readouterr().out  # fmt: skip
     assert pick_backend("auto", cfg=preset("stories110m")) == "ane"
     assert "using ane (Apple Neural Engine found)" in capsys.readouterr().out
 
@@ -275,10 +279,10 @@ def test_auto_falls_back_to_cpu_when_the_ane_fails_to_compile(monkeypatch, capsy
     ane = pytest.importorskip("anetrain.backends.ane")
     if not ane.built():
         pytest.skip("anetrain._ane is not built (ANETRAIN_OBJC=gnustep pip install -e .)")
-    import anetrain.backends.mil
+    from anetrain.backends import platform as plat
 
     _fake_apple_silicon(monkeypatch)
-    monkeypatch.setattr(anetrain.backends.mil, "ane_fits", lambda cfg: True)  # the mock's tiny
+    monkeypatch.setattr(plat, "ane_misfit", lambda cfg: None)  # the mock runs the tiny
     monkeypatch.setenv(ane.FRAMEWORK_ENV, str(MOCK_SO))
     mock = mock_framework()
     mock.reset()
@@ -297,3 +301,33 @@ def test_auto_falls_back_to_cpu_when_the_ane_fails_to_compile(monkeypatch, capsy
         assert re.search(r"error: kernel sdpaFwd: .*\(11\)", capsys.readouterr().err)
     finally:
         mock.reset()
+
+
+def test_platform_checks_are_numpy_free_and_word_the_size_rules_once():
+    """backends and backends.platform import without numpy (train.py asks before numpy
+    loads); auto's reason and --backend ane's error for unaligned sizes are one message."""
+    import subprocess
+
+    import numpy as np
+
+    from anetrain.backends import platform as plat
+    from anetrain.backends.mil import MilKernels
+    from anetrain.backends.runtime import SimRuntime
+    from anetrain.config import preset
+    from anetrain.params import init_params
+
+    code = "import sys, anetrain.backends.platform; print('numpy' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False"
+    assert plat.ane_misfit(preset("stories110m")) is None
+    cfg = preset("tiny", vocab_size=97)
+    why = plat.ane_misfit(cfg)
+    assert why == plat.misfit(cfg) and "multiples of 64 and channels of 32" in why
+
+    class StrictSim(SimRuntime):
+        name, strict = "ane", True
+
+    with pytest.raises(ConfigError) as e:
+        MilKernels(cfg, init_params(cfg, np.random.default_rng(0)), StrictSim())
+    assert str(e.value).startswith(f"--backend ane: {why} (kernels not ANE-aligned")
+    assert str(e.value).endswith("; use --backend sim or cpu for this size")

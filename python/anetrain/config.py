@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 from dataclasses import dataclass
 
 from anetrain.errors import UserError
@@ -236,3 +237,7 @@ class TrainConfig:
             else:
                 kw[name] = value
         return cls(**kw)
+
+def default_threads() -> int:
+    """Threads when none are asked for: one per core (os.cpu_count(), 1 when it is unknown)."""
+    return os.cpu_count() or 1

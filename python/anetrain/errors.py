@@ -13,27 +13,12 @@ class CheckpointError(UserError):
     """A checkpoint that is corrupt, truncated, of another version, or does not match the run."""
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """UserError plus the error types of optional subsystems that are also the user's to fix."""
-    types: list[type[BaseException]] = [UserError]
-    for mod, name in (
-        ("anetrain.mil", "MilError"),
-        ("anetrain.backends.ane", "AneError"),
-        ("anetrain.formats.tokenizer", "TokenizerError"),
-    ):
-        try:
-            types.append(getattr(__import__(mod, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(types)
-
-
 def run_cli(prog: str, fn, argv) -> int:
     """Run a CLI body; a user error becomes one line on stderr and exit code 2 (no traceback)."""
     import sys
 
     try:
         return int(fn(argv) or 0)
-    except user_error_types() as e:
+    except UserError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from anetrain import native
-from anetrain.backends.cpu import reduce_kv, tile_kv
+from anetrain.config import ModelConfig, default_threads
 from anetrain.params import Params
+from anetrain.rope import rope_tables
 
 # Data flow (channel-first [C, S] everywhere, S = one sequence; see ARCHITECTURE.md):
 #   x = embed[tokens]^T                                             [D, S]
@@ -21,6 +24,109 @@ from anetrain.params import Params
 #   logits = Wcls RMSNorm(x)  [V, S]; loss = mean CE; backward mirrors it with the seven backward
 #   kernels, and every dW = dY X^T is an fp32 sgemm on the CPU.
 # Exact Llama-2 math: no residual scaling, so trained models stay byte-compatible with llama2.c.
+
+
+@runtime_checkable
+class Kernels(Protocol):
+    """The ten training kernels of one backend, as micro_step and train.py use them.
+
+    Implemented by backends/cpu.py CpuKernels (fp32 numpy) and backends/mil.py MilKernels (MIL
+    programs on the simulator or the ANE). Activations are channel-first fp32 [C, S] in and out
+    (S = seq_len, D = dim, Q = q_dim, KV = kv_dim, F = hidden_dim, H = n_heads); weights are read
+    from the fp32 masters the kernels were built over. Every call returns fresh arrays (micro_step's
+    dW jobs hold them after the next call).
+    """
+
+    threads: int  # threads of the host's elementwise C ops (cross-entropy, SwiGLU backward)
+    fp16: bool  # the kernels compute in fp16: train.py scales the loss dynamically
+    overlap_dw: bool  # run the dW sgemms on DwPool worker threads, behind kernel evaluations
+
+    def sdpa_fwd(self, layer: int, xnorm: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+        """xnorm [D, S] -> attn [Q, S], q_rope [Q, S], k_rope [KV, S], v [KV, S]."""
+        ...
+
+    def wo_fwd(self, layer: int, attn: np.ndarray) -> np.ndarray:
+        """attn [Q, S] -> o [D, S] = Wo attn."""
+        ...
+
+    def ffn_fused(self, layer: int, x2norm: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+        """x2norm [D, S] -> ffn [D, S] = W2 gate, h1 [F, S], h3 [F, S], gate [F, S]."""
+        ...
+
+    def ffn_bwd_w2t(self, layer: int, dffn: np.ndarray) -> np.ndarray:
+        """dffn [D, S] -> dgate [F, S] = W2^T dffn."""
+        ...
+
+    def ffn_bwd_w13t(self, layer: int, dh1: np.ndarray, dh3: np.ndarray) -> np.ndarray:
+        """dh1 [F, S], dh3 [F, S] -> dx [D, S] = W1^T dh1 + W3^T dh3."""
+        ...
+
+    def wot_bwd(self, layer: int, dx2: np.ndarray) -> np.ndarray:
+        """dx2 [D, S] -> dattn [Q, S] = Wo^T dx2."""
+        ...
+
+    def sdpa_bwd(self, layer: int, q: np.ndarray, k_tiled: np.ndarray, v_tiled: np.ndarray,
+                 dattn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+        """q_rope, k_tiled, v_tiled, dattn, all [Q, S] -> dq, dk_full, dv_full, all [Q, S]
+        (gradients w.r.t. the roped q and k; one head per query head, see tile_kv)."""
+        ...
+
+    def q_bwd(self, layer: int, dq: np.ndarray) -> np.ndarray:
+        """dq [Q, S] -> dx [D, S] = Wq^T dq."""
+        ...
+
+    def kv_bwd(self, layer: int, dk: np.ndarray, dv: np.ndarray) -> np.ndarray:
+        """dk [KV, S], dv [KV, S] -> dx [D, S] = Wk^T dk + Wv^T dv."""
+        ...
+
+    def sync(self) -> None:
+        """Before an optimizer step: wait until nothing reads the fp32 masters any more."""
+        ...
+
+    def update_weights(self) -> None:
+        """After an optimizer step: take up the new fp32 masters."""
+        ...
+
+    def close(self) -> None:
+        """Free what the kernels hold (compiled programs, surfaces, helper threads)."""
+        ...
+
+    def stats(self) -> dict[str, str]:
+        """Lines for train.py's efficiency report (empty: nothing to report)."""
+        ...
+
+
+# Query head h uses kv head h // kv_group (llama2.c's GQA mapping). The attention kernels take
+# k and v tiled to one head per query head, and give dk, dv that way; these convert.
+
+
+def tile_kv(x: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """[KV, S] -> [Q, S]: repeat each kv head kv_group times, consecutively (h // kv_group)."""
+    if cfg.kv_group == 1:
+        return x
+    hd, S = cfg.head_dim, x.shape[1]
+    return np.repeat(x.reshape(cfg.n_kv_heads, 1, hd, S), cfg.kv_group, axis=1).reshape(
+        cfg.q_dim, S
+    )
+
+
+def reduce_kv(x: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """[Q, S] -> [KV, S]: sum the gradients of the query heads that share a kv head."""
+    if cfg.kv_group == 1:
+        return x
+    hd, S = cfg.head_dim, x.shape[1]
+    return x.reshape(cfg.n_kv_heads, cfg.kv_group, hd, S).sum(axis=1).reshape(cfg.kv_dim, S)
+
+
+@functools.lru_cache(maxsize=8)
+def rope_for(head_dim: int, seq_len: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """rope.rope_tables(head_dim, seq_len, theta), computed once and read-only: cos and sin,
+    fp32 [seq_len, head_dim // 2] each (RoPE' of the backward; the kernels rope the forward)."""
+    cos, sin = rope_tables(head_dim, seq_len, theta)
+    cos.flags.writeable = sin.flags.writeable = False
+    return cos, sin
 
 
 @dataclass
@@ -89,7 +195,7 @@ class DwPool(ThreadPoolExecutor):
     """
 
     def __init__(self, workers: int = 0, nice: int = 10) -> None:
-        self.workers = workers or max(1, os.cpu_count() or 1)
+        self.workers = workers or default_threads()
         super().__init__(self.workers, "anetrain-dw", _lower_priority, (nice,))
         self._jobs: list[Future] = []  # since the last wait
         self._tail: dict[object, list[Future]] = {}  # key -> its most recent jobs
@@ -137,7 +243,7 @@ class _Inline:
         pass
 
 
-def forward(params: Params, kern, tokens: np.ndarray, keep: bool = True):
+def forward(params: Params, kern: Kernels, tokens: np.ndarray, keep: bool = True):
     """Forward pass to the final hidden state. Returns (x_pre_final [D,S], acts list or None)."""
     cfg = params.cfg
     x = native.embed_fwd(params.embed, tokens)  # [D, S]
@@ -154,7 +260,7 @@ def forward(params: Params, kern, tokens: np.ndarray, keep: bool = True):
     return x, (acts if keep else None)
 
 
-def loss_only(params: Params, kern, tokens: np.ndarray, targets: np.ndarray) -> float:
+def loss_only(params: Params, kern: Kernels, tokens: np.ndarray, targets: np.ndarray) -> float:
     """Mean cross-entropy of one sequence, no backward (evaluation)."""
     x, _ = forward(params, kern, tokens, keep=False)
     xf, _ = native.rmsnorm_fwd(x, params.rms_final, params.cfg.norm_eps)
@@ -163,10 +269,48 @@ def loss_only(params: Params, kern, tokens: np.ndarray, targets: np.ndarray) -> 
     return loss
 
 
+def _layer_bwd(params: Params, grads: Params, kern: Kernels, dw: DwPool | _Inline, layer: int,
+               a: LayerActs, dy: np.ndarray, accumulate: bool,
+               rope: tuple[np.ndarray, np.ndarray]) -> np.ndarray:  # fmt: skip
+    """Backward of one layer: dy [D, S] at its output -> at its input; queues its dW jobs."""
+    cfg, lp, gp = params.cfg, params.layers[layer], grads.layers[layer]
+    # FFN branch: x_out = x2 + W2 (silu(W1 x2n) * W3 x2n)
+    dgate = kern.ffn_bwd_w2t(layer, dy)  # [F, S]
+    dw.matmul((layer, "w2"), gp.w2, dy, a.gate.T, accumulate)
+    F = cfg.hidden_dim
+    dh13 = np.empty((2 * F, dy.shape[1]), dtype=np.float32)  # [dh1; dh3] [2F, S]
+    dh1, dh3 = native.swiglu_bwd(
+        dgate, a.h1, a.h3, dh1=dh13[:F], dh3=dh13[F:], threads=kern.threads
+    )
+    dw.matmul((layer, "w13"), grads.block(layer, "w1", "w3"), dh13, a.x2n.T, accumulate)
+    dx2n = kern.ffn_bwd_w13t(layer, dh1, dh3)  # [D, S]
+    dx2 = native.rmsnorm_bwd(dx2n, a.x2, lp.rms_ffn, a.r_ffn, gp.rms_ffn, out=dx2n)
+    dx2 += dy
+    # attention branch: x2 = x + Wo attn(RoPE(Wq xn), RoPE(Wk xn), Wv xn)
+    dattn = kern.wot_bwd(layer, dx2)  # [Q, S]
+    dw.matmul((layer, "wo"), gp.wo, dx2, a.attn.T, accumulate)
+    k_t, v_t = tile_kv(a.k, cfg), tile_kv(a.v, cfg)  # [Q, S]
+    dq, dk_full, dv_full = kern.sdpa_bwd(layer, a.q, k_t, v_t, dattn)
+    Q, KV = cfg.q_dim, cfg.kv_dim
+    dqkv = np.empty((Q + 2 * KV, dq.shape[1]), dtype=np.float32)  # [dq; dk; dv]
+    dqkv[:Q] = dq
+    dqkv[Q : Q + KV] = reduce_kv(dk_full, cfg)  # [KV, S] summed over each kv group
+    dqkv[Q + KV :] = reduce_kv(dv_full, cfg)
+    dq, dk, dv = dqkv[:Q], dqkv[Q : Q + KV], dqkv[Q + KV :]  # row views
+    native.rope_bwd(dq, *rope, cfg.n_heads)
+    native.rope_bwd(dk, *rope, cfg.n_kv_heads)
+    dw.matmul((layer, "wqkv"), grads.block(layer, "wq", "wv"), dqkv, a.xn.T, accumulate)
+    dxn = kern.q_bwd(layer, dq)  # [D, S]
+    dxn += kern.kv_bwd(layer, dk, dv)
+    dy = native.rmsnorm_bwd(dxn, a.x, lp.rms_att, a.r_att, gp.rms_att, out=dxn)
+    dy += dx2
+    return dy
+
+
 def micro_step(
     params: Params,
     grads: Params,
-    kern,
+    kern: Kernels,
     tokens: np.ndarray,
     targets: np.ndarray,
     accumulate: bool,
@@ -196,7 +340,7 @@ def micro_step(
     xf, r_fin = native.rmsnorm_fwd(x, params.rms_final, cfg.norm_eps)  # [D, S]
     logits = params.wcls @ xf  # [V, S]
     loss, dlogits = native.cross_entropy(
-        logits, targets, scale=loss_scale, out=logits, threads=getattr(kern, "threads", 1)
+        logits, targets, scale=loss_scale, out=logits, threads=kern.threads
     )
 
     # ---- classifier and final norm (the tied classifier gradient lands in grads.embed first)
@@ -206,38 +350,9 @@ def micro_step(
     dy = native.rmsnorm_bwd(dxf, x, params.rms_final, r_fin, grads.rms_final, out=dxf)
 
     # ---- layers, last to first; dy is dLoss/d(residual stream) at the layer output
+    rope = rope_for(cfg.head_dim, len(tokens), cfg.rope_theta)  # cos, sin [S, hd/2] each
     for layer in reversed(range(cfg.n_layers)):
-        a, lp, gp = acts[layer], params.layers[layer], grads.layers[layer]
-        # FFN branch: x_out = x2 + W2 (silu(W1 x2n) * W3 x2n)
-        dgate = kern.ffn_bwd_w2t(layer, dy)  # [F, S]
-        dw.matmul((layer, "w2"), gp.w2, dy, a.gate.T, accumulate)
-        F = cfg.hidden_dim
-        dh13 = np.empty((2 * F, dy.shape[1]), dtype=np.float32)  # [dh1; dh3] [2F, S]
-        dh1, dh3 = native.swiglu_bwd(
-            dgate, a.h1, a.h3, dh1=dh13[:F], dh3=dh13[F:], threads=getattr(kern, "threads", 1)
-        )
-        dw.matmul((layer, "w13"), grads.block(layer, "w1", "w3"), dh13, a.x2n.T, accumulate)
-        dx2n = kern.ffn_bwd_w13t(layer, dh1, dh3)  # [D, S]
-        dx2 = native.rmsnorm_bwd(dx2n, a.x2, lp.rms_ffn, a.r_ffn, gp.rms_ffn, out=dx2n)
-        dx2 += dy
-        # attention branch: x2 = x + Wo attn(RoPE(Wq xn), RoPE(Wk xn), Wv xn)
-        dattn = kern.wot_bwd(layer, dx2)  # [Q, S]
-        dw.matmul((layer, "wo"), gp.wo, dx2, a.attn.T, accumulate)
-        k_t, v_t = tile_kv(a.k, cfg), tile_kv(a.v, cfg)  # [Q, S]
-        dq, dk_full, dv_full = kern.sdpa_bwd(layer, a.q, k_t, v_t, dattn)
-        Q, KV = cfg.q_dim, cfg.kv_dim
-        dqkv = np.empty((Q + 2 * KV, dq.shape[1]), dtype=np.float32)  # [dq; dk; dv]
-        dqkv[:Q] = dq
-        dqkv[Q : Q + KV] = reduce_kv(dk_full, cfg)  # [KV, S] summed over each kv group
-        dqkv[Q + KV :] = reduce_kv(dv_full, cfg)
-        dq, dk, dv = dqkv[:Q], dqkv[Q : Q + KV], dqkv[Q + KV :]  # row views
-        native.rope_bwd(dq, kern.cos, kern.sin, cfg.n_heads)
-        native.rope_bwd(dk, kern.cos, kern.sin, cfg.n_kv_heads)
-        dw.matmul((layer, "wqkv"), grads.block(layer, "wq", "wv"), dqkv, a.xn.T, accumulate)
-        dxn = kern.q_bwd(layer, dq)  # [D, S]
-        dxn += kern.kv_bwd(layer, dk, dv)
-        dy = native.rmsnorm_bwd(dxn, a.x, lp.rms_att, a.r_att, gp.rms_att, out=dxn)
-        dy += dx2
+        dy = _layer_bwd(params, grads, kern, dw, layer, acts[layer], dy, accumulate, rope)
         acts[layer] = None  # free this layer's activations early (peak memory)
 
     # embedding scatter: after the classifier dW when the table is tied (same buffer, same key)

@@ -14,7 +14,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from anetrain.config import BACKENDS, DEFAULT_LR, PRESETS, ConfigError, TrainConfig
+from anetrain.config import BACKENDS, DEFAULT_LR, PRESETS, ConfigError, TrainConfig, default_threads
 from anetrain.errors import UserError, run_cli
 
 # Environment variables that size the BLAS thread pools (OpenBLAS, OpenMP, MKL, Accelerate).
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _dw_workers_likely(backend: str | None) -> bool:
     """Whether this run will use sim/ane (and so the dW worker pool), guessed before numpy loads
     from --backend alone (None = the default, auto: ane only on Apple silicon, macOS 15+)."""
-    from anetrain.backends import ane_platform  # numpy-free
+    from anetrain.backends.platform import ane_platform  # numpy-free
 
     return backend in ("sim", "ane") or (backend in (None, "auto") and ane_platform())
 
@@ -139,7 +139,7 @@ def _set_threads(n: int | None, backend: str | None) -> tuple[int, int | None]:
     its caller's thread alone: a multi-threaded BLAS under those workers only adds contention
     (`bench overlap --accum 10` on 2 cores: 5.2 s per step with 1 BLAS thread, 6.4 s with 2).
     """
-    n = n or os.cpu_count() or 1
+    n = n or default_threads()
     if n < 1:
         raise ConfigError(f"--threads must be >= 1, got {n}")
     if "numpy" in sys.modules or any(v in os.environ for v in BLAS_VARS):
@@ -181,9 +181,7 @@ def _release(kern, dw_pool) -> None:
     dirs (cpu kernels hold nothing)."""
     if dw_pool is not None:
         dw_pool.shutdown()
-    close = getattr(kern, "close", None)
-    if close is not None:
-        close()
+    kern.close()
 
 
 @contextmanager

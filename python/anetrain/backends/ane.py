@@ -6,8 +6,8 @@ csrc/ane/ane_runtime.h).
         req = k.request(x, y)          # reusable for every evaluation
         x.write(inp); k.eval(req); out = y.read()
 
-AneDevice opens the framework; Kernel is one compiled and loaded MIL program (upstream.md §1.4);
-Surface is one flat IOSurface (§2.1); Request binds (kernel, input, output). Every failure of the
+AneDevice opens the framework; Program is one compiled and loaded MIL program (upstream.md §1.4);
+Surface is one flat IOSurface (§2.1); Request binds (program, input, output). Every failure of the
 runtime raises AneError carrying its message: NSErrors read "<domain> (<code>): <description>".
 Objects free their C side in free()/close() or at the end of a `with` block (and, as a fallback,
 when garbage-collected). One object must not be used from two threads at once; separate objects may.
@@ -25,6 +25,8 @@ import sys
 from collections.abc import Iterator, Mapping
 
 import numpy as np
+
+from anetrain.errors import UserError
 
 try:
     from anetrain import _ane
@@ -45,10 +47,10 @@ SYSTEM_FRAMEWORK = (
 FRAMEWORK_ENV = "ANETRAIN_ANE_FRAMEWORK"
 ERR_LEN = 8192  # the NSError text of a rejected program carries the compiler's detail
 
-__all__ = ["AneDevice", "AneError", "Kernel", "Request", "Surface", "available", "built"]
+__all__ = ["AneDevice", "AneError", "Program", "Request", "Surface", "available", "built"]
 
 
-class AneError(RuntimeError):
+class AneError(UserError, RuntimeError):
     """A failure reported by the ANE runtime (dlopen, NSError, Objective-C exception, bounds...)."""
 
 
@@ -148,7 +150,7 @@ class _Handle:
 
 class AneDevice(_Handle):
     """The opened framework: its four classes and a count of successful compiles (the ~119 per
-    process budget, upstream.md §1.7). Kernels keep the C context alive after close()."""
+    process budget, upstream.md §1.7). Programs keep the C context alive after close()."""
 
     _free_fn, _gone = "ane_close", "is closed"
 
@@ -163,9 +165,9 @@ class AneDevice(_Handle):
         return lib.ane_compile_count(self._live())
 
     def compile(self, mil: str | bytes, weights: Mapping[str, bytes] | None, in_bytes: int,
-                out_bytes: int) -> Kernel:
-        """Compile and load one MIL program; see Kernel."""
-        return Kernel(self, mil, weights, in_bytes, out_bytes)
+                out_bytes: int) -> Program:
+        """Compile and load one MIL program; see Program."""
+        return Program(self, mil, weights, in_bytes, out_bytes)
 
     def close(self) -> None:
         self.free()
@@ -233,10 +235,10 @@ class Surface(_Handle):
 
 
 
-# ---- kernels and requests -------------------------------------------------------------------
+# ---- programs and requests ------------------------------------------------------------------
 
 
-class Kernel(_Handle):
+class Program(_Handle):
     """One MIL program, compiled and loaded (upstream.md §1.4).
 
     mil: MIL text (str, or UTF-8 bytes). weights: {BLOBFILE path ("@model_path/weights/x.bin"):
@@ -265,7 +267,7 @@ class Kernel(_Handle):
         self.tmp_dir = ffi.string(lib.ane_kernel_dir(k)).decode()
 
     def request(self, inp: Surface, out: Surface) -> Request:
-        """A reusable request evaluating this kernel from `inp` into `out`."""
+        """A reusable request evaluating this program from `inp` into `out`."""
         return Request(self, inp, out)
 
     def eval(self, request: Request) -> None:
@@ -276,16 +278,16 @@ class Kernel(_Handle):
 
 
 class Request(_Handle):
-    """(kernel, input surface, output surface) for repeated evaluation; sizes must match the
-    kernel's. Holds its own references to both surfaces."""
+    """(program, input surface, output surface) for repeated evaluation; sizes must match the
+    program's. Holds its own references to both surfaces."""
 
     _free_fn = "ane_request_free"
 
-    def __init__(self, kernel: Kernel, inp: Surface, out: Surface) -> None:
+    def __init__(self, program: Program, inp: Surface, out: Surface) -> None:
         err = _err()
-        self._h = _ptr(lib.ane_request_new(kernel._live(), inp._live(), out._live(), err,
+        self._h = _ptr(lib.ane_request_new(program._live(), inp._live(), out._live(), err,
                                            ERR_LEN), err)
-        self.kernel, self.inp, self.out = kernel, inp, out
+        self.program, self.inp, self.out = program, inp, out
 
     def eval(self) -> None:
-        self.kernel.eval(self)
+        self.program.eval(self)

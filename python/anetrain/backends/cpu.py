@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from anetrain import native
-from anetrain.config import ModelConfig
+from anetrain.config import ModelConfig, default_threads
+from anetrain.model import tile_kv
 from anetrain.params import Params
 from anetrain.rope import rope_tables
 
@@ -27,25 +26,7 @@ from anetrain.rope import rope_tables
 #   kv_bwd      dk[KV,S], dv[KV,S]               -> dx[D,S]       = Wk^T dk + Wv^T dv
 #
 # k_tiled/v_tiled/dk_full/dv_full have one head per *query* head: query head h uses kv head
-# h // kv_group (llama2.c's GQA mapping); tile_kv/reduce_kv convert between the two.
-
-
-def tile_kv(x: np.ndarray, cfg: ModelConfig) -> np.ndarray:
-    """[KV, S] -> [Q, S]: repeat each kv head kv_group times, consecutively (h // kv_group)."""
-    if cfg.kv_group == 1:
-        return x
-    hd, S = cfg.head_dim, x.shape[1]
-    return np.repeat(x.reshape(cfg.n_kv_heads, 1, hd, S), cfg.kv_group, axis=1).reshape(
-        cfg.q_dim, S
-    )
-
-
-def reduce_kv(x: np.ndarray, cfg: ModelConfig) -> np.ndarray:
-    """[Q, S] -> [KV, S]: sum the gradients of the query heads that share a kv head."""
-    if cfg.kv_group == 1:
-        return x
-    hd, S = cfg.head_dim, x.shape[1]
-    return x.reshape(cfg.n_kv_heads, cfg.kv_group, hd, S).sum(axis=1).reshape(cfg.kv_dim, S)
+# h // kv_group (llama2.c's GQA mapping); model.tile_kv/reduce_kv convert between the two.
 
 
 def joined_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -65,14 +46,11 @@ def joined_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class CpuKernels:
-    """fp32 numpy implementations reading the fp32 masters directly (no staging needed)."""
+    """model.Kernels in fp32 numpy, reading the fp32 masters directly (no staging needed)."""
 
     name = "cpu"
     fp16 = False  # fp32 throughout: no loss scaling
-    overlap_dw = False  # dW sgemms run inline
-
-    def stats(self) -> dict[str, str]:
-        return {}
+    overlap_dw = False  # the dW sgemms run inline: BLAS already uses every core
 
     def __init__(self, cfg: ModelConfig, params: Params, seq_len: int | None = None,
                  threads: int | None = None) -> None:  # fmt: skip
@@ -81,7 +59,7 @@ class CpuKernels:
         self.S = seq_len or cfg.seq_len
         self.cos, self.sin = rope_tables(cfg.head_dim, self.S, cfg.rope_theta)  # [S, hd/2] each
         self.scale = np.float32(1.0 / np.sqrt(cfg.head_dim))
-        self.threads = threads or os.cpu_count() or 1  # for the elementwise C ops (softmax, ...)
+        self.threads = threads or default_threads()  # for the elementwise C ops (softmax, ...)
         # attention probabilities of the forward, reused by sdpa_bwd1 when it is called with the
         # very same q array and equal tiled k (the ANE recomputes them; here that would only cost
         # time; with GQA the caller tiles k afresh, so identity alone would never match)
@@ -96,6 +74,13 @@ class CpuKernels:
 
     def sync(self) -> None:
         """Called before every optimizer step; there is no staging to wait for."""
+
+    def close(self) -> None:
+        """Nothing to free: the buffers are numpy arrays."""
+
+    def stats(self) -> dict[str, str]:
+        """No backend figures for the efficiency report."""
+        return {}
 
     # ---- helpers ----------------------------------------------------------------------------
 

@@ -8,14 +8,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from anetrain import native
-from anetrain.backends.runtime import Kernel, Runtime, Surface
-from anetrain.config import ConfigError, ModelConfig
+from anetrain.backends.platform import misfit_error
+from anetrain.backends.runtime import Program, Runtime, Surface
+from anetrain.config import ModelConfig
 from anetrain.mil.errors import MilError
 from anetrain.mil.kernels import KERNELS, KernelSpec, Layout, build_kernels
 from anetrain.params import Params
-from anetrain.rope import rope_tables
 
-# Same interface as CpuKernels (kernels_cpu.py): channel-first fp32 [C, S] in and out. Each
+# Same interface as CpuKernels (model.Kernels): channel-first fp32 [C, S] in and out. Each
 # kernel is compiled once; every surface layout comes from mil/kernels.py (KernelSpec.inp/.out).
 #
 #   weight-bearing kernels   one input surface per layer [C_in, W]: weight segments staged after
@@ -51,21 +51,12 @@ def stage_weights(dst: np.ndarray, layout: Layout, lp) -> None:
         native.pack(dst, s.c0, s.s0, w, transpose=s.stage == "T")
 
 
-def ane_fits(cfg: ModelConfig) -> bool:
-    """Whether the real ANE can run this model's sizes: the alignment rules MilKernels enforces
-    on a strict runtime (it raises the ConfigError listing them), checked without compiling."""
-    try:
-        build_kernels(cfg, strict=True)
-    except MilError:
-        return False
-    return True
-
-
 class MilKernels:
-    """The Kernels interface over compiled MIL programs; fp16 on the device, fp32 at the edges."""
+    """model.Kernels over compiled MIL programs; fp16 on the device, fp32 at the edges."""
 
     fp16 = True  # train.py: dynamic loss scaling
     overlap_dw = True  # model.py: dW sgemms on worker threads (DwPool), behind kernel evaluations
+    threads = 1  # host elementwise ops run on the calling thread: the dW workers own the cores
 
     def __init__(self, cfg: ModelConfig, params: Params, runtime: Runtime,
                  async_staging: bool = True, own_runtime: bool = False) -> None:  # fmt: skip
@@ -74,15 +65,10 @@ class MilKernels:
         self.own_runtime = own_runtime
         self.name = runtime.name
         self.S = cfg.seq_len
-        self.cos, self.sin = rope_tables(cfg.head_dim, self.S, cfg.rope_theta)  # [S, hd/2] each
         try:
             specs = build_kernels(cfg, strict=runtime.strict)
-        except MilError as e:
-            raise ConfigError(
-                f"--backend {runtime.name}: model dim {cfg.dim}, hidden {cfg.hidden_dim}, "
-                f"seq {cfg.seq_len} cannot run on the ANE ({e}); widths must be multiples of "
-                "64 and channels of 32 - use --backend sim or cpu for this size"
-            ) from None
+        except MilError as e:  # only a strict runtime refuses sizes
+            raise misfit_error(runtime.name, cfg, str(e)) from None
         self.specs: dict[str, KernelSpec] = specs
         # sdpa_bwd copies these surface to surface: (sdpaBwd1 side, its segment, sdpaBwd2's)
         b1, b2 = specs["sdpaBwd1"], specs["sdpaBwd2"]
@@ -92,11 +78,11 @@ class MilKernels:
             if s.shape != d.shape:
                 raise MilError(f"sdpa_bwd: {s.name} is {s.shape} in sdpaBwd1, {d.shape} in "
                                "sdpaBwd2")  # fmt: skip
-        self.kernels: dict[str, Kernel] = {}
+        self.programs: dict[str, Program] = {}
         self.inputs: dict[str, list[Surface]] = {}  # kernel -> per-layer (or one) input surface
         t0 = time.perf_counter()
         for name in KERNELS:
-            k = self.kernels[name] = runtime.compile(specs[name])
+            k = self.programs[name] = runtime.compile(specs[name])
             per_layer = any(s.stage for s in specs[name].inp.segments)
             self.inputs[name] = [k.new_input() for _ in range(cfg.n_layers if per_layer else 1)]
         self.setup_seconds = time.perf_counter() - t0
@@ -159,7 +145,7 @@ class MilKernels:
     def _read(self, name: str, seg_names: tuple[str, ...]) -> list[np.ndarray]:
         """Output segments of `name` as fresh fp32 arrays [nch, width]."""
         layout = self.specs[name].out
-        with self.kernels[name].out.lock(read_only=True) as src:  # [C_out, S]
+        with self.programs[name].out.lock(read_only=True) as src:  # [C_out, S]
             return [native.unpack(src, s.c0, s.s0, s.nch, s.width)
                     for s in (layout[n] for n in seg_names)]  # fmt: skip
 
@@ -168,7 +154,7 @@ class MilKernels:
         e0 = self.rt.eval_seconds
         surface = self._input(name, layer)
         self._write(name, surface, acts)
-        self.kernels[name].eval(surface)
+        self.programs[name].eval(surface)
         self.calls[name] += 1
         res = self._read(name, outs)
         self.io_seconds += time.perf_counter() - t - (self.rt.eval_seconds - e0)
@@ -222,7 +208,7 @@ class MilKernels:
         (dv,) = self._run("sdpaBwd1", layer, ("dv_full",), q_rope=q, k_tiled=k_tiled,
                           v_tiled=v_tiled, dattn=dattn)  # fmt: skip
         t = time.perf_counter()
-        surf1 = {"inp": self._input("sdpaBwd1", layer), "out": self.kernels["sdpaBwd1"].out}
+        surf1 = {"inp": self._input("sdpaBwd1", layer), "out": self.programs["sdpaBwd1"].out}
         in2 = self._input("sdpaBwd2", layer)
         for side, s, d in self._sdpa_copies:  # shapes checked equal in __init__
             self.rt.copy(in2, d.c0, d.s0, surf1[side], s.c0, s.s0, s.nch, s.width)
@@ -259,16 +245,16 @@ class MilKernels:
         }  # fmt: skip
 
     def close(self) -> None:
-        """Finish staging, free every kernel and surface, and close the runtime if we own it
+        """Finish staging, free every program and surface, and close the runtime if we own it
         (on the ANE: unload, release, remove the temp dirs now, not at interpreter exit)."""
         try:
             if self._pool is not None:  # waits for queued staging, raising nothing: an error
                 self._pool.shutdown()  # there reached the caller already, or no longer matters
                 self._pool, self._pending = None, {}
         finally:
-            for k in self.kernels.values():
+            for k in self.programs.values():
                 k.free()
-            self.kernels.clear()
+            self.programs.clear()
             self.inputs.clear()
             if self.own_runtime:
                 self.rt.close()

@@ -1,4 +1,4 @@
-"""Runtimes that compile MIL kernels once and evaluate them on fp16 surfaces (sim or ANE)."""
+"""Runtimes that compile MIL programs once and evaluate them on fp16 surfaces (sim or ANE)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from anetrain.mil.kernels import KernelSpec
 from anetrain.mil.parse import parse
 from anetrain.mil.sim import Simulation
 
-# A kernel has one output surface [C_out, S] (shared by every evaluation, upstream.md §1.4) and
+# A program has one output surface [C_out, S] (shared by every evaluation, upstream.md §1.4) and
 # any number of input surfaces [C_in, W], each bound to the output by its own request: one input
 # surface per layer for the weight-bearing kernels (upstream.md §5.3). A surface is locked to get
 # a uint16 numpy view of its fp16 bits, shaped [C, W] as the layout says; the C packer in
 # native.py writes and reads segments of that view. Evaluating overwrites the output surface, so
-# its contents must be read before the same kernel runs again.
+# its contents must be read before the same program runs again.
 
 
 class Surface(Protocol):
@@ -36,8 +36,8 @@ class Surface(Protocol):
         ...
 
 
-class Kernel(Protocol):
-    """A compiled program: its spec, the shared output surface, and per-input requests."""
+class Program(Protocol):
+    """A compiled MIL program: its spec, the shared output surface, and per-input requests."""
 
     spec: KernelSpec
     out: Surface
@@ -54,16 +54,16 @@ class Kernel(Protocol):
 
 
 class Runtime(Protocol):
-    """Compiles kernels (each compile is counted) and times their evaluations."""
+    """Compiles programs (each compile is counted) and times their evaluations."""
 
     name: str
-    strict: bool  # True: kernels must satisfy the ANE alignment rules (build_kernels strict=)
+    strict: bool  # True: programs must satisfy the ANE alignment rules (build_kernels strict=)
     compiles: int
     compile_seconds: float
     evals: int
     eval_seconds: float
 
-    def compile(self, spec: KernelSpec) -> Kernel: ...
+    def compile(self, spec: KernelSpec) -> Program: ...
 
     def copy(self, dst: Surface, dst_c0: int, dst_s0: int, src: Surface, src_c0: int,
              src_s0: int, nch: int, width: int) -> None:
@@ -123,7 +123,7 @@ class ArraySurface:
         yield self.buf
 
 
-class SimKernel:
+class SimProgram:
     def __init__(self, runtime: SimRuntime, spec: KernelSpec) -> None:
         self.rt, self.spec = runtime, spec
         self.sim = _simulation(spec)
@@ -156,9 +156,9 @@ class SimRuntime(_Timed):
     name = "sim"
     strict = False
 
-    def compile(self, spec: KernelSpec) -> SimKernel:
+    def compile(self, spec: KernelSpec) -> SimProgram:
         t = time.perf_counter()
-        k = SimKernel(self, spec)
+        k = SimProgram(self, spec)
         self.compile_seconds += time.perf_counter() - t
         self.compiles += 1
         return k
@@ -168,48 +168,7 @@ class SimRuntime(_Timed):
 
 
 # ----------------------------------------------------------------------------
-# LatencyRuntime: a timing model (benchmarks) whose evaluations only sleep
-
-
-class LatencyKernel(SimKernel):
-    """Evaluation = time.sleep(seconds); the output surface keeps whatever it holds (zeros)."""
-
-    def __init__(self, runtime: LatencyRuntime, spec: KernelSpec, seconds: float) -> None:
-        self.rt, self.spec, self.seconds = runtime, spec, seconds
-        self.out = ArraySurface(spec.out.C, spec.out.W)  # [C_out, S], stays zero
-        self.inputs = []
-
-    def eval(self, inp: ArraySurface) -> None:
-        c0, t0 = time.thread_time(), time.perf_counter()
-        time.sleep(self.seconds)
-        c1, t1 = time.thread_time(), time.perf_counter()
-        self.rt.log.append((self.spec.name, c0, c1, t0, t1))
-        self.rt.evals += 1
-        self.rt.eval_seconds += t1 - t0
-
-
-class LatencyRuntime(SimRuntime):
-    """Kernels that take a given time per evaluation and compute nothing (overlap benchmark).
-
-    `seconds`: kernel name -> evaluation time. Every evaluation appends (kernel name, calling
-    thread's CPU time at its start and end, perf_counter at its start and end) to `log`, so a
-    benchmark can measure the host work between dependent evaluations.
-    """
-
-    name = "latency"
-
-    def __init__(self, seconds: dict[str, float]) -> None:
-        super().__init__()
-        self.seconds = dict(seconds)
-        self.log: list[tuple[str, float, float, float, float]] = []
-
-    def compile(self, spec: KernelSpec) -> LatencyKernel:
-        self.compiles += 1
-        return LatencyKernel(self, spec, self.seconds[spec.name])
-
-
-# ----------------------------------------------------------------------------
-# AneRuntime: anetrain._ane over the real framework, or the mock on Linux
+# AneRuntime: anetrain._ane over the system framework, or a replacement (the mock on Linux)
 
 
 class AneSurface:
@@ -230,18 +189,21 @@ class AneSurface:
         self.surface.free()
 
 
-class AneKernel:
+class AneProgram:
+    """One program compiled and loaded by the framework (`compiled`: the ane.Program), with its
+    output surface and one ane.Request per input surface."""
+
     def __init__(self, runtime: AneRuntime, spec: KernelSpec) -> None:
         self.rt, self.spec = runtime, spec
         try:
-            self.k = runtime.device.compile(spec.mil, spec.weights, spec.inp.nbytes,
-                                            spec.out.nbytes)  # fmt: skip
+            self.compiled = runtime.device.compile(spec.mil, spec.weights, spec.inp.nbytes,
+                                                   spec.out.nbytes)  # fmt: skip
         except runtime.AneError as e:  # say which kernel
             raise runtime.AneError(f"kernel {spec.name}: {e}") from e
         try:
             self.out = AneSurface(spec.out.C, spec.out.W)  # [C_out, S]
         except BaseException:
-            self.k.free()
+            self.compiled.free()
             raise
         self.requests: dict[int, object] = {}  # id(input surface) -> ane.Request
         self.inputs: list[AneSurface] = []
@@ -251,13 +213,13 @@ class AneKernel:
         with s.lock() as v:  # IOSurfaces start undefined; the layouts leave no gaps, but be sure
             v[...] = 0
         self.inputs.append(s)
-        self.requests[id(s)] = self.k.request(s.surface, self.out.surface)
+        self.requests[id(s)] = self.compiled.request(s.surface, self.out.surface)
         return s
 
     def eval(self, inp: AneSurface) -> None:
         t = time.perf_counter()
         try:
-            self.k.eval(self.requests[id(inp)])
+            self.compiled.eval(self.requests[id(inp)])
         except self.rt.AneError as e:  # say which kernel
             raise self.rt.AneError(f"kernel {self.spec.name}: {e}") from e
         self.rt.evals += 1
@@ -271,117 +233,49 @@ class AneKernel:
             s.free()
         self.inputs.clear()
         self.out.free()
-        self.k.free()
-        if self in self.rt.kernels:
-            self.rt.kernels.remove(self)
+        self.compiled.free()
+        if self in self.rt.programs:
+            self.rt.programs.remove(self)
 
 
 class AneRuntime(_Timed):
-    """Kernels compiled by anetrain._ane: the real AppleNeuralEngine.framework on macOS, or
-    (tests, Linux) the mock named by ANETRAIN_ANE_FRAMEWORK, whose evaluations this runtime
-    routes into the simulator. With the real framework kernels must be ANE-aligned (strict),
-    and every program passes our constraint checker before the framework compiles it."""
+    """Programs compiled by anetrain._ane over an ANE framework: the system
+    AppleNeuralEngine.framework, or a replacement named by `framework_path` or
+    $ANETRAIN_ANE_FRAMEWORK (e.g. the Linux test mock, tests/mock).
+
+    strict (default: the framework is the system one) holds programs to the real ANE's rules:
+    MilKernels refuses sizes that are not aligned, and every program passes our constraint
+    checker (check_for_device) before the framework compiles it. A replacement framework is not
+    held to them unless strict=True."""
 
     name = "ane"
 
-    def __init__(self, framework_path: str | None = None) -> None:
+    def __init__(self, framework_path: str | None = None, strict: bool | None = None) -> None:
         super().__init__()
         from anetrain.backends import ane
 
         self.AneError = ane.AneError  # (backends.ane is imported only when this runtime is used)
         self.framework_path = ane.resolve_framework_path(framework_path)
         self.device = ane.AneDevice(self.framework_path)
-        self.mock = self.framework_path != ane.SYSTEM_FRAMEWORK and _install_mock_sim(
-            self.framework_path
-        )
-        self.strict = not self.mock
-        self.kernels: list[AneKernel] = []
+        self.strict = self.framework_path == ane.SYSTEM_FRAMEWORK if strict is None else strict
+        self.programs: list[AneProgram] = []
 
     @property
     def device_compiles(self) -> int:
         """Successful compiles the runtime's C context has counted (the ~119 budget)."""
         return self.device.compile_count
 
-    def compile(self, spec: KernelSpec) -> AneKernel:
+    def compile(self, spec: KernelSpec) -> AneProgram:
         t = time.perf_counter()
-        if self.mock:  # the mock's evaluate runs this program's simulation (parsed once)
-            key = _sim_key(spec.mil, spec.weights)
-            if key not in _MOCK_SIMS:
-                _MOCK_SIMS[key] = _simulation(spec)
-        else:
+        if self.strict:
             check_for_device(spec)
-        k = AneKernel(self, spec)
+        p = AneProgram(self, spec)
         self.compile_seconds += time.perf_counter() - t
         self.compiles += 1
-        self.kernels.append(k)
-        return k
+        self.programs.append(p)
+        return p
 
     def close(self) -> None:
-        for k in list(self.kernels):
-            k.free()
+        for p in list(self.programs):
+            p.free()
         self.device.close()
-
-
-# The mock framework (tests/mock/ane_mock.m) calls one C function per evaluation with the MIL
-# text, the weight files and the two surfaces; this runs the simulator there. It is reached
-# through cffi ABI mode on the same file the runtime dlopen()ed (one instance of the mock).
-MOCK_EVAL_CDEF = """
-typedef int (*ane_mock_eval_fn)(void *user, const char *mil, size_t mil_len, int n_weights,
-                                const char *const *names, const uint8_t *const *data,
-                                const size_t *sizes, const void *in, size_t in_bytes, void *out,
-                                size_t out_bytes, char *err, size_t err_len);
-void ane_mock_set_eval(ane_mock_eval_fn fn, void *user);
-"""
-_MOCK_SIMS: dict[tuple, Simulation] = {}  # (MIL text, weights digest) -> parsed program
-_MOCK_KEEP: dict[str, tuple] = {}  # path -> (ffi, lib, callback): alive while installed
-
-
-def mock_eval_callback(ffi, fn):
-    """A cffi `ane_mock_eval_fn` calling fn(mil text, {weight key: bytes}, input uint8 view,
-    output uint8 view); any exception fails the evaluation with its text in the NSError."""
-
-    def trampoline(user, mil, mil_len, n, names, data, sizes, inp, in_bytes, out, out_bytes,
-                   err, err_len):
-        try:
-            weights = {ffi.string(names[i]).decode(): ffi.buffer(data[i], sizes[i])[:]
-                       for i in range(n)}
-            x = np.frombuffer(ffi.buffer(inp, in_bytes), dtype=np.uint8)  # input surface bytes
-            x.flags.writeable = False
-            y = np.frombuffer(ffi.buffer(out, out_bytes), dtype=np.uint8)  # output surface bytes
-            fn(ffi.buffer(mil, mil_len)[:].decode("utf-8"), weights, x, y)
-            return 0
-        except Exception as e:  # noqa: BLE001 - every error must reach the NSError
-            msg = f"{type(e).__name__}: {e}".encode()[: err_len - 1]
-            ffi.memmove(err, msg + b"\0", len(msg) + 1)
-            return 1
-
-    return ffi.callback("ane_mock_eval_fn", trampoline, error=1)
-
-
-def _sim_key(mil: str, weights: dict[str, bytes]) -> tuple:
-    return mil, tuple(sorted((k, len(v), hash(v)) for k, v in weights.items()))
-
-
-def _install_mock_sim(path: str) -> bool:
-    """Make the mock at `path` evaluate through the simulator; False if it is not the mock."""
-    import cffi
-
-    ffi = cffi.FFI()
-    ffi.cdef(MOCK_EVAL_CDEF)
-    try:
-        lib = ffi.dlopen(path)
-        set_eval = lib.ane_mock_set_eval
-    except (OSError, AttributeError):
-        return False
-
-    def evaluate(mil: str, weights: dict[str, bytes], x: np.ndarray, y: np.ndarray) -> None:
-        key = _sim_key(mil, weights)
-        sim = _MOCK_SIMS.get(key)
-        if sim is None:  # compiled elsewhere: parse now, once
-            sim = _MOCK_SIMS[key] = Simulation(mil, weights, check=False)
-        y.view(np.uint16)[:] = sim(x.view(np.float16)).view(np.uint16).reshape(-1)  # [C_out·S]
-
-    cb = mock_eval_callback(ffi, evaluate)
-    set_eval(cb, ffi.NULL)
-    _MOCK_KEEP[path] = (ffi, lib, cb)
-    return True

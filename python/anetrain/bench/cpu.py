@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -15,7 +14,7 @@ import numpy as np
 from anetrain import native
 from anetrain.backends.cpu import CpuKernels
 from anetrain.bench._args import nonneg_int, positive_int
-from anetrain.config import preset
+from anetrain.config import default_threads, preset
 from anetrain.errors import UserError, run_cli
 from anetrain.model import micro_step
 from anetrain.optim import AdamW, LossScaler, grad_norm, optimizer_step
@@ -182,7 +181,7 @@ def bench(argv: list[str] | None) -> int:
     names = [m for m in args.models.split(",") if m]
     for name in names:  # a bad name fails now, not after minutes of benchmarking the others
         preset(name)
-    threads = args.threads or os.cpu_count() or 1
+    threads = args.threads or default_threads()
     use_torch = not args.no_torch
     if use_torch:
         try:

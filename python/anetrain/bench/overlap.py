@@ -10,6 +10,7 @@ import sys
 import time
 
 from anetrain.bench._args import kernel_scale, nonneg_int, positive_int
+from anetrain.config import default_threads
 from anetrain.errors import run_cli
 
 # Every kernel evaluation sleeps for a modelled ANE time (LatencyRuntime); everything else (RMSNorm,
@@ -43,7 +44,8 @@ M4_FWD_MS, M4_BWD_MS, DISPATCH_MS = 21.0, 28.0, 0.095
 # --kernel-scale host, which slows the modelled ANE by (M4 CPU rate / this host's rate).
 M4_CPU_GFLOPS = 2 * 2 * 9200 * 768 * 256 / 13e-3 / 1e9
 FWD = ("sdpaFwd", "woFwd", "ffnFused")
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+# cores this process may run on (Linux: its affinity mask)
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else default_threads()
 
 
 def kernel_flops(cfg) -> dict[str, float]:
@@ -138,7 +140,7 @@ def run(cfg, seconds: dict[str, float], steps: int, accum: int, workers: int = 0
     import numpy as np
 
     from anetrain.backends.mil import MilKernels
-    from anetrain.backends.runtime import LatencyRuntime
+    from anetrain.bench.latency import LatencyRuntime
     from anetrain.model import micro_step
     from anetrain.optim import AdamW, LossScaler, grad_norm, optimizer_step
     from anetrain.params import init_params

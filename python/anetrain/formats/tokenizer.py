@@ -11,6 +11,8 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from anetrain.errors import UserError
+
 BOS_ID = 1
 EOS_ID = 2
 BYTE_OFFSET = 3  # byte fallback: id = byte + 3 (ids 3..258 are <0x00>..<0xFF> in sentencepiece)
@@ -21,7 +23,7 @@ _MERGE_FLOOR = -1e10
 _BYTE_PIECE = re.compile(rb"<0x([0-9A-Fa-f]{1,2})")  # run.c: sscanf(piece, "<0x%02hhX>", ...) == 1
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """A tokenizer file that cannot be read, or a tokenizer that cannot do what was asked."""
 
 

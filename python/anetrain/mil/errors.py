@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from anetrain.errors import UserError
 
-class MilError(ValueError):
+
+class MilError(UserError, ValueError):
     """A malformed program, a blob that does not match, or a construct the ANE rejects.
 
     Messages start with the location when one is known: `line 12: matmul 'sc': ...`.

@@ -2,7 +2,7 @@
 
 Every kernel has one fp16 input surface [1, C, 1, W] and one fp16 output surface [1, C, 1, S],
 channel-first: element (c, s) at c·W + s (upstream.md §2.3). A `Layout` names each packed part
-(channel range × spatial range); the packers in kernels_mil.py use exactly these objects.
+(channel range × spatial range); the packers in backends/mil.py use exactly these objects.
 S = seq_len, D = dim, Q = q_dim, KV = kv_dim, F = hidden_dim, H = n_heads, HD = head_dim,
 g = kv_group. Weights are llama2.c W[out, in]. `T` below = the surface holds Wᵀ (the packer
 transposes the fp32 W[out, in]); `raw` = the surface holds W as is (upstream.md §5.3: the
@@ -57,6 +57,10 @@ from anetrain.rope import rope_tables
 
 MASK_VALUE = -65504.0  # most negative finite fp16, not -inf (upstream.md §5.6)
 ALIGN_C = 32  # surface channels a multiple of 32 (upstream.md §2.5); widths: ALIGN_W (64)
+# The ten kernels by name. The names are data, not Python identifiers: upstream's MIL program names
+# (camelCase), which also name each program's final op, the golden files under tests/golden and
+# every per-kernel table (BUILDERS, REFERENCE, MilKernels' surfaces); the Python functions that
+# build or run them are snake_case (sdpa_fwd builds "sdpaFwd").
 KERNELS = ("sdpaFwd", "woFwd", "ffnFused", "ffnBwdW2t", "ffnBwdW13t", "wotBwd", "sdpaBwd1",
            "sdpaBwd2", "qBwd", "kvBwd")  # fmt: skip
 WEIGHT = "@model_path/weights/{}.bin"

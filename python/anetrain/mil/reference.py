@@ -33,7 +33,7 @@ def _causal(S: int) -> np.ndarray:
     return np.triu(np.full((S, S), -np.inf, dtype=np.float32), 1)  # [query, key]
 
 
-def sdpaFwd(cfg: ModelConfig, xnorm, wq, wk, wv, kv_of=None) -> dict[str, np.ndarray]:
+def sdpa_fwd(cfg: ModelConfig, xnorm, wq, wk, wv, kv_of=None) -> dict[str, np.ndarray]:
     """kv_of(h) -> kv head of query head h; default llama2.c's h // kv_group."""
     hd, S, scale = cfg.head_dim, xnorm.shape[1], 1.0 / np.sqrt(cfg.head_dim)
     q = _rope(wq @ xnorm, cfg, cfg.n_heads)  # [Q, S]
@@ -48,37 +48,37 @@ def sdpaFwd(cfg: ModelConfig, xnorm, wq, wk, wv, kv_of=None) -> dict[str, np.nda
     return {"attn": attn, "q_rope": q, "k_rope": k, "v": v}
 
 
-def woFwd(cfg, attn, wo):
+def wo_fwd(cfg, attn, wo):
     return {"o": wo @ attn}
 
 
-def ffnFused(cfg, x2norm, w1, w3, w2):
+def ffn_fused(cfg, x2norm, w1, w3, w2):
     h1, h3 = w1 @ x2norm, w3 @ x2norm
     gate = h1 / (1 + np.exp(-h1)) * h3
     return {"ffn": w2 @ gate, "h1": h1, "h3": h3, "gate": gate}
 
 
-def ffnBwdW2t(cfg, dffn, w2):
+def ffn_bwd_w2t(cfg, dffn, w2):
     return {"dgate": w2.T @ dffn}
 
 
-def ffnBwdW13t(cfg, dh1, dh3, w1, w3):
+def ffn_bwd_w13t(cfg, dh1, dh3, w1, w3):
     return {"dx": w1.T @ dh1 + w3.T @ dh3}
 
 
-def wotBwd(cfg, dx2, wo):
+def wot_bwd(cfg, dx2, wo):
     return {"dattn": wo.T @ dx2}
 
 
-def qBwd(cfg, dq, wq):
+def q_bwd(cfg, dq, wq):
     return {"dx": wq.T @ dq}
 
 
-def kvBwd(cfg, dk, dv, wk, wv):
+def kv_bwd(cfg, dk, dv, wk, wv):
     return {"dx": wk.T @ dk + wv.T @ dv}
 
 
-def sdpaBwd1(cfg, q_rope, k_tiled, v_tiled, dattn):
+def sdpa_bwd1(cfg, q_rope, k_tiled, v_tiled, dattn):
     hd, S, H = cfg.head_dim, q_rope.shape[1], cfg.n_heads
     scale = 1.0 / np.sqrt(hd)
     dv = np.empty_like(q_rope)
@@ -93,7 +93,7 @@ def sdpaBwd1(cfg, q_rope, k_tiled, v_tiled, dattn):
     return {"dv_full": dv, "P": P, "dP": dP}
 
 
-def sdpaBwd2(cfg, P, dP, q_rope, k_tiled):
+def sdpa_bwd2(cfg, P, dP, q_rope, k_tiled):
     hd, S, H = cfg.head_dim, q_rope.shape[1], cfg.n_heads
     scale = 1.0 / np.sqrt(hd)
     dq, dk = np.empty_like(q_rope), np.empty_like(q_rope)
@@ -106,6 +106,7 @@ def sdpaBwd2(cfg, P, dP, q_rope, k_tiled):
     return {"dq": dq, "dk_full": dk}
 
 
-REFERENCE = {"sdpaFwd": sdpaFwd, "woFwd": woFwd, "ffnFused": ffnFused, "ffnBwdW2t": ffnBwdW2t,
-             "ffnBwdW13t": ffnBwdW13t, "wotBwd": wotBwd, "sdpaBwd1": sdpaBwd1,
-             "sdpaBwd2": sdpaBwd2, "qBwd": qBwd, "kvBwd": kvBwd}  # fmt: skip
+# kernel name (the MIL program names of mil/kernels.py KERNELS) -> its reference function
+REFERENCE = {"sdpaFwd": sdpa_fwd, "woFwd": wo_fwd, "ffnFused": ffn_fused, "ffnBwdW2t": ffn_bwd_w2t,
+             "ffnBwdW13t": ffn_bwd_w13t, "wotBwd": wot_bwd, "sdpaBwd1": sdpa_bwd1,
+             "sdpaBwd2": sdpa_bwd2, "qBwd": q_bwd, "kvBwd": kv_bwd}  # fmt: skip
