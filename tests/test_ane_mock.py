@@ -381,7 +381,7 @@ def test_use_after_free(dev):
     s = ane.Surface(4)
     k.free()
     s.free()
-    with pytest.raises(ane.AneError, match="Program is freed"):
+    with pytest.raises(ane.AneError, match="Executable is freed"):
         k.request(ane.Surface(4), ane.Surface(4))
     with pytest.raises(ane.AneError, match="Surface is freed"):
         s.read()

@@ -156,7 +156,7 @@ def test_one_compile_per_kernel_and_surface_counts():
     params = init_params(cfg, np.random.default_rng(0))
     rt = SimRuntime()
     mil = MilKernels(cfg, params, rt, async_staging=False)
-    assert rt.compiles == 10 and len(mil.programs) == 10
+    assert rt.compiles == 10 and len(mil.executables) == 10
     for name, surfaces in mil.inputs.items():  # per-layer surfaces only where weights live
         assert len(surfaces) == (1 if name.startswith("sdpaBwd") else cfg.n_layers), name
     mil.update_weights()
@@ -211,4 +211,4 @@ def test_close_after_a_staging_error_frees_everything(monkeypatch):
     with pytest.raises(OSError, match="staging boom"):
         mil.ffn_fused(0, np.zeros((cfg.dim, cfg.seq_len), np.float32))
     mil.close()
-    assert mil.programs == {} and mil.inputs == {} and closed == [True]
+    assert mil.executables == {} and mil.inputs == {} and closed == [True]

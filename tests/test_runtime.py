@@ -303,7 +303,7 @@ def test_compile_eval_free_cycles_leak_nothing(ane_rt, mock):
             native.pack(v, 0, 0, x)
         k.eval(s)
         k.free()
-    assert not ane_rt.programs
+    assert not ane_rt.executables
     assert mock.live_objects() == base and mock.live_surfaces() == 0
     assert mock.loaded_models() == 0 and mock.locked_surfaces() == 0
     assert ane_rt.compiles == 200

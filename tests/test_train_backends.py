@@ -79,7 +79,7 @@ def test_setup_failure_after_compile_frees_the_kernels(tmp_path, monkeypatch, ca
     monkeypatch.setattr(anetrain.train, "_prepare_metrics", fail)
     rc = main(["--backend", "sim", "--model", "tiny", "--steps", "2", "--out", str(tmp_path)])
     assert rc == 2 and "disk full" in capsys.readouterr().err
-    assert len(made) == 1 and made[0].programs == {} and made[0].inputs == {}
+    assert len(made) == 1 and made[0].executables == {} and made[0].inputs == {}
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="macOS may have a real ANE")

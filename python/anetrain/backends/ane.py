@@ -1,16 +1,17 @@
 """Low-level Python wrapper of the Objective-C ANE runtime (anetrain._ane; C API in
 csrc/ane/ane_runtime.h).
 
-    with AneDevice() as dev, dev.compile(mil, {"@model_path/weights/w.bin": w}, n_in, n_out) as k:
+    with AneDevice() as dev, dev.compile(mil, {"@model_path/weights/w.bin": w}, n_in, n_out) as e:
         x, y = Surface(n_in), Surface(n_out)
-        req = k.request(x, y)          # reusable for every evaluation
-        x.write(inp); k.eval(req); out = y.read()
+        req = e.request(x, y)          # reusable for every evaluation
+        x.write(inp); e.eval(req); out = y.read()
 
-AneDevice opens the framework; Program is one compiled and loaded MIL program (upstream.md §1.4);
-Surface is one flat IOSurface (§2.1); Request binds (program, input, output). Every failure of the
-runtime raises AneError carrying its message: NSErrors read "<domain> (<code>): <description>".
-Objects free their C side in free()/close() or at the end of a `with` block (and, as a fallback,
-when garbage-collected). One object must not be used from two threads at once; separate objects may.
+AneDevice opens the framework; Executable is one compiled and loaded MIL program (upstream.md
+§1.4); Surface is one flat IOSurface (§2.1); Request binds (executable, input, output). Every
+failure of the runtime raises AneError carrying its message: NSErrors read "<domain> (<code>):
+<description>". Objects free their C side in free()/close() or at the end of a `with` block (and,
+as a fallback, when garbage-collected). One object must not be used from two threads at once;
+separate objects may.
 
 Test-only knob: ANETRAIN_ANE_FRAMEWORK=path replaces the default framework (the system
 AppleNeuralEngine.framework) with another binary, e.g. the mock build/mock/libane_mock.so.
@@ -47,7 +48,7 @@ SYSTEM_FRAMEWORK = (
 FRAMEWORK_ENV = "ANETRAIN_ANE_FRAMEWORK"
 ERR_LEN = 8192  # the NSError text of a rejected program carries the compiler's detail
 
-__all__ = ["AneDevice", "AneError", "Program", "Request", "Surface", "available", "built"]
+__all__ = ["AneDevice", "AneError", "Executable", "Request", "Surface", "available", "built"]
 
 
 class AneError(UserError, RuntimeError):
@@ -165,9 +166,9 @@ class AneDevice(_Handle):
         return lib.ane_compile_count(self._live())
 
     def compile(self, mil: str | bytes, weights: Mapping[str, bytes] | None, in_bytes: int,
-                out_bytes: int) -> Program:
-        """Compile and load one MIL program; see Program."""
-        return Program(self, mil, weights, in_bytes, out_bytes)
+                out_bytes: int) -> Executable:
+        """Compile and load one MIL program; see Executable."""
+        return Executable(self, mil, weights, in_bytes, out_bytes)
 
     def close(self) -> None:
         self.free()
@@ -238,7 +239,7 @@ class Surface(_Handle):
 # ---- programs and requests ------------------------------------------------------------------
 
 
-class Program(_Handle):
+class Executable(_Handle):
     """One MIL program, compiled and loaded (upstream.md §1.4).
 
     mil: MIL text (str, or UTF-8 bytes). weights: {BLOBFILE path ("@model_path/weights/x.bin"):
@@ -278,16 +279,16 @@ class Program(_Handle):
 
 
 class Request(_Handle):
-    """(program, input surface, output surface) for repeated evaluation; sizes must match the
+    """(executable, input surface, output surface) for repeated evaluation; sizes must match the
     program's. Holds its own references to both surfaces."""
 
     _free_fn = "ane_request_free"
 
-    def __init__(self, program: Program, inp: Surface, out: Surface) -> None:
+    def __init__(self, executable: Executable, inp: Surface, out: Surface) -> None:
         err = _err()
-        self._h = _ptr(lib.ane_request_new(program._live(), inp._live(), out._live(), err,
+        self._h = _ptr(lib.ane_request_new(executable._live(), inp._live(), out._live(), err,
                                            ERR_LEN), err)
-        self.program, self.inp, self.out = program, inp, out
+        self.executable, self.inp, self.out = executable, inp, out
 
     def eval(self) -> None:
-        self.program.eval(self)
+        self.executable.eval(self)

@@ -9,7 +9,7 @@ import numpy as np
 
 from anetrain import native
 from anetrain.backends.platform import misfit_error
-from anetrain.backends.runtime import Program, Runtime, Surface
+from anetrain.backends.runtime import Executable, Runtime, Surface
 from anetrain.config import ModelConfig
 from anetrain.mil.errors import MilError
 from anetrain.mil.kernels import KERNELS, KernelSpec, Layout, build_kernels
@@ -78,11 +78,11 @@ class MilKernels:
             if s.shape != d.shape:
                 raise MilError(f"sdpa_bwd: {s.name} is {s.shape} in sdpaBwd1, {d.shape} in "
                                "sdpaBwd2")  # fmt: skip
-        self.programs: dict[str, Program] = {}
+        self.executables: dict[str, Executable] = {}
         self.inputs: dict[str, list[Surface]] = {}  # kernel -> per-layer (or one) input surface
         t0 = time.perf_counter()
         for name in KERNELS:
-            k = self.programs[name] = runtime.compile(specs[name])
+            k = self.executables[name] = runtime.compile(specs[name])
             per_layer = any(s.stage for s in specs[name].inp.segments)
             self.inputs[name] = [k.new_input() for _ in range(cfg.n_layers if per_layer else 1)]
         self.setup_seconds = time.perf_counter() - t0
@@ -145,7 +145,7 @@ class MilKernels:
     def _read(self, name: str, seg_names: tuple[str, ...]) -> list[np.ndarray]:
         """Output segments of `name` as fresh fp32 arrays [nch, width]."""
         layout = self.specs[name].out
-        with self.programs[name].out.lock(read_only=True) as src:  # [C_out, S]
+        with self.executables[name].out.lock(read_only=True) as src:  # [C_out, S]
             return [native.unpack(src, s.c0, s.s0, s.nch, s.width)
                     for s in (layout[n] for n in seg_names)]  # fmt: skip
 
@@ -154,7 +154,7 @@ class MilKernels:
         e0 = self.rt.eval_seconds
         surface = self._input(name, layer)
         self._write(name, surface, acts)
-        self.programs[name].eval(surface)
+        self.executables[name].eval(surface)
         self.calls[name] += 1
         res = self._read(name, outs)
         self.io_seconds += time.perf_counter() - t - (self.rt.eval_seconds - e0)
@@ -208,7 +208,7 @@ class MilKernels:
         (dv,) = self._run("sdpaBwd1", layer, ("dv_full",), q_rope=q, k_tiled=k_tiled,
                           v_tiled=v_tiled, dattn=dattn)  # fmt: skip
         t = time.perf_counter()
-        surf1 = {"inp": self._input("sdpaBwd1", layer), "out": self.programs["sdpaBwd1"].out}
+        surf1 = {"inp": self._input("sdpaBwd1", layer), "out": self.executables["sdpaBwd1"].out}
         in2 = self._input("sdpaBwd2", layer)
         for side, s, d in self._sdpa_copies:  # shapes checked equal in __init__
             self.rt.copy(in2, d.c0, d.s0, surf1[side], s.c0, s.s0, s.nch, s.width)
@@ -252,9 +252,9 @@ class MilKernels:
                 self._pool.shutdown()  # there reached the caller already, or no longer matters
                 self._pool, self._pending = None, {}
         finally:
-            for k in self.programs.values():
+            for k in self.executables.values():
                 k.free()
-            self.programs.clear()
+            self.executables.clear()
             self.inputs.clear()
             if self.own_runtime:
                 self.rt.close()

@@ -36,7 +36,7 @@ class Surface(Protocol):
         ...
 
 
-class Program(Protocol):
+class Executable(Protocol):
     """A compiled MIL program: its spec, the shared output surface, and per-input requests."""
 
     spec: KernelSpec
@@ -63,7 +63,7 @@ class Runtime(Protocol):
     evals: int
     eval_seconds: float
 
-    def compile(self, spec: KernelSpec) -> Program: ...
+    def compile(self, spec: KernelSpec) -> Executable: ...
 
     def copy(self, dst: Surface, dst_c0: int, dst_s0: int, src: Surface, src_c0: int,
              src_s0: int, nch: int, width: int) -> None:
@@ -123,7 +123,7 @@ class ArraySurface:
         yield self.buf
 
 
-class SimProgram:
+class SimExecutable:
     def __init__(self, runtime: SimRuntime, spec: KernelSpec) -> None:
         self.rt, self.spec = runtime, spec
         self.sim = _simulation(spec)
@@ -156,9 +156,9 @@ class SimRuntime(_Timed):
     name = "sim"
     strict = False
 
-    def compile(self, spec: KernelSpec) -> SimProgram:
+    def compile(self, spec: KernelSpec) -> SimExecutable:
         t = time.perf_counter()
-        k = SimProgram(self, spec)
+        k = SimExecutable(self, spec)
         self.compile_seconds += time.perf_counter() - t
         self.compiles += 1
         return k
@@ -189,8 +189,8 @@ class AneSurface:
         self.surface.free()
 
 
-class AneProgram:
-    """One program compiled and loaded by the framework (`compiled`: the ane.Program), with its
+class AneExecutable:
+    """One program compiled and loaded by the framework (`compiled`: the ane.Executable), with its
     output surface and one ane.Request per input surface."""
 
     def __init__(self, runtime: AneRuntime, spec: KernelSpec) -> None:
@@ -234,8 +234,8 @@ class AneProgram:
         self.inputs.clear()
         self.out.free()
         self.compiled.free()
-        if self in self.rt.programs:
-            self.rt.programs.remove(self)
+        if self in self.rt.executables:
+            self.rt.executables.remove(self)
 
 
 class AneRuntime(_Timed):
@@ -258,24 +258,24 @@ class AneRuntime(_Timed):
         self.framework_path = ane.resolve_framework_path(framework_path)
         self.device = ane.AneDevice(self.framework_path)
         self.strict = self.framework_path == ane.SYSTEM_FRAMEWORK if strict is None else strict
-        self.programs: list[AneProgram] = []
+        self.executables: list[AneExecutable] = []
 
     @property
     def device_compiles(self) -> int:
         """Successful compiles the runtime's C context has counted (the ~119 budget)."""
         return self.device.compile_count
 
-    def compile(self, spec: KernelSpec) -> AneProgram:
+    def compile(self, spec: KernelSpec) -> AneExecutable:
         t = time.perf_counter()
         if self.strict:
             check_for_device(spec)
-        p = AneProgram(self, spec)
+        p = AneExecutable(self, spec)
         self.compile_seconds += time.perf_counter() - t
         self.compiles += 1
-        self.programs.append(p)
+        self.executables.append(p)
         return p
 
     def close(self) -> None:
-        for p in list(self.programs):
+        for p in list(self.executables):
             p.free()
         self.device.close()

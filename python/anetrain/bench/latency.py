@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-from anetrain.backends.runtime import ArraySurface, SimProgram, SimRuntime
+from anetrain.backends.runtime import ArraySurface, SimExecutable, SimRuntime
 from anetrain.mil.kernels import KernelSpec
 
 
-class LatencyProgram(SimProgram):
+class LatencyExecutable(SimExecutable):
     """Evaluation = time.sleep(seconds); the output surface keeps whatever it holds (zeros)."""
 
     def __init__(self, runtime: LatencyRuntime, spec: KernelSpec, seconds: float) -> None:
@@ -40,6 +40,6 @@ class LatencyRuntime(SimRuntime):
         self.seconds = dict(seconds)
         self.log: list[tuple[str, float, float, float, float]] = []
 
-    def compile(self, spec: KernelSpec) -> LatencyProgram:
+    def compile(self, spec: KernelSpec) -> LatencyExecutable:
         self.compiles += 1
-        return LatencyProgram(self, spec, self.seconds[spec.name])
+        return LatencyExecutable(self, spec, self.seconds[spec.name])
