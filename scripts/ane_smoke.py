@@ -43,7 +43,7 @@ from anetrain.backends.platform import ROSETTA, old_macos, under_rosetta
 from anetrain.backends.runtime import AneRuntime
 from anetrain.config import ConfigError, preset
 from anetrain.mil.errors import MilError
-from anetrain.mil.kernels import build_kernels
+from anetrain.mil.kernels import build_specs
 from anetrain.model import tile_kv
 from anetrain.params import init_params
 
@@ -117,7 +117,7 @@ def check_kernels(name: str, rt: AneRuntime, seed: int) -> dict:
     except (AneError, MilError):
         if all(v["ok"] for v in out["compile"].values()):
             raise  # not a compile (a surface, a request): model_rows reports it
-        for kname, spec in build_kernels(cfg, strict=rt.strict).items():
+        for kname, spec in build_specs(cfg, strict=rt.strict).items():
             if kname not in out["compile"]:  # the ones MilKernels never reached
                 try:
                     timed(spec)  # freed by rt.close()

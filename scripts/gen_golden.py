@@ -12,7 +12,7 @@ sys.path.insert(0, str(ROOT / "python"))  # this checkout's generator, not an in
 
 try:
     from anetrain.config import preset
-    from anetrain.mil.kernels import build_kernels
+    from anetrain.mil.kernels import build_specs
 except ImportError as e:  # the checkout's extension is built in place by `make build`
     sys.exit(f"gen_golden: error: {e}; run `make build` in {ROOT} first")
 
@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--check", action="store_true", help="only list stale files (exit 1 if any)")
     check = p.parse_args(argv).check
-    specs = build_kernels(preset("tiny"))
+    specs = build_specs(preset("tiny"))
     files = {f"{n}.mil": s.mil for n, s in specs.items()} | {"weights.txt": manifest(specs)}
     stale = []
     GOLDEN.mkdir(parents=True, exist_ok=True)

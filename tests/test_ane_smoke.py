@@ -181,14 +181,14 @@ def test_aligned_tiny_passes_every_ane_rule_and_trains():
     import warnings
 
     from anetrain.backends.runtime import check_for_device
-    from anetrain.mil.kernels import build_kernels
+    from anetrain.mil.kernels import build_specs
 
     smoke = _load_script()
     cfg = smoke.model_cfg("tiny", strict=True)
     assert cfg.n_kv_heads < cfg.n_heads  # GQA: its programs get compiled by the smoke test
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for spec in build_kernels(cfg, strict=True).values():
+        for spec in build_specs(cfg, strict=True).values():
             check_for_device(spec)
     r = smoke.train("cpu", "tiny", 2, 1, smoke.ANE_TINY, 600.0)
     assert r["ok"], r

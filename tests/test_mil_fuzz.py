@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 
 from anetrain.config import preset
 from anetrain.mil import MilError
-from anetrain.mil.kernels import build_kernels
+from anetrain.mil.kernels import build_specs
 from anetrain.mil.sim import Simulation
 
-SPECS = list(build_kernels(preset("tiny", seq_len=64)).values())
+SPECS = list(build_specs(preset("tiny", seq_len=64)).values())
 TOKENS = ["(", ")", "[", "]", "{", "}", "<", ">", ",", "=", ";", "->", "?", "-1", "0", "1",
           "65536", "1e99", "0x1p-3", "0x1p+99", '"s"', "tensor", "fp16", "int32", "bool",
           "true", "false", "x", "BLOBFILE", "concat", "matmul", "uint64(64)", "@", "\\",

@@ -10,11 +10,11 @@ import pytest
 
 from anetrain.config import preset
 from anetrain.mil.ir import format_program
-from anetrain.mil.kernels import KERNELS, build_kernels
+from anetrain.mil.kernels import KERNELS, build_specs
 from anetrain.mil.parse import parse
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny"
-SPECS = build_kernels(preset("tiny"))
+SPECS = build_specs(preset("tiny"))
 # the ops and argument spellings upstream.md §4.3 records as compiling on the ANE (mil_dynamic.h)
 PROVEN_OPS = {"const", "slice_by_size", "reshape", "transpose", "matmul", "mul", "add", "sub",
               "softmax", "reduce_sum", "sigmoid", "concat"}  # fmt: skip

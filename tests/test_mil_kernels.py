@@ -11,7 +11,7 @@ from mil_util import random_case
 
 from anetrain.config import ModelConfig, preset
 from anetrain.mil import MilError
-from anetrain.mil.kernels import KERNELS, build_kernels
+from anetrain.mil.kernels import KERNELS, build_specs
 from anetrain.mil.reference import REFERENCE
 from anetrain.mil.sim import Simulation
 
@@ -43,7 +43,7 @@ _SPECS: dict[str, dict] = {}
 
 def specs(name: str):
     if name not in _SPECS:
-        _SPECS[name] = build_kernels(CONFIGS[name])
+        _SPECS[name] = build_specs(CONFIGS[name])
     return _SPECS[name]
 
 
@@ -94,7 +94,7 @@ def test_fp16_accumulation_is_worse_but_bounded():
 
 
 def test_layouts_for_stories110m():
-    ks = build_kernels(preset("stories110m"), strict=True)  # all widths 64-aligned: no error
+    ks = build_specs(preset("stories110m"), strict=True)  # all widths 64-aligned: no error
     shapes = {n: (k.inp.C, k.inp.W, k.out.C, k.out.W) for n, k in ks.items()}
     assert shapes == {
         "sdpaFwd": (768, 2560, 3072, 256), "woFwd": (768, 1024, 768, 256),
@@ -109,10 +109,10 @@ def test_layouts_for_stories110m():
 
 def test_strict_alignment_names_the_offending_widths():
     with pytest.raises(MilError, match=r"ffnFused input: surface width 592"):
-        build_kernels(preset("tiny"), strict=True)
-    assert build_kernels(preset("tiny"))["ffnFused"].misaligned()
+        build_specs(preset("tiny"), strict=True)
+    assert build_specs(preset("tiny"))["ffnFused"].misaligned()
 
 
 def test_kernel_programs_are_unique():
-    texts = [k.mil for k in build_kernels(preset("stories110m")).values()]
+    texts = [k.mil for k in build_specs(preset("stories110m")).values()]
     assert len(set(texts)) == len(texts)

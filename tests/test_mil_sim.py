@@ -11,12 +11,12 @@ from mil_util import random_case
 from anetrain.config import ModelConfig, preset
 from anetrain.mil import MilError, MilOverflowWarning
 from anetrain.mil.ir import TensorType
-from anetrain.mil.kernels import KERNELS, KernelSpec, build_kernels
+from anetrain.mil.kernels import KERNELS, KernelSpec, build_specs
 from anetrain.mil.sim import Simulation, run
 
-TINY = build_kernels(preset("tiny"))
+TINY = build_specs(preset("tiny"))
 GQA_CFG = preset("tiny", n_kv_heads=2)
-SPECS = {"mha": (preset("tiny"), TINY), "gqa": (GQA_CFG, build_kernels(GQA_CFG))}
+SPECS = {"mha": (preset("tiny"), TINY), "gqa": (GQA_CFG, build_specs(GQA_CFG))}
 pytestmark = pytest.mark.filterwarnings("ignore::anetrain.mil.errors.MilWarning")
 
 

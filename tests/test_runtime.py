@@ -14,14 +14,14 @@ from anetrain.backends.mil import MilKernels
 from anetrain.backends.runtime import SimRuntime
 from anetrain.bench.latency import LatencyRuntime
 from anetrain.mil.errors import MilWarning
-from anetrain.mil.kernels import build_kernels
+from anetrain.mil.kernels import build_specs
 from anetrain.mil.sim import Simulation
 from anetrain.model import DwPool, micro_step
 from anetrain.params import init_params
 
 
 def _specs(cfg=None):
-    return build_kernels(cfg or tiny_cfg())
+    return build_specs(cfg or tiny_cfg())
 
 
 def _fill(rt, k, rng) -> np.ndarray:
@@ -213,7 +213,7 @@ def test_strict_runtime_checks_the_mil_before_compiling(mock):
     mock.reset(reset_compiles=True)
     ane_rt = AneRuntime(str(MOCK_SO), strict=True)
     try:
-        spec = build_kernels(tiny_cfg(), strict=False)["woFwd"]
+        spec = build_specs(tiny_cfg(), strict=False)["woFwd"]
         two_inputs = spec.mil.replace(") {", ", tensor<fp16, [1, 64, 1, 64]> extra) {", 1)
         with pytest.raises(MilError, match=r"^woFwd: .*2 inputs; the ANE takes exactly one"):
             ane_rt.compile(replace(spec, mil=two_inputs))
@@ -241,7 +241,7 @@ def test_strict_by_default_only_over_the_system_framework(mock, ane_mod, monkeyp
     rt = AneRuntime()
     try:
         assert rt.strict and rt.framework_path == str(MOCK_SO)
-        spec = build_kernels(tiny_cfg(), strict=False)["woFwd"]
+        spec = build_specs(tiny_cfg(), strict=False)["woFwd"]
         with pytest.warns(MilWarning):  # checked: tiny is not ANE-aligned
             k = rt.compile(spec)
         s = _fill(rt, k, np.random.default_rng(2))
@@ -265,10 +265,10 @@ import sys
 assert "numpy" not in sys.modules and "mock_control" not in sys.modules
 import numpy as np
 from anetrain.backends.runtime import AneRuntime
-from anetrain.mil.kernels import build_kernels
+from anetrain.mil.kernels import build_specs
 from anetrain.mil.sim import Simulation
 from conftest import tiny_cfg
-spec = build_kernels(tiny_cfg())["woFwd"]
+spec = build_specs(tiny_cfg())["woFwd"]
 rt = AneRuntime()
 k = rt.compile(spec)
 s = k.new_input()

@@ -12,7 +12,7 @@ from anetrain.backends.platform import misfit_error
 from anetrain.backends.runtime import Executable, Runtime, Surface
 from anetrain.config import ModelConfig
 from anetrain.mil.errors import MilError
-from anetrain.mil.kernels import KERNELS, KernelSpec, Layout, build_kernels
+from anetrain.mil.kernels import KERNELS, KernelSpec, Layout, build_specs
 from anetrain.params import Params
 
 # Same interface as CpuKernels (model.Kernels): channel-first fp32 [C, S] in and out. Each
@@ -66,7 +66,7 @@ class MilKernels:
         self.name = runtime.name
         self.S = cfg.seq_len
         try:
-            specs = build_kernels(cfg, strict=runtime.strict)
+            specs = build_specs(cfg, strict=runtime.strict)
         except MilError as e:  # only a strict runtime refuses sizes
             raise misfit_error(runtime.name, cfg, str(e)) from None
         self.specs: dict[str, KernelSpec] = specs

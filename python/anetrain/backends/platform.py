@@ -93,12 +93,12 @@ def ane_unavailable() -> str | None:
 
 # ---- the model's sizes ----------------------------------------------------------------------
 # The real ANE needs every surface width a multiple of 64 fp16 elements and every channel count
-# a multiple of 32 (upstream.md §2.5); mil.kernels.build_kernels(strict=True) checks each one.
+# a multiple of 32 (upstream.md §2.5); mil.kernels.build_specs(strict=True) checks each one.
 
 
 def misfit(cfg: ModelConfig, detail: str | None = None) -> str:
     """The one message for sizes that break the ANE's alignment rules; detail: the misaligned
-    surfaces (build_kernels' MilError text)."""
+    surfaces (build_specs' MilError text)."""
     from anetrain.mil.check import ALIGN_W
     from anetrain.mil.kernels import ALIGN_C
 
@@ -117,10 +117,10 @@ def ane_misfit(cfg: ModelConfig) -> str | None:
     """Why the real ANE cannot run this model's sizes (None: it can), checked without
     compiling (mil is imported here, not at module import: it needs numpy)."""
     from anetrain.mil.errors import MilError
-    from anetrain.mil.kernels import build_kernels
+    from anetrain.mil.kernels import build_specs
 
     try:
-        build_kernels(cfg, strict=True)
+        build_specs(cfg, strict=True)
     except MilError:
         return misfit(cfg)
     return None

@@ -13,7 +13,7 @@ from anetrain.bench._args import positive_int
 from anetrain.config import preset
 from anetrain.errors import run_cli
 from anetrain.mil.errors import MilWarning
-from anetrain.mil.kernels import KERNELS, build_kernels
+from anetrain.mil.kernels import KERNELS, build_specs
 from anetrain.mil.sim import Simulation
 
 
@@ -34,7 +34,7 @@ def time_sim(cfg, accum: str, repeat: int, seed: int = 0) -> tuple[float, dict[s
     """(seconds per micro-step, seconds per kernel per layer, compile seconds)."""
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    specs = build_kernels(cfg)
+    specs = build_specs(cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MilWarning)
         sims = {n: Simulation(s.mil, s.weights, accum=accum) for n, s in specs.items()}

@@ -432,8 +432,9 @@ BUILDERS = {"sdpaFwd": sdpa_fwd, "woFwd": wo_fwd, "ffnFused": ffn_fused, "ffnBwd
             "sdpaBwd2": sdpa_bwd2, "qBwd": q_bwd, "kvBwd": kv_bwd}  # fmt: skip
 
 
-def build_kernels(cfg: ModelConfig, *, strict: bool = False) -> dict[str, KernelSpec]:
-    """All ten kernels for `cfg`, keyed by upstream's names.
+def build_specs(cfg: ModelConfig, *, strict: bool = False) -> dict[str, KernelSpec]:
+    """The specifications of all ten kernels for `cfg` (MIL text, weights, surface layouts), keyed
+    by upstream's names.
 
     strict=True (what the real ANE runtime asks for) raises MilError naming every surface width,
     channel count or segment offset that is not aligned (widths % 64, channels % 32); the
