@@ -1,4 +1,4 @@
-"""LR schedule (warmup + cosine), global-norm clipping, and fused AdamW over flat fp32 buffers."""
+"""LR schedule, global-norm clipping, loss scaling, fused AdamW, and the one optimizer step."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""python -m anetrain.train: the flat training loop (cpu now; sim/ane through MIL kernels)."""
+"""python -m anetrain train: the flat training loop, on any backend (cpu, sim, ane)."""
 
 from __future__ import annotations
 

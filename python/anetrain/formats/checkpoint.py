@@ -1,4 +1,4 @@
-"""Training checkpoints: versioned, checksummed, atomic; a bad file is refused, not half-loaded."""
+"""Training checkpoints (RunState header + fp32 tensors): checksummed, atomic, validated on load."""
 
 from __future__ import annotations
 
