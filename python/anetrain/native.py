@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from anetrain._native import ffi, lib
+from anetrain.config import default_threads
 
 # anet.h's fp16 implementations by name
 IMPLS = {"scalar": lib.ANET_FP16_SCALAR, "f16c": lib.ANET_FP16_F16C, "neon": lib.ANET_FP16_NEON,
@@ -42,9 +43,8 @@ _pool: ThreadPoolExecutor | None = None
 def _executor() -> ThreadPoolExecutor:
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(
-            max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="anet-native"
-        )
+        # a ceiling for the callers' `threads`; at least 2, so chunked ops are tested on 1 core too
+        _pool = ThreadPoolExecutor(max(2, default_threads()), thread_name_prefix="anet-native")
     return _pool
 
 
