@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from anetrain.backends.ane import AneError
+from anetrain.cli import run_cli
 from anetrain.config import ConfigError
-from anetrain.errors import CheckpointError, DataError, UserError, run_cli
+from anetrain.errors import CheckpointError, DataError, UserError
 from anetrain.formats.tokenizer import TokenizerError
 from anetrain.mil.errors import MilError
 

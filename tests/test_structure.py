@@ -10,7 +10,7 @@ PKG = Path(__file__).resolve().parents[1] / "python" / "anetrain"
 # Lowest first. A module may import from its own layer and the layers below, never above.
 LAYERS = [
     ["anetrain.errors"],
-    ["anetrain", "anetrain.config"],
+    ["anetrain", "anetrain.config", "anetrain.cli"],
     ["anetrain.native", "anetrain.rope", "anetrain.params"],
     ["anetrain.mil", "anetrain.optim", "anetrain.formats"],
     ["anetrain.model"],

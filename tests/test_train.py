@@ -231,22 +231,6 @@ def test_blas_threads_from_the_environment_win():
     assert r.stdout.split() == ["None", "2", "False"]
 
 
-def test_interrupts_are_held_through_the_optimizer_update():
-    import signal
-
-    from anetrain.train import _hold_interrupts
-
-    done = []
-    with pytest.raises(KeyboardInterrupt):
-        with _hold_interrupts():
-            os.kill(os.getpid(), signal.SIGINT)
-            done.append("update")  # still runs: the interrupt waits for the block's end
-    assert done == ["update"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with _hold_interrupts():  # no interrupt: nothing raised
-        pass
-
-
 def test_resume_with_a_new_lr_rescales_the_default_min_lr(tmp_path):
     out = tmp_path / "L"
     assert main([*TINY, "--steps", "1", "--lr", "1e-3", "--out", str(out)]) == 0
@@ -334,15 +318,3 @@ def test_an_interrupted_save_leaves_no_temp_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         checkpoint.save(path, ck)
     assert path.read_bytes() == before and not (tmp_path / "checkpoint.bin.tmp").exists()
-
-
-def test_a_second_interrupt_while_saving_waits_for_the_save():
-    import signal
-
-    from anetrain.train import _hold_interrupts
-
-    done = []
-    with _hold_interrupts(reraise=False):  # the save on Ctrl-C: not cut short, nothing raised
-        os.kill(os.getpid(), signal.SIGINT)
-        done.append("saved")
-    assert done == ["saved"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -72,11 +72,11 @@ def test_setup_failure_after_compile_frees_the_kernels(tmp_path, monkeypatch, ca
         made.append(real_make(*args))
         return made[-1]
 
-    def fail(path, step):
-        raise UserError(f"{path}: disk full")
+    def fail(run, quiet):
+        raise UserError(f"{run.metrics_path}: disk full")
 
     monkeypatch.setattr(anetrain.backends, "make_kernels", make_and_keep)
-    monkeypatch.setattr(anetrain.train, "_prepare_metrics", fail)
+    monkeypatch.setattr(anetrain.train, "_open_metrics", fail)
     rc = main(["--backend", "sim", "--model", "tiny", "--steps", "2", "--out", str(tmp_path)])
     assert rc == 2 and "disk full" in capsys.readouterr().err
     assert len(made) == 1 and made[0].executables == {} and made[0].inputs == {}
@@ -217,7 +217,8 @@ def test_overflowing_gradients_skip_then_stop(tmp_path, capsys, monkeypatch):
     assert main(["--quiet", "--resume", str(out), "--steps", "4", "--ckpt-every", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "gradient norm is inf even at loss scale" in err[0], err
-    assert str(out / "checkpoint.bin") in err[0] and "step 3" in err[0]
+    assert f"error: {out}: " in err[0] and "step 3" in err[0]  # the run directory, not a file
+    assert "its checkpoint is kept as it was" in err[0]
     assert (out / "checkpoint.bin").read_bytes() == saved
 
     cpu = tmp_path / "cpu"

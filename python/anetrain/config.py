@@ -183,7 +183,8 @@ class TrainConfig:
     seed: int = 1337
     eval_every: int = 0  # 0: only at the end (when validation data exists)
     eval_batches: int = 8
-    ckpt_every: int = 0  # 0: only at the end
+    ckpt_every: int = 0  # checkpoint every N steps; 0: by time only
+    ckpt_seconds: float = 600.0  # and whenever this much training time passed since the last one
     backend: str = "auto"
 
     def __post_init__(self) -> None:
@@ -192,7 +193,8 @@ class TrainConfig:
         for flag, name in (("--steps", "steps"), ("--warmup", "warmup"), ("--clip", "clip"),
                            ("--lr-decay-steps", "lr_decay_steps"), ("--min-lr", "min_lr"),
                            ("--wd", "weight_decay"), ("--eval-every", "eval_every"),
-                           ("--ckpt-every", "ckpt_every")):  # fmt: skip
+                           ("--ckpt-every", "ckpt_every"),
+                           ("--ckpt-every", "ckpt_seconds")):  # fmt: skip
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ConfigError(f"{flag} must be >= 0 and finite, got {v}")
@@ -237,6 +239,26 @@ class TrainConfig:
             else:
                 kw[name] = value
         return cls(**kw)
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def checkpoint_interval(text: str) -> tuple[int, float]:
+    """--ckpt-every: "500" (steps) or "90s", "10m", "1.5h" (training time) -> (steps, seconds),
+    the other one 0; "0" checkpoints only at the end."""
+    t = text.strip().lower()
+    try:
+        if t and t[-1] in _UNITS:
+            seconds = float(t[:-1]) * _UNITS[t[-1]]
+            if math.isfinite(seconds) and seconds > 0:
+                return 0, seconds
+        elif t.isdigit():
+            return int(t), 0.0
+    except ValueError:
+        pass
+    raise ConfigError(f"--ckpt-every: expected steps (500) or a duration (90s, 10m, 1h), got "
+                      f"{text!r}")  # fmt: skip
+
 
 def default_threads() -> int:
     """Threads when none are asked for: one per core (os.cpu_count(), 1 when it is unknown)."""

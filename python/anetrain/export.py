@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from anetrain.errors import UserError, run_cli
+from anetrain.cli import run_cli
+from anetrain.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:

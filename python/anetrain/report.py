@@ -16,6 +16,9 @@ def peak_rss_mb() -> float:
     return rss / 2**20 if platform.system() == "Darwin" else rss / 1024  # bytes on macOS, KiB else
 
 
+SLOW_STEP_S = 3.0  # a step longer than this shows its micro-steps on the bar
+
+
 class Progress:
     """A tqdm bar on a terminal; else about 20 log lines per run (none with quiet)."""
 
@@ -33,6 +36,13 @@ class Progress:
         if not self.quiet:
             self.tqdm.write(text)
 
+    def inside_step(self, micro: int, accum: int, seconds: float) -> None:
+        """After each micro-step: once a step has taken a few seconds, the bar says how far into
+        it the run is (a stories110m step with --accum 10 takes minutes on a CPU)."""
+        if not self.bar.disable and seconds >= SLOW_STEP_S:
+            self.bar.set_postfix_str(f"step {self.bar.n + 1}: micro-step {micro}/{accum}, "
+                                     f"{seconds:.0f} s")  # fmt: skip
+
     def update(self, rec: dict, ms: float) -> None:
         """After each optimizer step, with its metrics record."""
         self.bar.update(1)
@@ -47,6 +57,21 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def final_report(run, step_ms: list[float], step0: int, wall: float, scaler, kern,
+                 quiet: bool) -> None:  # fmt: skip
+    """What train prints at the end: the efficiency report and where the files are (with quiet,
+    only the checkpoint's path)."""
+    if quiet or not step_ms:
+        print(f"checkpoint: {run.ckpt_path}")
+        return
+    notes = [f"loss scale {scaler.scale:g}, skipped steps {scaler.skipped}"] \
+        if scaler.dynamic else []  # fmt: skip
+    for line in efficiency_report(run.cfg, step_ms, step0 + 1, run.state.step, wall,
+                                  run.tc.accum * run.cfg.seq_len, notes, kern.stats()):  # fmt: skip
+        print(line)
+    print(f"checkpoint: {run.ckpt_path}, metrics: {run.metrics_path}")
 
 
 def efficiency_report(cfg: ModelConfig, step_ms: list[float], first: int, last: int, wall: float,

@@ -32,6 +32,7 @@ TRAIN_FLAGS = {
     "clip": "clip",
     "seed": "seed",
     "ckpt_every": "ckpt_every",
+    "ckpt_seconds": "ckpt_seconds",
     "eval_every": "eval_every",
     "eval_batches": "eval_batches",
     "backend": "backend",

@@ -15,8 +15,9 @@ from typing import BinaryIO
 import numpy as np
 
 from anetrain import native
+from anetrain.cli import run_cli
 from anetrain.config import ModelConfig
-from anetrain.errors import UserError, run_cli
+from anetrain.errors import UserError
 from anetrain.formats.models import load_model
 from anetrain.formats.tokenizer import BOS_ID, Tokenizer
 from anetrain.params import Params

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import signal
 import sys
-import threading
 import time
 import warnings
 from contextlib import contextmanager
-from pathlib import Path
 
-from anetrain.config import BACKENDS, DEFAULT_LR, PRESETS, ConfigError, TrainConfig, default_threads
-from anetrain.errors import UserError, run_cli
+from anetrain.cli import Stopped, run_cli, signals_held
+from anetrain.config import (
+    BACKENDS,
+    DEFAULT_LR,
+    PRESETS,
+    ConfigError,
+    TrainConfig,
+    checkpoint_interval,  # fmt: skip
+    default_threads,
+)
+from anetrain.errors import UserError
 
 # Environment variables that size the BLAS thread pools (OpenBLAS, OpenMP, MKL, Accelerate).
 BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
@@ -93,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default=None, help="output directory (default out/, or the --resume DIR)"
     )
     g.add_argument(
-        "--ckpt-every", type=int, default=None, help="checkpoint every N steps (end only)"
+        "--ckpt-every",
+        default=None,
+        metavar="N|TIME",
+        help="checkpoint every N steps, or every TIME of training (90s, 10m, 1h); always at the "
+        "end and on Ctrl-C, SIGTERM, SIGHUP (10m: a kill -9 loses at most 10 minutes)",
     )
     g.add_argument(
         "--eval-every",
@@ -150,59 +159,12 @@ def _set_threads(n: int | None, backend: str | None) -> tuple[int, int | None]:
     return n, blas
 
 
-def _prepare_metrics(path: Path, resume_step: int | None) -> int:
-    """Start the metrics file: empty for a new run; on resume keep the records up to the
-    checkpoint's step and drop the rest, including lines that do not parse (a run killed while
-    writing one). Rewritten through a temporary file, so a crash here loses nothing.
-    Returns the number of unreadable lines dropped."""
-    if resume_step is None or not path.exists():
-        path.write_text("")
-        return 0
-    keep, bad = [], 0
-    for ln in path.read_text(errors="replace").splitlines():
-        if not ln.strip():
-            continue
-        try:
-            rec = json.loads(ln)
-        except ValueError:
-            rec = None
-        if not isinstance(rec, dict):
-            bad += 1
-        elif rec.get("step", 0) <= resume_step:
-            keep.append(ln + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(keep))
-    os.replace(tmp, path)
-    return bad
-
-
 def _release(kern, dw_pool) -> None:
     """Stop the dW workers; sim/ane: unload the kernels, free their surfaces, remove their temp
     dirs (cpu kernels hold nothing)."""
     if dw_pool is not None:
         dw_pool.shutdown()
     kern.close()
-
-
-@contextmanager
-def _hold_interrupts(reraise: bool = True):
-    """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt (if reraise).
-
-    Around the optimizer update: an interrupt there would save a checkpoint whose weights and
-    Adam moments are half updated (AdamW runs on worker threads) while its step counter and
-    data position are the previous step's. Outside the main thread (no signals) it does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught and reraise:
-        raise KeyboardInterrupt
 
 
 @contextmanager
@@ -252,9 +214,9 @@ def _banner(run, backend: str, threads: int, dw_note: str) -> None:
 
 def _diverged(run, step: int, problem: str) -> UserError:
     """The error that ends a diverged run; nothing is saved after it."""
-    kept = "the checkpoint there is kept as it was" if run.ckpt_path.exists() else \
+    kept = "its checkpoint is kept as it was" if run.ckpt_path.exists() else \
         "no checkpoint was written"  # fmt: skip
-    return UserError(f"{run.ckpt_path}: {problem} at step {step + 1}; stopping, {kept}")
+    return UserError(f"{run.out}: {problem} at step {step + 1}; stopping, {kept}")
 
 
 def _evaluate(params, kern, tokens, seq_len: int, n: int) -> float:
@@ -278,22 +240,84 @@ def _record(st, loss: float, lr: float, ms: float, norm: float, scaler) -> dict:
     return rec
 
 
+class _Saver:
+    """Writes the run's checkpoint, and knows when one is due: every ckpt_every steps, after
+    ckpt_seconds of training since the last one, and at the last step."""
+
+    def __init__(self, run, params, opt) -> None:
+        self.run, self.params, self.opt = run, params, opt
+        self.saved_step = run.state.step  # the step of the checkpoint on disk (if any)
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        tc, step = self.run.tc, self.run.state.step
+        return (bool(tc.ckpt_every) and step % tc.ckpt_every == 0) or step == tc.steps or \
+            (tc.ckpt_seconds > 0 and time.monotonic() - self.last >= tc.ckpt_seconds)  # fmt: skip
+
+    def save(self) -> None:
+        from anetrain.formats import checkpoint
+
+        st = self.run.state
+        checkpoint.save(self.run.ckpt_path,
+                        checkpoint.Checkpoint(st, self.params, self.opt.m, self.opt.v))  # fmt: skip
+        self.saved_step, self.last = st.step, time.monotonic()
+
+
+def _open_metrics(run, quiet: bool):
+    """The run's MetricsLog: resumed in its own directory, its metrics are kept up to the
+    checkpoint; anything else starts the file afresh (setup_run has refused another run's)."""
+    from anetrain.formats import metrics
+
+    if run.same_run:
+        dropped = metrics.trim(run.metrics_path, run.state.step)
+        if dropped and not quiet:
+            print(f"note: {run.metrics_path}: dropped {dropped} unreadable line(s)")
+    return metrics.MetricsLog(run.metrics_path, fresh=not run.same_run)
+
+
+def _stopped(stop: Stopped, run, saver: _Saver, metrics, rec: dict | None, step0: int) -> int:
+    """A stop signal in the loop: save the last completed step (with its metrics line), unless
+    nothing was trained; a second signal waits for the save. Returns the exit code."""
+    st = run.state
+    with signals_held(reraise=False):
+        if st.step == step0:
+            print(f"\ninterrupted ({stop.name}) before the first step; nothing saved",
+                  file=sys.stderr)  # fmt: skip
+            return stop.exit_code
+        if rec is not None:  # the step completed, its line was not written yet
+            metrics.append(rec)
+        if saver.saved_step != st.step:
+            print(f"\ninterrupted ({stop.name}): saving the checkpoint of step {st.step} (another "
+                  "signal waits for it)", file=sys.stderr, flush=True)  # fmt: skip
+            saver.save()
+        print(f"checkpoint saved at step {st.step} in {run.ckpt_path}", file=sys.stderr)
+    return stop.exit_code
+
+
+def _checkpoint_flags(args: argparse.Namespace) -> None:
+    """--ckpt-every N|TIME -> args.ckpt_every (steps) and args.ckpt_seconds; both None when not
+    given (a fresh run's default, or what a resumed run saved)."""
+    args.ckpt_seconds = None
+    if args.ckpt_every is not None:
+        args.ckpt_every, args.ckpt_seconds = checkpoint_interval(args.ckpt_every)
+
+
 def train(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    _checkpoint_flags(args)
     threads, blas_threads = _set_threads(args.threads, args.backend)
 
     import numpy as np
 
-    from anetrain.formats import checkpoint
     from anetrain.formats.data import WindowSampler
     from anetrain.mil import MilOverflowWarning
     from anetrain.model import micro_step
     from anetrain.optim import AdamW, LossScaler, get_lr, grad_norm, optimizer_step
-    from anetrain.report import Progress, efficiency_report
+    from anetrain.report import Progress, final_report
     from anetrain.run import setup_run
 
     run = setup_run(args)
-    cfg, tc, st, S, quiet = run.cfg, run.tc, run.state, run.cfg.seq_len, args.quiet
+    tc, st, S, quiet = run.tc, run.state, run.cfg.seq_len, args.quiet
     if tc.eval_every and run.data.val is None and not quiet:
         print(f"note: --eval-every {tc.eval_every} is ignored: {run.data.source} has no "
               "validation data (pass --val-data FILE)")  # fmt: skip
@@ -313,23 +337,14 @@ def train(argv: list[str] | None) -> int:
         if st.scaler is not None:
             scaler.set_state(st.scaler)
         st.backend = backend
-        # resumed in its own directory: keep its metrics up to the checkpoint; else start afresh
-        dropped = _prepare_metrics(run.metrics_path, step0 if run.same_run else None)
-        if dropped and not quiet:
-            print(f"note: {run.metrics_path}: dropped {dropped} unreadable line(s)")
+        metrics = _open_metrics(run, quiet)
         if not quiet:
             _banner(run, backend, threads, dw_note)
         progress = Progress(step0, tc.steps, tokens_per_step, quiet)
-        step_ms: list[float] = []
-        t_start = time.perf_counter()
+        saver, rec, step_ms, t_start = _Saver(run, params, opt), None, [], time.perf_counter()
         # a diverging run is caught by the loss / gradient-norm checks with one line, not by
         # numpy's overflow warnings (restored in the finally below)
         numpy_err = np.seterr(over="ignore", invalid="ignore", divide="ignore")
-        metrics = open(run.metrics_path, "a")
-
-        def save() -> None:
-            checkpoint.save(run.ckpt_path, checkpoint.Checkpoint(st, params, opt.m, opt.v))
-
         try:
             while st.step < tc.steps:
                 t0 = time.perf_counter()
@@ -346,53 +361,40 @@ def train(argv: list[str] | None) -> int:
                         raise _diverged(run, st.step, f"loss is {loss} (micro-step {micro + 1} "
                                         f"of {tc.accum})")  # fmt: skip
                     loss_sum += loss
+                    progress.inside_step(micro + 1, tc.accum, time.perf_counter() - t0)
                 unscale = 1.0 / (tc.accum * scaler.scale)  # and average over the micro-steps
                 norm = grad_norm(grads, unscale, threads)
                 if not math.isfinite(norm) and not scaler.can_skip():
                     at = f" even at loss scale {scaler.scale:g}" if scaler.dynamic else ""
                     raise _diverged(run, st.step, f"the gradient norm is {norm}{at}")
                 old_scale = scaler.scale
-                with _hold_interrupts():  # the update and the counters move together or not at all
+                with signals_held():  # the update, the counters and the record move together
                     skipped = optimizer_step(opt, grads, kern, scaler, lr, norm, unscale, tc.clip)
                     st.step, st.tokens, st.adam_t = st.step + 1, st.tokens + tokens_per_step, opt.t
                     st.sampler, st.scaler = sampler.state(), scaler.state()
-                ms = (time.perf_counter() - t0) * 1000.0
+                    ms = (time.perf_counter() - t0) * 1000.0
+                    rec = _record(st, loss_sum / tc.accum, lr, ms, norm, scaler)
                 step_ms.append(ms)
-                rec = _record(st, loss_sum / tc.accum, lr, ms, norm, scaler)
                 if run.data.val is not None and \
                         ((tc.eval_every and st.step % tc.eval_every == 0) or st.step == tc.steps):
                     rec["val_loss"] = _evaluate(params, kern, run.data.val, S, tc.eval_batches)
                 if skipped:
                     progress.note(f"step {st.step}: gradients overflowed fp16 at loss scale "
                                   f"{old_scale:g}; step skipped, loss scale now {scaler.scale:g}")
-                metrics.write(json.dumps(rec) + "\n")
-                metrics.flush()
-                if (tc.ckpt_every and st.step % tc.ckpt_every == 0) or st.step == tc.steps:
-                    save()
-                progress.update(rec, ms)
-        except KeyboardInterrupt:
+                with signals_held():  # the line is written whole, and only once
+                    metrics.append(rec)
+                    progress.update(rec, ms)
+                    rec = None
+                if saver.due():
+                    saver.save()
+        except Stopped as stop:
             progress.close()
-            if st.step == step0:
-                print("\ninterrupted before the first step; nothing saved")
-                return 130
-            print(f"\ninterrupted: saving the checkpoint of step {st.step} (Ctrl-C again waits "
-                  "for it)", flush=True)  # fmt: skip
-            with _hold_interrupts(reraise=False):  # already stopping
-                save()
-            print(f"checkpoint saved at step {st.step} in {run.ckpt_path}")
-            return 130
+            return _stopped(stop, run, saver, metrics, rec, step0)
         finally:
             np.seterr(**numpy_err)
             metrics.close()
         progress.close()
-        if step_ms and not quiet:
-            notes = [f"loss scale {scaler.scale:g}, skipped steps {scaler.skipped}"] \
-                if scaler.dynamic else []  # fmt: skip
-            for line in efficiency_report(cfg, step_ms, step0 + 1, st.step,
-                                          time.perf_counter() - t_start, tokens_per_step, notes,
-                                          kern.stats()):  # fmt: skip
-                print(line)
-            print(f"checkpoint: {run.ckpt_path}, metrics: {run.metrics_path}")
+        final_report(run, step_ms, step0, time.perf_counter() - t_start, scaler, kern, quiet)
     return 0
 
 

@@ -14,8 +14,9 @@ import numpy as np
 from anetrain import native
 from anetrain.backends.cpu import CpuKernels
 from anetrain.bench._args import nonneg_int, positive_int
+from anetrain.cli import run_cli
 from anetrain.config import default_threads, preset
-from anetrain.errors import UserError, run_cli
+from anetrain.errors import UserError
 from anetrain.model import micro_step
 from anetrain.optim import AdamW, LossScaler, grad_norm, optimizer_step
 from anetrain.params import init_params

@@ -10,8 +10,8 @@ import sys
 import time
 
 from anetrain.bench._args import kernel_scale, nonneg_int, positive_int
+from anetrain.cli import run_cli
 from anetrain.config import default_threads
-from anetrain.errors import run_cli
 
 # Every kernel evaluation sleeps for a modelled ANE time (LatencyRuntime); everything else (RMSNorm,
 # packing, classifier, CE, dW sgemms on the low-priority workers, AdamW, weight staging) runs for

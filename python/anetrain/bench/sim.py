@@ -10,8 +10,8 @@ import warnings
 import numpy as np
 
 from anetrain.bench._args import positive_int
+from anetrain.cli import run_cli
 from anetrain.config import preset
-from anetrain.errors import run_cli
 from anetrain.mil.errors import MilWarning
 from anetrain.mil.kernels import KERNELS, build_specs
 from anetrain.mil.sim import Simulation
