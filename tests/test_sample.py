@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -257,3 +259,37 @@ def test_cli_warns_when_the_checkpoints_tokenizer_is_gone(tmp_path, capfd):
            "missing; using " in err  # fmt: skip
     assert sample_main([*args, "--top-p", "nan"]) == 2
     assert "--top-p must be a number, got nan" in capfd.readouterr().err
+
+
+def _cli_model(tmp_path) -> list[str]:
+    """--ckpt of a llama2.c file over the embedded 2048-piece vocabulary, a prompt, greedy."""
+    p = _model(2, seed=9)
+    write_llama2c(tmp_path / "m.bin", p.cfg, p, version=0)
+    return ["--ckpt", str(tmp_path / "m.bin"), "--prompt", PROMPT, "--temperature", "0"]
+
+
+def test_cli_reads_a_sentencepiece_model(tmp_path, capfd):
+    pytest.importorskip("sentencepiece")  # CI installs it (make deps: .[test,data])
+    args = [*_cli_model(tmp_path), "--max-new-tokens", "8"]
+    outs = []
+    for name in ("tokenizer.bin", "tokenizer.model"):
+        assert sample_main([*args, "--tokenizer", str(embedded_dataset() / name)]) == 0
+        outs.append(capfd.readouterr().out)
+    assert outs[0] == outs[1] and outs[0].startswith(PROMPT)
+    cfg = preset("tiny", vocab_size=97, seq_len=16)  # its vocabulary must match, as for a .bin
+    write_llama2c(tmp_path / "m97.bin", cfg, init_params(cfg, np.random.default_rng(0)))
+    model = embedded_dataset() / "tokenizer.model"
+    assert sample_main(["--ckpt", str(tmp_path / "m97.bin"), "--tokenizer", str(model)]) == 2
+    err = capfd.readouterr().err
+    assert f"{model}: tokenizer has 2048 pieces but the model's vocab is 97" in err
+    assert err.count("\n") == 1
+
+
+def test_cli_names_the_data_extra_without_sentencepiece(tmp_path, capfd, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)  # import sentencepiece fails
+    model = embedded_dataset() / "tokenizer.model"
+    assert sample_main([*_cli_model(tmp_path), "--tokenizer", str(model)]) == 2
+    out, err = capfd.readouterr()
+    assert out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"anetrain.sample: error: {model}: ")
+    assert "'data' extra" in err and "pip install sentencepiece" in err

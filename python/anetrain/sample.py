@@ -18,7 +18,7 @@ from anetrain import native
 from anetrain.config import ModelConfig
 from anetrain.errors import UserError, run_cli
 from anetrain.formats.models import load_model
-from anetrain.formats.tokenizer import BOS_ID, Tokenizer
+from anetrain.formats.tokenizer import BOS_ID, Tokenizer, read_tokenizer
 from anetrain.params import Params
 from anetrain.rope import rope_tables
 
@@ -241,11 +241,11 @@ def pick_tokenizer(explicit: str | None, model_path: Path, kind: str, recorded: 
         if recorded and path != cands[0]:
             print(f"warning: {cands[0]}: the checkpoint's tokenizer is missing; using {path} "
                   "(pass --tokenizer if the text looks wrong)", file=sys.stderr)  # fmt: skip
-    tok = Tokenizer.load(path)
+    tok = read_tokenizer(path)
     if tok.vocab_size != vocab:
         raise UserError(
             f"{path}: tokenizer has {tok.vocab_size} pieces but the model's vocab is {vocab}; "
-            "pass --tokenizer with the model's tokenizer.bin"
+            "pass --tokenizer with the model's tokenizer.bin or .model"
         )
     return tok
 
@@ -268,8 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tokenizer",
         default=None,
-        help="llama2.c tokenizer.bin (default: the checkpoint's dataset tokenizer, a "
-        "tokenizer.bin beside a llama2.c model, or the embedded dataset's)",
+        help="llama2.c tokenizer.bin, or sentencepiece .model (converted in memory; needs "
+        "sentencepiece) (default: the checkpoint's dataset tokenizer, a tokenizer.bin beside a "
+        "llama2.c model, or the embedded dataset's)",
     )
     p.add_argument("--prompt", default="", help="text to start from (default: empty, like run.c)")
     p.add_argument(
