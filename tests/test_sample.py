@@ -145,8 +145,8 @@ def test_prompt_is_forced_then_sampled(tok):
 
 def test_step_limits(tok):
     calls: list = []
-    g = generate(_scripted([], tok.vocab_size, calls), tok, "", 10, 0, Sampler(0.0))
-    assert len(calls) == 10 and len(g.tokens) == 11  # -n 0: run until the context is full
+    g = generate(_scripted([], tok.vocab_size, calls), tok, "", 10, 100, Sampler(0.0))
+    assert len(calls) == 10 and len(g.tokens) == 11  # capped by the context: run until it is full
     calls.clear()
     generate(_scripted([], tok.vocab_size, calls), tok, "", 10, 4, Sampler(0.0))
     assert len(calls) == 4
@@ -293,3 +293,17 @@ def test_cli_names_the_data_extra_without_sentencepiece(tmp_path, capfd, monkeyp
     assert out == "" and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"anetrain.sample: error: {model}: ")
     assert "'data' extra" in err and "pip install sentencepiece" in err
+
+
+@pytest.mark.parametrize("n", ["0", "-1"])
+def test_cli_refuses_max_new_tokens_below_one(tmp_path, capfd, n):
+    assert sample_main([*_cli_model(tmp_path), "--max-new-tokens", n]) == 2
+    out, err = capfd.readouterr()
+    assert out == "" and err == f"anetrain.sample: error: --max-new-tokens must be >= 1, got {n}\n"
+
+
+def test_cli_help_says_max_new_tokens_is_capped_by_the_context(capsys):
+    with pytest.raises(SystemExit):
+        sample_main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "capped by the model's context (256)" in out and "0 = until" not in out

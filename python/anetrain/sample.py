@@ -185,16 +185,17 @@ def generate(
     sampler: Callable[[np.ndarray], int],
     out: BinaryIO | None = None,
 ) -> Generation:
-    """run.c's generate loop. max_new_tokens <= 0 means "until seq_len" (run.c's -n 0).
+    """run.c's generate loop: at most max_new_tokens (>= 1) after the prompt, capped by seq_len.
 
     run.c's `-n steps` counts positions including the prompt: it equals
-    max_new_tokens = steps - n_prompt + 1 here.
+    max_new_tokens = steps - n_prompt + 1 here (its -n 0, "until seq_len", is any
+    max_new_tokens >= seq_len).
     """
     prompt_tokens = tokenizer.encode(prompt, bos=True, eos=False)
     n_prompt = len(prompt_tokens)
     if n_prompt > seq_len:
         raise UserError(f"the prompt is {n_prompt} tokens; the model's context is {seq_len}")
-    steps = seq_len if max_new_tokens <= 0 else min(seq_len, n_prompt - 1 + max_new_tokens)
+    steps = min(seq_len, n_prompt - 1 + max_new_tokens)
     tokens = [prompt_tokens[0]]
     text = bytearray()
     token, pos, start = prompt_tokens[0], 0, 0.0
@@ -277,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-new-tokens",
         type=int,
         default=256,
-        help="tokens to generate after the prompt; 0 = until the context is full (256)",
+        help="tokens to generate after the prompt (>= 1), capped by the model's context (256)",
     )
     p.add_argument(
         "--temperature",
@@ -306,6 +307,8 @@ def sample(argv: list[str] | None) -> int:
         raise UserError(f"--temperature must be >= 0, got {args.temperature}")
     if not math.isfinite(args.top_p):
         raise UserError(f"--top-p must be a number, got {args.top_p}")
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     model_path = Path(args.ckpt)
     kind, ck = load_model(model_path)
     cfg, params = ck.model, ck.params
