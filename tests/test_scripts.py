@@ -1,8 +1,11 @@
-"""scripts/: every shell script answers --help and -h without doing anything else."""
+"""The checkout: every shell script answers --help; run outputs (runs/, out/) are git-ignored."""
 
 from __future__ import annotations
 
+import ast
 import os
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -50,3 +53,24 @@ def test_shell_script_answers_help_and_does_nothing_else(tmp_path, script, flag)
     assert not log.exists(), log.read_text()  # nothing downloaded, built or trained
     assert list(cwd.iterdir()) == [] and list(tmp.iterdir()) == []
     assert not (tmp_path / "models").exists() and not (tmp_path / "tinystories").exists()
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(),
+                    reason="needs git and a git checkout")  # fmt: skip
+@pytest.mark.parametrize("path", ["runs/tiny/checkpoint.bin", "out/metrics.jsonl"])
+def test_run_outputs_are_git_ignored(path):
+    r = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", path], timeout=30)
+    assert r.returncode == 0, f"{path} is not ignored by .gitignore"
+
+
+def test_no_test_names_the_run_output_directories():
+    """Tests write their runs under tmp_path (--out), never to the default out/ or to runs/."""
+    found = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        if path == Path(__file__).resolve():  # the git-ignore test above names them as data
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            value = node.value if isinstance(node, ast.Constant) else None
+            if isinstance(value, str) and re.match(r"(\./)?(out|runs)(/|$)", value):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {value!r}")
+    assert found == []
