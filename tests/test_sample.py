@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 
 import numpy as np
@@ -307,3 +309,28 @@ def test_cli_help_says_max_new_tokens_is_capped_by_the_context(capsys):
         sample_main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "capped by the model's context (256)" in out and "0 = until" not in out
+
+
+def _closed_pipe() -> int:
+    """The write end of a pipe whose reader is gone (`| head -c 10` once head has exited)."""
+    r, w = os.pipe()
+    os.close(r)
+    return w
+
+
+@pytest.mark.parametrize("closed", ["stdout", "stderr", "both"])
+def test_cli_output_to_a_closed_pipe_exits_quietly(tmp_path, closed):
+    cmd = [sys.executable, "-m", "anetrain.sample", *_cli_model(tmp_path), "--max-new-tokens", "8"]
+    ends = {name: _closed_pipe() if closed in (name, "both") else subprocess.PIPE
+            for name in ("stdout", "stderr")}  # fmt: skip
+    try:
+        r = subprocess.run(cmd, timeout=120, **ends)
+    finally:
+        for end in ends.values():
+            if end != subprocess.PIPE:
+                os.close(end)
+    assert r.returncode == 0, r.stderr  # an uncaught BrokenPipeError exits 1 (with a traceback)
+    if closed == "stdout":
+        assert r.stderr == b""  # no traceback, no "Exception ignored" at exit
+    if closed == "stderr":
+        assert r.stdout.startswith(PROMPT.encode())

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 import numpy as np
 
@@ -240,8 +240,8 @@ def pick_tokenizer(explicit: str | None, model_path: Path, kind: str, recorded: 
         cands.append(embedded_dataset() / "tokenizer.bin")
         path = next((c for c in cands if c.is_file()), cands[-1])
         if recorded and path != cands[0]:
-            print(f"warning: {cands[0]}: the checkpoint's tokenizer is missing; using {path} "
-                  "(pass --tokenizer if the text looks wrong)", file=sys.stderr)  # fmt: skip
+            _note(f"warning: {cands[0]}: the checkpoint's tokenizer is missing; using {path} "
+                 "(pass --tokenizer if the text looks wrong)")  # fmt: skip
     tok = read_tokenizer(path)
     if tok.vocab_size != vocab:
         raise UserError(
@@ -328,12 +328,26 @@ def sample(argv: list[str] | None) -> int:
         )
         sys.stdout.buffer.write(b"\n")
         sys.stdout.buffer.flush()
-    except BrokenPipeError:  # `... | head`: the reader is gone; stop quietly (Python docs recipe)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:  # `... | head`: the reader is gone; stop quietly
+        _silence(sys.stdout)
         return 0
     if len(gen.tokens) > 1:
-        print(f"achieved tok/s: {gen.tok_per_s:f}", file=sys.stderr)
+        _note(f"achieved tok/s: {gen.tok_per_s:f}")
     return 0
+
+
+def _note(line: str) -> None:
+    """One line on stderr; when its reader is gone (`2> >(head -c 0)`) the line is dropped."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        _silence(sys.stderr)
+
+
+def _silence(stream: TextIO) -> None:
+    """Point a stream whose reader is gone at /dev/null, so that the interpreter's final flush
+    does not fail on it either (the recipe in Python's signal module docs)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def main(argv: list[str] | None = None) -> int:
