@@ -284,12 +284,19 @@ def open_framework(report: dict, rows: list) -> AneRuntime | None:
     return rt
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    p.add_argument("--models", default="tiny,stories110m", help="kernel checks (comma list)")
-    p.add_argument("--train-model", default="tiny", help="model for the ane vs cpu run (tiny)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--seed", type=int, default=1)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__,  # what it does, step by step
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--models", default="tiny,stories110m",
+                   help="comma-separated presets whose ten kernels are compiled and checked "
+                        "against the cpu kernels (tiny,stories110m)")  # fmt: skip
+    p.add_argument("--train-model", default="tiny",
+                   help="preset trained on ane and on cpu to compare the losses (tiny)")
+    p.add_argument("--steps", type=int, default=20,
+                   help="optimizer steps of each of the two training runs (20)")
+    p.add_argument("--seed", type=int, default=1,
+                   help="seed of the kernel checks' random inputs and of both training runs "
+                        "(initial parameters and data order) (1)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=1800.0,
                    help="seconds before one model's kernel checks or a training run count as "
                         "hung (1800)")  # fmt: skip
@@ -300,7 +307,11 @@ def main(argv: list[str] | None = None) -> int:
                         "in the framework then ends the script without a report)")
     p.add_argument("--child-kernels", help=argparse.SUPPRESS)  # internal: one model, in a child
     p.add_argument("--child-out", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.child_kernels:
         rt = AneRuntime()
         try:

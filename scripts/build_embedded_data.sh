@@ -6,6 +6,9 @@
 # tokenizer.model and meta.json (seeded generator, single-threaded unshuffled sentencepiece).
 set -euo pipefail
 
+usage() { sed -n '/^#!/d; /^#/!q; s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }  # the header above
+case "${1:-}" in -h | --help) usage; exit 0 ;; esac
+
 N_STORIES=9000
 STORY_SEED=1337
 VOCAB_SIZE=2048

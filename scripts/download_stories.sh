@@ -6,6 +6,9 @@
 # and only then moved into place; files already present and valid are kept.
 set -euo pipefail
 
+usage() { sed -n '/^#!/d; /^#/!q; s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }  # the header above
+for arg in "$@"; do case "$arg" in -h | --help) usage; exit 0 ;; esac; done
+
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="${ANETRAIN_MODELS_DIR:-$root/data/models}"
 python="${PYTHON:-python3}"

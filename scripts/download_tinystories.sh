@@ -8,6 +8,9 @@
 # uint16, no header) and every token id < 32000 (the Llama 2 vocabulary).
 set -euo pipefail
 
+usage() { sed -n '/^#!/d; /^#/!q; s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }  # the header above
+case "${1:-}" in -h | --help) usage; exit 0 ;; esac
+
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="${ANETRAIN_TINYSTORIES_DIR:-$root/data/tinystories}"
 python="${PYTHON:-python3}"

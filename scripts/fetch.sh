@@ -1,5 +1,15 @@
-# fetch.sh — shared by the download scripts (source it after defining die()).
-# fetch URL OUT: curl, else wget; a clear one-line error (via die) when offline; no partial file.
+# fetch.sh — shared by the download scripts: fetch URL OUT, with curl, else wget.
+#
+# Usage: source scripts/fetch.sh   (after defining die(); it is not run on its own)
+# fetch URL OUT downloads URL to OUT; when offline it calls die with a clear one-line error,
+# and it never leaves a partial OUT.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then  # run rather than sourced: say what it is for
+    case "${1:-}" in
+        -h | --help) sed -n '/^#/!q; s/^# \{0,1\}//p' "$0"; exit 0 ;;  # the header above
+        *) echo "fetch.sh: error: source it from a download script (see --help)" >&2; exit 2 ;;
+    esac
+fi
+
 fetch() {
     local url="$1" out="$2" err
     if command -v curl >/dev/null 2>&1; then

@@ -24,7 +24,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from anetrain.errors import DataError  # noqa: E402
-from anetrain.formats.tokenizer import BOS_ID, EOS_ID, Tokenizer, TokenizerError  # noqa: E402
+from anetrain.formats.tokenizer import (  # noqa: E402
+    BOS_ID,
+    EOS_ID,
+    Tokenizer,
+    TokenizerError,
+    import_sentencepiece,
+)
 
 MAX_VOCAB = 65535  # ids are stored as uint16
 MIN_VOCAB = 259  # <unk>, <s>, </s> and the 256 byte-fallback pieces
@@ -85,14 +91,6 @@ def read_documents(files: Sequence[Path], split: str) -> list[str]:
 # tokenizers
 
 
-def _sentencepiece():  # imported lazily: only vocab training and .model inputs need it
-    try:
-        import sentencepiece as spm
-    except ImportError:
-        raise DataError("sentencepiece is required: pip install sentencepiece") from None
-    return spm
-
-
 def train_vocab(docs: Sequence[str], vocab_size: int, source: str = "input") -> bytes:
     """Train a sentencepiece BPE model with llama2.c train_vocab's options; returns .model bytes.
 
@@ -101,7 +99,7 @@ def train_vocab(docs: Sequence[str], vocab_size: int, source: str = "input") -> 
     text cannot have (too small for its characters, too large for its pieces) is a DataError
     naming SOURCE.
     """
-    spm = _sentencepiece()
+    spm = import_sentencepiece("--vocab-size")  # lazily: only vocab training and .model inputs
 
     def sentences() -> Iterator[str]:
         for doc in docs:
@@ -162,7 +160,7 @@ def load_tokenizer(path: Path) -> tuple[Tokenizer, bytes | None, Callable[[str],
 
 def sp_tokenizer(blob: bytes, name: str) -> tuple[Tokenizer, bytes, Callable[[str], list[int]]]:
     """Wrap sentencepiece .model bytes: its llama2.c export and a [BOS] + sp.encode encoder."""
-    spm = _sentencepiece()
+    spm = import_sentencepiece(f"{name}: reading a sentencepiece model")
     sp = spm.SentencePieceProcessor()
     try:
         sp.LoadFromSerializedProto(blob)

@@ -7,6 +7,9 @@
 # optimizer state and data position are restored; extra flags override the saved settings.
 set -euo pipefail
 
+usage() { sed -n '/^#!/d; /^#/!q; s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }  # the header above
+case "${1:-}" in -h | --help) usage; exit 0 ;; esac
+
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-python3}"
 

@@ -3,6 +3,7 @@ simulator: it passes end to end, and unaligned models become FAIL rows, not trac
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import re
@@ -250,3 +251,21 @@ def test_smoke_script_reports_a_failure_after_the_compiles(monkeypatch, capsys, 
     out = capsys.readouterr().out
     assert re.search(r"tiny: compile 10 kernels\s+FAIL\s+AneError: .*IOSurfaceCreate", out)
     assert "IOSurfaceCreate" in json.loads(report.read_text())["models"]["tiny"]["error"]
+
+
+def test_smoke_script_help_describes_every_flag(capsys):
+    smoke = _load_script()
+    parser = smoke.build_parser()
+    flags = []
+    for action in parser._actions:  # argparse has no public list of its options
+        if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+            continue  # -h, and the internal --child-* options of the per-model child
+        flags.append(action.option_strings[-1])
+        assert action.help and len(action.help.split()) >= 4, (action.option_strings, action.help)
+    assert {"--models", "--train-model", "--steps", "--seed", "--json"} <= set(flags)
+    with pytest.raises(SystemExit) as stop:
+        smoke.main(["--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert all(flag in out for flag in flags) and "--child-kernels" not in out
+    assert smoke.__doc__.splitlines()[0] in out  # and what the script is for

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -143,8 +147,8 @@ def test_prompt_is_forced_then_sampled(tok):
 
 def test_step_limits(tok):
     calls: list = []
-    g = generate(_scripted([], tok.vocab_size, calls), tok, "", 10, 0, Sampler(0.0))
-    assert len(calls) == 10 and len(g.tokens) == 11  # -n 0: run until the context is full
+    g = generate(_scripted([], tok.vocab_size, calls), tok, "", 10, 100, Sampler(0.0))
+    assert len(calls) == 10 and len(g.tokens) == 11  # capped by the context: run until it is full
     calls.clear()
     generate(_scripted([], tok.vocab_size, calls), tok, "", 10, 4, Sampler(0.0))
     assert len(calls) == 4
@@ -257,3 +261,76 @@ def test_cli_warns_when_the_checkpoints_tokenizer_is_gone(tmp_path, capfd):
            "missing; using " in err  # fmt: skip
     assert sample_main([*args, "--top-p", "nan"]) == 2
     assert "--top-p must be a number, got nan" in capfd.readouterr().err
+
+
+def _cli_model(tmp_path) -> list[str]:
+    """--ckpt of a llama2.c file over the embedded 2048-piece vocabulary, a prompt, greedy."""
+    p = _model(2, seed=9)
+    write_llama2c(tmp_path / "m.bin", p.cfg, p, version=0)
+    return ["--ckpt", str(tmp_path / "m.bin"), "--prompt", PROMPT, "--temperature", "0"]
+
+
+def test_cli_reads_a_sentencepiece_model(tmp_path, capfd):
+    pytest.importorskip("sentencepiece")  # CI installs it (make deps: .[test,data])
+    args = [*_cli_model(tmp_path), "--max-new-tokens", "8"]
+    outs = []
+    for name in ("tokenizer.bin", "tokenizer.model"):
+        assert sample_main([*args, "--tokenizer", str(embedded_dataset() / name)]) == 0
+        outs.append(capfd.readouterr().out)
+    assert outs[0] == outs[1] and outs[0].startswith(PROMPT)
+    cfg = preset("tiny", vocab_size=97, seq_len=16)  # its vocabulary must match, as for a .bin
+    write_llama2c(tmp_path / "m97.bin", cfg, init_params(cfg, np.random.default_rng(0)))
+    model = embedded_dataset() / "tokenizer.model"
+    assert sample_main(["--ckpt", str(tmp_path / "m97.bin"), "--tokenizer", str(model)]) == 2
+    err = capfd.readouterr().err
+    assert f"{model}: tokenizer has 2048 pieces but the model's vocab is 97" in err
+    assert err.count("\n") == 1
+
+
+def test_cli_names_the_data_extra_without_sentencepiece(tmp_path, capfd, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)  # import sentencepiece fails
+    model = embedded_dataset() / "tokenizer.model"
+    assert sample_main([*_cli_model(tmp_path), "--tokenizer", str(model)]) == 2
+    out, err = capfd.readouterr()
+    assert out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"anetrain.sample: error: {model}: ")
+    assert "'data' extra" in err and "pip install sentencepiece" in err
+
+
+@pytest.mark.parametrize("n", ["0", "-1"])
+def test_cli_refuses_max_new_tokens_below_one(tmp_path, capfd, n):
+    assert sample_main([*_cli_model(tmp_path), "--max-new-tokens", n]) == 2
+    out, err = capfd.readouterr()
+    assert out == "" and err == f"anetrain.sample: error: --max-new-tokens must be >= 1, got {n}\n"
+
+
+def test_cli_help_says_max_new_tokens_is_capped_by_the_context(capsys):
+    with pytest.raises(SystemExit):
+        sample_main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "capped by the model's context (256)" in out and "0 = until" not in out
+
+
+def _closed_pipe() -> int:
+    """The write end of a pipe whose reader is gone (`| head -c 10` once head has exited)."""
+    r, w = os.pipe()
+    os.close(r)
+    return w
+
+
+@pytest.mark.parametrize("closed", ["stdout", "stderr", "both"])
+def test_cli_output_to_a_closed_pipe_exits_quietly(tmp_path, closed):
+    cmd = [sys.executable, "-m", "anetrain.sample", *_cli_model(tmp_path), "--max-new-tokens", "8"]
+    ends = {name: _closed_pipe() if closed in (name, "both") else subprocess.PIPE
+            for name in ("stdout", "stderr")}  # fmt: skip
+    try:
+        r = subprocess.run(cmd, timeout=120, **ends)
+    finally:
+        for end in ends.values():
+            if end != subprocess.PIPE:
+                os.close(end)
+    assert r.returncode == 0, r.stderr  # an uncaught BrokenPipeError exits 1 (with a traceback)
+    if closed == "stdout":
+        assert r.stderr == b""  # no traceback, no "Exception ignored" at exit
+    if closed == "stderr":
+        assert r.stdout.startswith(PROMPT.encode())

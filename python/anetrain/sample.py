@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from anetrain.cli import run_cli
 from anetrain.config import ModelConfig
 from anetrain.errors import UserError
 from anetrain.formats.models import load_model
-from anetrain.formats.tokenizer import BOS_ID, Tokenizer
+from anetrain.formats.tokenizer import BOS_ID, Tokenizer, read_tokenizer
 from anetrain.params import Params
 from anetrain.rope import rope_tables
 
@@ -186,16 +186,17 @@ def generate(
     sampler: Callable[[np.ndarray], int],
     out: BinaryIO | None = None,
 ) -> Generation:
-    """run.c's generate loop. max_new_tokens <= 0 means "until seq_len" (run.c's -n 0).
+    """run.c's generate loop: at most max_new_tokens (>= 1) after the prompt, capped by seq_len.
 
     run.c's `-n steps` counts positions including the prompt: it equals
-    max_new_tokens = steps - n_prompt + 1 here.
+    max_new_tokens = steps - n_prompt + 1 here (its -n 0, "until seq_len", is any
+    max_new_tokens >= seq_len).
     """
     prompt_tokens = tokenizer.encode(prompt, bos=True, eos=False)
     n_prompt = len(prompt_tokens)
     if n_prompt > seq_len:
         raise UserError(f"the prompt is {n_prompt} tokens; the model's context is {seq_len}")
-    steps = seq_len if max_new_tokens <= 0 else min(seq_len, n_prompt - 1 + max_new_tokens)
+    steps = min(seq_len, n_prompt - 1 + max_new_tokens)
     tokens = [prompt_tokens[0]]
     text = bytearray()
     token, pos, start = prompt_tokens[0], 0, 0.0
@@ -240,13 +241,13 @@ def pick_tokenizer(explicit: str | None, model_path: Path, kind: str, recorded: 
         cands.append(embedded_dataset() / "tokenizer.bin")
         path = next((c for c in cands if c.is_file()), cands[-1])
         if recorded and path != cands[0]:
-            print(f"warning: {cands[0]}: the checkpoint's tokenizer is missing; using {path} "
-                  "(pass --tokenizer if the text looks wrong)", file=sys.stderr)  # fmt: skip
-    tok = Tokenizer.load(path)
+            _note(f"warning: {cands[0]}: the checkpoint's tokenizer is missing; using {path} "
+                 "(pass --tokenizer if the text looks wrong)")  # fmt: skip
+    tok = read_tokenizer(path)
     if tok.vocab_size != vocab:
         raise UserError(
             f"{path}: tokenizer has {tok.vocab_size} pieces but the model's vocab is {vocab}; "
-            "pass --tokenizer with the model's tokenizer.bin"
+            "pass --tokenizer with the model's tokenizer.bin or .model"
         )
     return tok
 
@@ -269,15 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tokenizer",
         default=None,
-        help="llama2.c tokenizer.bin (default: the checkpoint's dataset tokenizer, a "
-        "tokenizer.bin beside a llama2.c model, or the embedded dataset's)",
+        help="llama2.c tokenizer.bin, or sentencepiece .model (converted in memory; needs "
+        "sentencepiece) (default: the checkpoint's dataset tokenizer, a tokenizer.bin beside a "
+        "llama2.c model, or the embedded dataset's)",
     )
     p.add_argument("--prompt", default="", help="text to start from (default: empty, like run.c)")
     p.add_argument(
         "--max-new-tokens",
         type=int,
         default=256,
-        help="tokens to generate after the prompt; 0 = until the context is full (256)",
+        help="tokens to generate after the prompt (>= 1), capped by the model's context (256)",
     )
     p.add_argument(
         "--temperature",
@@ -306,6 +308,8 @@ def sample(argv: list[str] | None) -> int:
         raise UserError(f"--temperature must be >= 0, got {args.temperature}")
     if not math.isfinite(args.top_p):
         raise UserError(f"--top-p must be a number, got {args.top_p}")
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     model_path = Path(args.ckpt)
     kind, ck = load_model(model_path)
     cfg, params = ck.model, ck.params
@@ -325,12 +329,26 @@ def sample(argv: list[str] | None) -> int:
         )
         sys.stdout.buffer.write(b"\n")
         sys.stdout.buffer.flush()
-    except BrokenPipeError:  # `... | head`: the reader is gone; stop quietly (Python docs recipe)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:  # `... | head`: the reader is gone; stop quietly
+        _silence(sys.stdout)
         return 0
     if len(gen.tokens) > 1:
-        print(f"achieved tok/s: {gen.tok_per_s:f}", file=sys.stderr)
+        _note(f"achieved tok/s: {gen.tok_per_s:f}")
     return 0
+
+
+def _note(line: str) -> None:
+    """One line on stderr; when its reader is gone (`2> >(head -c 0)`) the line is dropped."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        _silence(sys.stderr)
+
+
+def _silence(stream: TextIO) -> None:
+    """Point a stream whose reader is gone at /dev/null, so that the interpreter's final flush
+    does not fail on it either (the recipe in Python's signal module docs)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""llama2.c tokenizer.bin: reader/writer, run.c-exact encoder and decoder, sentencepiece export."""
+"""llama2.c tokenizer.bin: reader, writer, run.c-exact encoder and decoder; .model conversion."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import re
 import struct
 import sys
+import types
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -280,13 +281,8 @@ class Tokenizer:
         BOS becomes "\\n<s>\\n", EOS "\\n</s>\\n", U+2581 becomes a space, scores come from
         sentencepiece, and max_token_length is the longest piece in bytes.
         """
-        try:
-            import sentencepiece as spm
-        except ImportError:
-            raise TokenizerError(
-                "from_sentencepiece needs the sentencepiece package: pip install sentencepiece"
-            ) from None
         model_path = Path(model_path)
+        spm = import_sentencepiece(f"{model_path}: reading a sentencepiece model")
         if not model_path.is_file():
             raise TokenizerError(f"{model_path}: sentencepiece model not found")
         sp = spm.SentencePieceProcessor()
@@ -305,3 +301,31 @@ class Tokenizer:
             pieces.append(text.replace("\u2581", " ").encode("utf-8"))
             scores.append(sp.GetScore(i))
         return cls(pieces, scores)
+
+
+# ----------------------------------------------------------------------------
+# any tokenizer file
+
+
+def import_sentencepiece(what: str) -> types.ModuleType:
+    """The sentencepiece module, or a TokenizerError saying that WHAT needs the `data` extra.
+
+    The hint names the package, not `anetrain[data]`: anetrain is installed from a checkout, so
+    pip cannot resolve the extra by the project's name.
+    """
+    try:
+        import sentencepiece
+    except ImportError:
+        raise TokenizerError(
+            f"{what} needs sentencepiece (the 'data' extra): pip install sentencepiece, "
+            "or pip install '.[data]' in the anetrain checkout"
+        ) from None
+    return sentencepiece
+
+
+def read_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
+    """A llama2.c tokenizer.bin, or a sentencepiece .model converted to one in memory."""
+    path = Path(path)
+    if path.suffix == ".model":
+        return Tokenizer.from_sentencepiece(path)
+    return Tokenizer.load(path)
