@@ -73,6 +73,15 @@ def signals_held(reraise: bool = True) -> Iterator[None]:
         raise Stopped(caught[0])
 
 
+def silence(stream) -> None:
+    """Point a stream whose reader is gone at /dev/null, so that later writes and the
+    interpreter's final flush do not fail on it (the recipe in Python's signal module docs)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 class Vanishing:
     """A text stream that survives its reader going away (a pipe into `head`, a closed terminal):
     the first failed write turns it off for good, and its file descriptor is pointed at
@@ -86,10 +95,7 @@ class Vanishing:
         if e.errno not in (errno.EPIPE, errno.EIO, errno.ENXIO, errno.EBADF):
             raise e
         self.gone = True
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
-        except (OSError, ValueError):
-            pass
+        silence(self.stream)
 
     def write(self, text: str) -> int:
         if not self.gone:

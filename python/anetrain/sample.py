@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import BinaryIO
 
 import numpy as np
 
 from anetrain import native
-from anetrain.cli import run_cli
+from anetrain.cli import run_cli, silence
 from anetrain.config import ModelConfig
 from anetrain.errors import UserError
 from anetrain.formats.models import load_model
@@ -241,8 +240,8 @@ def pick_tokenizer(explicit: str | None, model_path: Path, kind: str, recorded: 
         cands.append(embedded_dataset() / "tokenizer.bin")
         path = next((c for c in cands if c.is_file()), cands[-1])
         if recorded and path != cands[0]:
-            _note(f"warning: {cands[0]}: the checkpoint's tokenizer is missing; using {path} "
-                 "(pass --tokenizer if the text looks wrong)")  # fmt: skip
+            print(f"warning: {cands[0]}: the checkpoint's tokenizer is missing; using {path} "
+                  "(pass --tokenizer if the text looks wrong)", file=sys.stderr)  # fmt: skip
     tok = read_tokenizer(path)
     if tok.vocab_size != vocab:
         raise UserError(
@@ -330,25 +329,11 @@ def sample(argv: list[str] | None) -> int:
         sys.stdout.buffer.write(b"\n")
         sys.stdout.buffer.flush()
     except BrokenPipeError:  # `... | head`: the reader is gone; stop quietly
-        _silence(sys.stdout)
+        silence(sys.stdout)
         return 0
-    if len(gen.tokens) > 1:
-        _note(f"achieved tok/s: {gen.tok_per_s:f}")
+    if len(gen.tokens) > 1:  # (cli.run_cli drops stderr lines nobody reads any more)
+        print(f"achieved tok/s: {gen.tok_per_s:f}", file=sys.stderr)
     return 0
-
-
-def _note(line: str) -> None:
-    """One line on stderr; when its reader is gone (`2> >(head -c 0)`) the line is dropped."""
-    try:
-        print(line, file=sys.stderr, flush=True)
-    except BrokenPipeError:
-        _silence(sys.stderr)
-
-
-def _silence(stream: TextIO) -> None:
-    """Point a stream whose reader is gone at /dev/null, so that the interpreter's final flush
-    does not fail on it either (the recipe in Python's signal module docs)."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def main(argv: list[str] | None = None) -> int:
