@@ -155,10 +155,10 @@ def test_existing_checkpoint_is_never_clobbered(tmp_path, capsys):
     before = (out / "checkpoint.bin").read_bytes()
     # a fresh run into the same directory is refused
     assert "already exists" in _err(capsys, [*TINY, "--steps", "2", "--out", str(out)])
-    # ... before any model or dataset is read (a 438 MB --init would be loaded for nothing)
+    # ... but only once every input is known to be good: a bad one is named first
     e = _err(capsys, [*TINY, "--init", str(tmp_path / "absent.bin"), "--data",
                       str(tmp_path / "absent"), "--out", str(out)])  # fmt: skip
-    assert "already exists" in e
+    assert "absent.bin: no such model file" in e
     # resume with a different model is refused
     e = _err(capsys, ["--quiet", "--resume", str(out), "--model", "stories15m", "--steps", "3"])
     assert "does not match" in e
