@@ -6,11 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import write_tokens
 
+import anetrain
 from anetrain.formats import checkpoint
 from anetrain.train import BLAS_VARS, main
 
@@ -155,10 +157,10 @@ def test_existing_checkpoint_is_never_clobbered(tmp_path, capsys):
     before = (out / "checkpoint.bin").read_bytes()
     # a fresh run into the same directory is refused
     assert "already exists" in _err(capsys, [*TINY, "--steps", "2", "--out", str(out)])
-    # ... before any model or dataset is read (a 438 MB --init would be loaded for nothing)
+    # ... but only once every input is known to be good: a bad one is named first
     e = _err(capsys, [*TINY, "--init", str(tmp_path / "absent.bin"), "--data",
                       str(tmp_path / "absent"), "--out", str(out)])  # fmt: skip
-    assert "already exists" in e
+    assert "absent.bin: no such model file" in e
     # resume with a different model is refused
     e = _err(capsys, ["--quiet", "--resume", str(out), "--model", "stories15m", "--steps", "3"])
     assert "does not match" in e
@@ -178,18 +180,25 @@ def test_existing_checkpoint_is_never_clobbered(tmp_path, capsys):
 
 
 def test_cli_subprocess_no_traceback(tmp_path):
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    """In a directory of its own (the default out/ of a run started there must not matter);
+    the child imports the anetrain under test."""
+    package_root = str(Path(anetrain.__file__).resolve().parents[1])
+    path = os.environ.get("PYTHONPATH")
+    env = dict(os.environ, PYTHONWARNINGS="ignore",
+               PYTHONPATH=package_root + (os.pathsep + path if path else ""))  # fmt: skip
     r = subprocess.run(
         [sys.executable, "-m", "anetrain.train", "--data", str(tmp_path / "x.bin")],
         capture_output=True,
         text=True,
         env=env,
+        cwd=tmp_path,
         timeout=120,
     )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     want = f"anetrain.train: error: {tmp_path / 'x.bin'}: no such file or dataset directory"
     assert r.stderr.strip() == want
+    assert sorted(tmp_path.iterdir()) == []  # a refused run writes nothing, not even out/
 
 
 @pytest.mark.parametrize(

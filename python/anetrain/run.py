@@ -5,17 +5,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from anetrain.config import DEFAULT_LR, PRESETS, ModelConfig, TrainConfig, preset
-from anetrain.errors import CheckpointError, UserError
+from anetrain.config import DEFAULT_LR, PRESETS, ConfigError, ModelConfig, TrainConfig, preset
+from anetrain.errors import CheckpointError, DataError, UserError
 from anetrain.formats import checkpoint
-from anetrain.formats.checkpoint import RunState
+from anetrain.formats.checkpoint import Checkpoint, RunState
 from anetrain.formats.data import Dataset, check_length, open_dataset
-from anetrain.formats.llama2c import read_llama2c
+from anetrain.formats.llama2c import is_llama2c
+from anetrain.formats.models import KINDS, load_model, model_file
 from anetrain.params import Params, init_params
 
 METRICS_NAME = "metrics.jsonl"
@@ -69,19 +71,24 @@ class Run:
 
 
 def setup_run(args: argparse.Namespace) -> Run:
-    """Read the checkpoint or model file and the data, and decide every setting; raises a
-    UserError (before anything is written) for any input that cannot work."""
+    """Read the checkpoint or model file and the data, and decide every setting.
+
+    Raises a UserError for any input that cannot work before anything is written, in the order
+    a user needs them: flags, then the inputs (model, checkpoint, data), and only then another
+    run's checkpoint in --out (never replaced without --overwrite).
+    """
+    _check_flags(args)
     resume_file = _resume_file(args)
     # a resumed run keeps writing into its own directory unless --out says otherwise
     out = Path(args.out) if args.out is not None else \
         (resume_file.parent if resume_file is not None else Path("out"))  # fmt: skip
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file, not a run directory; pass a directory to --out")
     same_run = resume_file is not None and \
         (out / checkpoint.FILE_NAME).resolve() == resume_file.resolve()  # fmt: skip
-    if (out / checkpoint.FILE_NAME).exists() and not same_run and not args.overwrite:
-        raise UserError(
-            f"{out / checkpoint.FILE_NAME}: a checkpoint already exists; use --resume {out} to "
-            "continue it, another --out, or --overwrite to replace it"
-        )
+    if same_run and args.overwrite:
+        raise UserError(f"--resume and --overwrite contradict each other: --resume continues "
+                        f"the run in {out}, --overwrite starts a new one; drop one")  # fmt: skip
     if resume_file is not None:
         run = _resume(args, resume_file, out, same_run)
     else:
@@ -89,16 +96,43 @@ def setup_run(args: argparse.Namespace) -> Run:
     check_length(run.data.train, run.cfg.seq_len, run.data.source)
     if run.data.val is not None:
         check_length(run.data.val, run.cfg.seq_len, f"{run.data.source} (validation)")
+    if (out / checkpoint.FILE_NAME).exists() and not same_run and not args.overwrite:
+        raise UserError(
+            f"{out / checkpoint.FILE_NAME}: a checkpoint already exists; use --resume {out} to "
+            "continue it, another --out, or --overwrite to replace it"
+        )
     _check_out_dir(out)
+    _warn_schedule(run.tc)
+    if resume_file is None and args.init is None and args.vocab_size is None and run.data.raw:
+        _warn_unused_vocab(run.data)
     return run
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Flags that contradict each other or cannot be right, before any file is read."""
+    if args.resume is not None and args.init is not None:
+        raise UserError("--init starts a new run from a model; it cannot be used with --resume")
+    if args.data == "":
+        raise DataError("--data is empty: pass a dataset directory or a token .bin")
+    if args.val_data == "":
+        raise DataError("--val-data is empty: pass a token .bin")
+    if args.init == "":
+        raise UserError(f"--init is empty: pass {KINDS}")
+    if args.out == "":
+        raise UserError("--out is empty: pass a run directory")
+    if args.model is not None and args.model not in PRESETS:
+        raise ConfigError(f"--model {args.model}: unknown model preset (choose from "
+                          f"{', '.join(PRESETS)})")  # fmt: skip
+    if args.seq is not None and args.seq < 1:
+        raise ConfigError(f"--seq must be >= 1, got {args.seq}")
+    if args.vocab_size is not None and args.vocab_size < 1:
+        raise ConfigError(f"--vocab-size must be >= 1, got {args.vocab_size}")
 
 
 def _resume_file(args: argparse.Namespace) -> Path | None:
     """--resume DIR (or DIR/checkpoint.bin), DIR defaulting to --out."""
     if args.resume is None:
         return None
-    if args.init is not None:
-        raise UserError("--init starts a new run from a model; it cannot be used with --resume")
     return checkpoint.resolve(args.resume or args.out or "out")
 
 
@@ -106,12 +140,22 @@ def _flags(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if v is not None}
 
 
-def _resume(args: argparse.Namespace, path: Path, out: Path, same_run: bool) -> Run:
+def _load_resumable(path: Path) -> Checkpoint:
+    """A training checkpoint to continue; a model file of another kind is pointed at --init."""
+    if not checkpoint.is_checkpoint(path) and is_llama2c(path):
+        raise CheckpointError(f"{path}: this is a llama2.c model, not a training checkpoint: "
+                              f"use --init {path} to fine-tune it")  # fmt: skip
     ck = checkpoint.load(path)
-    saved = ck.state.train
-    if saved is None:
+    if ck.state.train is None:
         raise CheckpointError(f"{path}: holds weights only, no training run to resume; use "
                               f"--init {path} to start one from them")  # fmt: skip
+    return ck
+
+
+def _resume(args: argparse.Namespace, path: Path, out: Path, same_run: bool) -> Run:
+    ck = _load_resumable(path)
+    saved = ck.state.train
+    assert saved is not None
     flags = _flags(args)
     tc_dict = {**saved.to_dict(), **{f: flags[a] for a, f in TRAIN_FLAGS.items() if a in flags}}
     if "lr" in flags and "min_lr" not in flags and math.isclose(saved.min_lr, saved.lr / 10):
@@ -125,14 +169,13 @@ def _resume(args: argparse.Namespace, path: Path, out: Path, same_run: bool) -> 
         check_architecture(path, cfg, args.model)
     if args.seq is not None and args.seq != cfg.seq_len:
         raise CheckpointError(f"{path}: checkpoint seq_len is {cfg.seq_len}, not --seq {args.seq}")
-    data = open_dataset(args.data or ck.state.data, args.vocab_size or cfg.vocab_size,
-                        args.val_data or ck.state.val_data)  # fmt: skip
+    data_path, val_path = args.data or ck.state.data, args.val_data or ck.state.val_data
+    data = open_dataset(data_path, args.vocab_size, val_path, default_vocab=cfg.vocab_size)
     if data.vocab_size != cfg.vocab_size:
         raise CheckpointError(f"{data.source}: data vocab {data.vocab_size} does not match the "
                               f"checkpoint's {cfg.vocab_size}")  # fmt: skip
     state = dataclasses.replace(
-        ck.state, train=tc, data=_absolute(args.data or ck.state.data),
-        val_data=_absolute(args.val_data or ck.state.val_data),
+        ck.state, train=tc, data=_absolute(data_path), val_data=_absolute(val_path),
         tokenizer=_absolute(data.tokenizer),
     )  # fmt: skip
     moments = (ck.m, ck.v) if ck.m is not None and ck.v is not None else None
@@ -148,18 +191,49 @@ def _fresh(args: argparse.Namespace, out: Path) -> Run:
     tc = TrainConfig(**{f: flags[a] for a, f in TRAIN_FLAGS.items() if a in flags})
     if "warmup" not in flags:  # 10% of the schedule, at most 100 steps
         tc.warmup = min(100, (tc.lr_decay_steps or tc.steps) // 10)
-    data = open_dataset(args.data, args.vocab_size, args.val_data)
     if init is not None:
+        # a raw .bin is read with the model's vocabulary; a dataset states its own
+        data = open_dataset(args.data, args.vocab_size, args.val_data,
+                            default_vocab=init.cfg.vocab_size)  # fmt: skip
         params, cfg = init, init.cfg
         if data.vocab_size != cfg.vocab_size:
             raise UserError(f"{data.source}: data vocab {data.vocab_size} does not match the "
                             f"vocab {cfg.vocab_size} of --init {args.init}")  # fmt: skip
     else:
+        data = open_dataset(args.data, args.vocab_size, args.val_data)
         cfg = preset(model_name, vocab_size=data.vocab_size, seq_len=args.seq)
         params = init_params(cfg, np.random.Generator(np.random.PCG64(tc.seed)))
     state = RunState(cfg, tc, data=_absolute(args.data), val_data=_absolute(args.val_data),
                      tokenizer=_absolute(data.tokenizer))  # fmt: skip
     return Run(state, data, params, None, out, same_run=False)
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _warn_schedule(tc: TrainConfig) -> None:
+    """A warmup as long as the schedule never reaches the peak learning rate."""
+    horizon, flag = (tc.lr_decay_steps, "--lr-decay-steps") if tc.lr_decay_steps else \
+        (tc.steps, "--steps")  # fmt: skip
+    if tc.warmup >= horizon:
+        _warn(f"--warmup {tc.warmup} is not below the schedule's {horizon} steps ({flag}): the "
+              "learning rate never reaches --lr")  # fmt: skip
+
+
+def _warn_unused_vocab(data: Dataset) -> None:
+    """A raw .bin read with the default vocabulary whose ids stay below a quarter of it.
+
+    Every id of the vocabulary costs an embedding row and a classifier row (the [V, S] logits
+    dominate a small model's step), used or not. A corpus tokenized with a vocabulary of V
+    uses ids across it (Llama-2's 32000 on TinyStories reaches ~31.9k), so a largest id below
+    V/4 means a smaller tokenizer or toy data. The largest id comes from the scan that checks
+    every id against the vocabulary anyway: no extra pass over the file.
+    """
+    if 4 * (data.max_id + 1) <= data.vocab_size:
+        _warn(f"{data.source}: the largest token id is {data.max_id}, far below the vocabulary "
+              f"of {data.vocab_size} (the default for a raw .bin); pass --vocab-size "
+              f"{data.max_id + 1} for a smaller, faster model")  # fmt: skip
 
 
 def check_architecture(path: str | Path, cfg: ModelConfig, model: str) -> None:
@@ -174,8 +248,10 @@ def _preset_of(cfg: ModelConfig) -> str | None:
     return next((n for n, p in PRESETS.items() if p.architecture() == cfg.architecture()), None)
 
 
-def _init_model(path: str, model: str | None, seq: int | None) -> Params:
-    """A llama2.c model to fine-tune: the architecture comes from its header.
+def _init_model(path_arg: str, model: str | None, seq: int | None) -> Params:
+    """The weights of a model to fine-tune (an anetrain checkpoint or run directory, or a
+    llama2.c model.bin): the architecture comes from the file; its optimizer state, step and
+    settings, if any, are not used.
 
     `model` (a --model preset) must agree with the header's architecture; its seq_len and vocab
     are ignored. `seq` may lower the training context below the file's seq_len (RoPE has no
@@ -183,7 +259,9 @@ def _init_model(path: str, model: str | None, seq: int | None) -> Params:
     record the lower seq_len. A longer context than the file's is refused: run.c sizes its KV cache
     by the header, and the model never saw those positions.
     """
-    cfg, params = read_llama2c(path)
+    path = model_file(path_arg)
+    _, ck = load_model(path)
+    cfg, params = ck.model, ck.params
     if model is not None:
         check_architecture(path, cfg, model)
     if seq is not None:
@@ -207,4 +285,3 @@ def _check_out_dir(out: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise UserError(f"{out}: output directory is not writable ({e.strerror or e})") from None
-

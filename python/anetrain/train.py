@@ -36,9 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--init",
         default=None,
-        metavar="MODEL_BIN",
-        help="fine-tune a llama2.c model.bin (v0/v1/v2); its header sets the architecture, "
-        "--seq may only lower its seq_len",
+        metavar="MODEL",
+        help="start from the weights of an anetrain checkpoint or run directory, or a llama2.c "
+        "model.bin (v0/v1/v2): a new run (step 0, fresh optimizer); the file sets the "
+        "architecture, --seq may only lower its seq_len",
     )
     g.add_argument(
         "--data",

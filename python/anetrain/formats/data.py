@@ -27,11 +27,18 @@ def embedded_dataset() -> Path:
 
 def load_tokens(path: str | Path, vocab_size: int) -> np.ndarray:
     """Memory-map a raw little-endian uint16 token file and check every id is < vocab_size."""
+    return _load_tokens(path, vocab_size)[0]
+
+
+def _load_tokens(path: str | Path, vocab_size: int) -> tuple[np.ndarray, int]:
+    """(tokens, largest id) of a raw token file, every id checked against vocab_size."""
     path = Path(path)
     if path.is_dir():
         raise DataError(f"{path}: is a directory, not a token file")
     if not path.is_file():
         raise DataError(f"{path}: no such token file")
+    if path.name == "meta.json":
+        raise DataError(f"{path}: pass the dataset directory {path.parent}, not its meta.json")
     size = path.stat().st_size
     if size == 0:
         raise DataError(f"{path}: token file is empty")
@@ -41,6 +48,7 @@ def load_tokens(path: str | Path, vocab_size: int) -> np.ndarray:
     if size % 2:
         raise DataError(f"{path}: odd byte count {size}; not a uint16 token file")
     toks = np.memmap(path, dtype="<u2", mode="r")  # [n_tokens]
+    largest = 0
     for off in range(0, toks.size, _SCAN_CHUNK):
         chunk = toks[off : off + _SCAN_CHUNK]
         top = int(chunk.max())
@@ -50,7 +58,8 @@ def load_tokens(path: str | Path, vocab_size: int) -> np.ndarray:
                 f"{path}: token id {int(toks[where])} at position {where} is >= "
                 f"vocab size {vocab_size}"
             )
-    return toks
+        largest = max(largest, top)
+    return toks, largest
 
 
 def _looks_like_text(path: Path, n: int = 4096) -> bool:
@@ -76,14 +85,25 @@ class Dataset:
     vocab_size: int
     source: str  # path as given, for messages and checkpoints
     tokenizer: Path | None  # llama2.c tokenizer.bin of this dataset, if known
+    max_id: int  # the largest token id in train and val
+    raw: bool  # a single token file (its vocab_size was given or defaulted, not stated by meta)
 
 
 def open_dataset(
-    path: str | Path | None, vocab_size: int | None = None, val_path: str | Path | None = None
+    path: str | Path | None,
+    vocab_size: int | None = None,
+    val_path: str | Path | None = None,
+    default_vocab: int = DEFAULT_VOCAB,
 ) -> Dataset:
-    """A dataset directory (with meta.json), a single .bin token file, or None = embedded data."""
+    """A dataset directory (with meta.json), a single .bin token file, or None = embedded data.
+
+    vocab_size is the user's (--vocab-size): checked against a directory's meta.json; a raw file
+    without it is read with default_vocab (a model's vocabulary when there is one).
+    """
     path = embedded_dataset() if path is None else Path(path)
     tokenizer = None
+    val: np.ndarray | None = None
+    val_max = 0
     if path.is_dir():
         meta_path = path / "meta.json"
         try:
@@ -102,20 +122,21 @@ def open_dataset(
                 f"{meta_path}: dataset vocab is {meta_vocab}, not --vocab-size {vocab_size}"
             )
         vocab_size = meta_vocab
-        train = load_tokens(path / meta.get("train", "train.bin"), vocab_size)
+        train, train_max = _load_tokens(path / meta.get("train", "train.bin"), vocab_size)
         val_file = path / meta.get("val", "val.bin")
-        no_val = meta.get("val_tokens") == 0 or not val_file.is_file()  # --val-fraction 0
-        val = None if no_val else load_tokens(val_file, vocab_size)
+        if meta.get("val_tokens") != 0 and val_file.is_file():  # none: --val-fraction 0
+            val, val_max = _load_tokens(val_file, vocab_size)
         tok = path / meta.get("tokenizer", "tokenizer.bin")
         tokenizer = tok if tok.is_file() else None
     elif path.exists():
-        vocab_size = vocab_size or DEFAULT_VOCAB
-        train, val = load_tokens(path, vocab_size), None
+        vocab_size = vocab_size or default_vocab
+        train, train_max = _load_tokens(path, vocab_size)
     else:
         raise DataError(f"{path}: no such file or dataset directory")
     if val_path is not None:
-        val = load_tokens(val_path, vocab_size)
-    return Dataset(train, val, vocab_size, str(path), tokenizer)
+        val, val_max = _load_tokens(val_path, vocab_size)
+    return Dataset(train, val, vocab_size, str(path), tokenizer, max(train_max, val_max),
+                   raw=not path.is_dir())  # fmt: skip
 
 
 def check_length(tokens: np.ndarray, seq_len: int, what: str) -> None:

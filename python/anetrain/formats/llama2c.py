@@ -196,6 +196,15 @@ def read_header(path: str | os.PathLike[str]) -> tuple[int, ModelConfig, int]:
     return version, cfg, group_size
 
 
+def is_llama2c(path: str | os.PathLike[str]) -> bool:
+    """True when PATH has a valid llama2.c header that matches its size (false for unreadable)."""
+    try:
+        read_header(path)
+    except CheckpointError:
+        return False
+    return True
+
+
 def read_llama2c(path: str | os.PathLike[str]) -> tuple[ModelConfig, Params]:
     """Import a llama2.c model.bin (version by magic: v0 legacy, v1 fp32, v2 Q8_0 dequantized)."""
     path = Path(path)
