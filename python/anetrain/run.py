@@ -13,14 +13,12 @@ import numpy as np
 
 from anetrain.config import DEFAULT_LR, PRESETS, ConfigError, ModelConfig, TrainConfig, preset
 from anetrain.errors import CheckpointError, DataError, UserError
-from anetrain.formats import checkpoint
+from anetrain.formats import checkpoint, metrics
 from anetrain.formats.checkpoint import Checkpoint, RunState
 from anetrain.formats.data import Dataset, check_length, open_dataset
 from anetrain.formats.llama2c import is_llama2c
 from anetrain.formats.models import KINDS, load_model, model_file
 from anetrain.params import Params, init_params
-
-METRICS_NAME = "metrics.jsonl"
 
 # Command-line flag -> TrainConfig field, for flags that override a resumed run's settings.
 TRAIN_FLAGS = {
@@ -67,7 +65,7 @@ class Run:
 
     @property
     def metrics_path(self) -> Path:
-        return self.out / METRICS_NAME
+        return self.out / metrics.FILE_NAME
 
 
 def setup_run(args: argparse.Namespace) -> Run:
@@ -101,6 +99,10 @@ def setup_run(args: argparse.Namespace) -> Run:
             f"{out / checkpoint.FILE_NAME}: a checkpoint already exists; use --resume {out} to "
             "continue it, another --out, or --overwrite to replace it"
         )
+    if metrics.has_records(out / metrics.FILE_NAME) and not same_run and not args.overwrite:
+        raise UserError(f"{out / metrics.FILE_NAME}: another run's metrics are here (it never "
+                        "saved a checkpoint); use another --out, or --overwrite to replace "
+                        "them")  # fmt: skip
     _check_out_dir(out)
     _warn_schedule(run.tc)
     if resume_file is None and args.init is None and args.vocab_size is None and run.data.raw:

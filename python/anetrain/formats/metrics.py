@@ -15,7 +15,7 @@ def has_records(path: Path) -> bool:
     """Whether PATH holds anything (a fresh run must not cut another run's metrics)."""
     try:
         return path.stat().st_size > 0
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
 
 
