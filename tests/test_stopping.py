@@ -205,6 +205,7 @@ def test_stops_at_random_times_resume_bit_identically(tmp_path):
         r = _train("--quiet", "--resume", str(out), "--threads", "1")
         assert r.wait(timeout=300) == 0, r.stderr.read()
         assert _cols(_metrics(out)) == want_rows and _params_sha(out) == want_sha
+    print(f"stopped at steps {stopped_at}")
     assert len(stopped_at) >= 5, stopped_at
 
 
