@@ -226,16 +226,17 @@ def test_cpu_kernels_implement_the_kernels_protocol(rng):
 
 def test_model_ropes_the_backward_with_the_shared_tables():
     """micro_step's RoPE' tables are rope.rope_tables' bit for bit, computed once per
-    (head_dim, seq_len, theta), and read-only (they are shared)."""
+    (model, seq_len), and read-only (they are shared)."""
     from anetrain.model import rope_for
     from anetrain.rope import rope_tables
 
-    cos, sin = rope_for(16, 24, 500.0)
+    cfg = tiny_cfg(rope_theta=500.0)
+    cos, sin = rope_for(cfg, 24)
     ref = rope_tables(16, 24, 500.0)
     np.testing.assert_array_equal(cos, ref[0])
     np.testing.assert_array_equal(sin, ref[1])
-    assert rope_for(16, 24, 500.0)[0] is cos and not cos.flags.writeable
-    assert rope_for(16, 24, 10000.0)[0] is not cos
+    assert rope_for(cfg, 24)[0] is cos and not cos.flags.writeable
+    assert rope_for(cfg.replace(rope_theta=10000.0), 24)[0] is not cos
 
 
 def test_model_imports_no_backend():

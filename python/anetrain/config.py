@@ -41,8 +41,46 @@ def _float_field(what: str, name: str, value: object) -> float:
 
 
 @dataclass(frozen=True)
+class RopeScaling:
+    """Llama 3.1/3.2's RoPE frequency scaling (Hugging Face rope_scaling of type "llama3"): low
+    frequencies divided by `factor`, high ones kept, a smooth ramp between."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+    def __post_init__(self) -> None:
+        for name in ("factor", "low_freq_factor", "high_freq_factor"):
+            value = _float_field("rope_scaling", name, getattr(self, name))
+            if not value > 0:
+                raise ConfigError(f"rope_scaling: {name} must be > 0, got {value}")
+            object.__setattr__(self, name, value)
+        if not self.high_freq_factor > self.low_freq_factor:
+            raise ConfigError("rope_scaling: high_freq_factor must be above low_freq_factor")
+        object.__setattr__(self, "original_max_position_embeddings", _int_field(
+            "rope_scaling", "original_max_position_embeddings",
+            self.original_max_position_embeddings, 1, MAX_SIZE))  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: object) -> RopeScaling:
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(d, dict) or set(d) != names:
+            raise ConfigError(f"model config: rope_scaling must have exactly {sorted(names)}, "
+                              f"got {d!r}")  # fmt: skip
+        return cls(**d)
+
+
+# Fields a llama2.c-style model leaves at their defaults; to_dict omits them then, so that the
+# checkpoints of such models keep the header they had before these fields existed.
+_OPTIONAL = {"head_size": 0, "qk_norm": False, "rope_scaling": None}
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    """Llama-2 architecture as llama2.c defines it (pre-norm, RMSNorm, SwiGLU, interleaved RoPE)."""
+    """A Llama-family decoder: pre-norm, RMSNorm, SwiGLU, RoPE on interleaved pairs (llama2.c's
+    layout; Hugging Face's rotate-half q/k rows are permuted at import and export), GQA, and
+    optionally an explicit head size and Qwen3's per-head RMSNorm of q and k."""
 
     dim: int = 288
     n_layers: int = 6
@@ -54,10 +92,18 @@ class ModelConfig:
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     shared_classifier: bool = True  # llama2.c ties tok_embeddings.weight and output.weight
+    head_size: int = 0  # 0: dim // n_heads (llama2.c); else explicit (Qwen3: n_heads·head ≠ dim)
+    qk_norm: bool = False  # Qwen3: RMSNorm of every q and k head (weights [head_dim]) before RoPE
+    rope_scaling: RopeScaling | None = None  # Llama 3.x long-context frequency scaling
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
+        if isinstance(self.rope_scaling, dict):
+            object.__setattr__(self, "rope_scaling", RopeScaling.from_dict(self.rope_scaling))
+        self._check()
+
+    def _check(self) -> None:
         for name in _SIZES:
             object.__setattr__(self, name, _int_field("model config", name, getattr(self, name),
                                                       1, MAX_SIZE))  # fmt: skip
@@ -65,10 +111,15 @@ class ModelConfig:
             object.__setattr__(self, name, _float_field("model config", name, getattr(self, name)))
             if not getattr(self, name) > 0:
                 raise ConfigError(f"model config: {name} must be > 0, got {getattr(self, name)}")
-        if not isinstance(self.shared_classifier, bool):
-            raise ConfigError(f"model config: shared_classifier must be true or false, got "
-                              f"{self.shared_classifier!r}")  # fmt: skip
-        if self.dim % self.n_heads:
+        for name in ("shared_classifier", "qk_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"model config: {name} must be true or false, got "
+                                  f"{getattr(self, name)!r}")  # fmt: skip
+        object.__setattr__(self, "head_size",
+                           _int_field("model config", "head_size", self.head_size, 0, MAX_SIZE))
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
+            raise ConfigError(f"model config: bad rope_scaling {self.rope_scaling!r}")
+        if not self.head_size and self.dim % self.n_heads:
             raise ConfigError(
                 f"model config: dim {self.dim} is not divisible by n_heads {self.n_heads}"
             )
@@ -82,7 +133,7 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.n_heads
+        return self.head_size or self.dim // self.n_heads
 
     @property
     def kv_dim(self) -> int:
@@ -101,6 +152,8 @@ class ModelConfig:
         """Parameter count, shared classifier counted once (as llama2.c and nanoGPT count it)."""
         d, f, kv, L, v = self.dim, self.hidden_dim, self.kv_dim, self.n_layers, self.vocab_size
         per_layer = 2 * self.q_dim * d + 2 * kv * d + 3 * d * f + 2 * d
+        if self.qk_norm:
+            per_layer += 2 * self.head_dim
         cls = 0 if self.shared_classifier else v * d
         return v * d + L * per_layer + d + cls
 
@@ -119,7 +172,8 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if k not in _OPTIONAL or v != _OPTIONAL[k]}
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:

@@ -15,7 +15,7 @@ import numpy as np
 from anetrain import native
 from anetrain.config import ModelConfig, default_threads
 from anetrain.params import Params
-from anetrain.rope import rope_tables
+from anetrain.rope import model_rope_tables
 
 # Data flow (channel-first [C, S] everywhere, S = one sequence; see ARCHITECTURE.md):
 #   x = embed[tokens]^T                                             [D, S]
@@ -121,10 +121,10 @@ def reduce_kv(x: np.ndarray, cfg: ModelConfig) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def rope_for(head_dim: int, seq_len: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
-    """rope.rope_tables(head_dim, seq_len, theta), computed once and read-only: cos and sin,
-    fp32 [seq_len, head_dim // 2] each (RoPE' of the backward; the kernels rope the forward)."""
-    cos, sin = rope_tables(head_dim, seq_len, theta)
+def rope_for(cfg: ModelConfig, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """rope.model_rope_tables(cfg, seq_len), computed once and read-only: cos and sin, fp32
+    [seq_len, head_dim // 2] each (RoPE' of the backward; the kernels rope the forward)."""
+    cos, sin = model_rope_tables(cfg, seq_len)
     cos.flags.writeable = sin.flags.writeable = False
     return cos, sin
 
@@ -350,7 +350,7 @@ def micro_step(
     dy = native.rmsnorm_bwd(dxf, x, params.rms_final, r_fin, grads.rms_final, out=dxf)
 
     # ---- layers, last to first; dy is dLoss/d(residual stream) at the layer output
-    rope = rope_for(cfg.head_dim, len(tokens), cfg.rope_theta)  # cos, sin [S, hd/2] each
+    rope = rope_for(cfg, len(tokens))  # cos, sin [S, hd/2] each
     for layer in reversed(range(cfg.n_layers)):
         dy = _layer_bwd(params, grads, kern, dw, layer, acts[layer], dy, accumulate, rope)
         acts[layer] = None  # free this layer's activations early (peak memory)

@@ -22,6 +22,8 @@ class LayerParams:
     w3: np.ndarray  # [hidden, dim]  up
     rms_att: np.ndarray  # [dim]
     rms_ffn: np.ndarray  # [dim]
+    q_norm: np.ndarray | None = None  # [head_dim] Qwen3's per-head RMSNorm of q (qk_norm only)
+    k_norm: np.ndarray | None = None  # [head_dim] ... of k
 
 
 # Storage order inside a layer: [wq; wk; wv] and [w1; w3] are contiguous blocks, so the CPU
@@ -34,7 +36,8 @@ def layout(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
 
     All weight-decayed tensors (>= 2 dims) come first, then the norm weights, so that AdamW runs as
     two calls over two contiguous ranges. Names follow llama2.c's state dict loosely:
-    embed, [wcls], layers.{l}.{wq..w3}, layers.{l}.rms_att, layers.{l}.rms_ffn, rms_final.
+    embed, [wcls], layers.{l}.{wq..w3}, layers.{l}.rms_att, layers.{l}.rms_ffn,
+    [layers.{l}.q_norm, layers.{l}.k_norm], rms_final.
     """
     d, f, q, kv, v = cfg.dim, cfg.hidden_dim, cfg.q_dim, cfg.kv_dim, cfg.vocab_size
     shapes = {
@@ -52,7 +55,9 @@ def layout(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
     for layer in range(cfg.n_layers):
         out += [(f"layers.{layer}.{n}", shapes[n]) for n in MATRICES]
     for layer in range(cfg.n_layers):
-        out += [(f"layers.{layer}.rms_att", (d,)), (f"layers.{layer}.rms_ffn", (d,))]
+        out += [(f"layers.{layer}.{n}", (d,)) for n in ("rms_att", "rms_ffn")]
+        if cfg.qk_norm:
+            out += [(f"layers.{layer}.{n}", (cfg.head_dim,)) for n in ("q_norm", "k_norm")]
     out.append(("rms_final", (d,)))
     return out
 
@@ -84,10 +89,9 @@ class Params:
         self.embed = t["embed"]  # [vocab, dim]
         self.wcls = t["embed"] if cfg.shared_classifier else t["wcls"]  # [vocab, dim] classifier
         self.rms_final = t["rms_final"]  # [dim]
-        self.layers = [
-            LayerParams(**{k: t[f"layers.{i}.{k}"] for k in (*MATRICES, "rms_att", "rms_ffn")})
-            for i in range(cfg.n_layers)
-        ]
+        norms = ("rms_att", "rms_ffn") + (("q_norm", "k_norm") if cfg.qk_norm else ())
+        self.layers = [LayerParams(**{k: t[f"layers.{i}.{k}"] for k in (*MATRICES, *norms)})
+                       for i in range(cfg.n_layers)]  # fmt: skip
 
     def block(self, layer: int, first: str, last: str) -> np.ndarray:
         """Rows of the consecutive matrices first..last of a layer as one [rows, dim] view

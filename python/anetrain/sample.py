@@ -20,7 +20,7 @@ from anetrain.errors import UserError
 from anetrain.formats.models import load_model
 from anetrain.formats.tokenizer import BOS_ID, Tokenizer, read_tokenizer
 from anetrain.params import Params
-from anetrain.rope import rope_tables
+from anetrain.rope import model_rope_tables
 
 # Generation follows run.c's `generate` (design/llama2c.md §3): the prompt is encoded with BOS
 # (plus the dummy-prefix " " when it is not empty); pos 0 runs the first prompt token; while
@@ -50,7 +50,7 @@ class Decoder:
             raise UserError(f"position {pos} is outside the model's context of {cfg.seq_len}")
         H, KV, G, hd = cfg.n_heads, cfg.n_kv_heads, cfg.kv_group, cfg.head_dim
         T = pos + 1
-        cos, sin = rope_tables(hd, 1, cfg.rope_theta, pos0=pos)  # [1, hd/2] each
+        cos, sin = model_rope_tables(cfg, 1, pos0=pos)  # [1, hd/2] each
         x = native.embed_fwd(p.embed, np.array([token], dtype=np.int32))  # [D, 1]
         for layer, lp in enumerate(p.layers):
             xn, _ = native.rmsnorm_fwd(x, lp.rms_att, cfg.norm_eps)  # [D, 1]

@@ -8,7 +8,7 @@ from anetrain import native
 from anetrain.config import ModelConfig, default_threads
 from anetrain.model import tile_kv
 from anetrain.params import Params
-from anetrain.rope import rope_tables
+from anetrain.rope import model_rope_tables
 
 # Every kernel works on channel-first activations [C, S] (element (c, t) at c*S + t) and reads the
 # fp32 master weights in llama2.c orientation W[out, in]. The MIL versions in mil/kernels.py compute
@@ -57,7 +57,7 @@ class CpuKernels:
         self.cfg = cfg
         self.params = params
         self.S = seq_len or cfg.seq_len
-        self.cos, self.sin = rope_tables(cfg.head_dim, self.S, cfg.rope_theta)  # [S, hd/2] each
+        self.cos, self.sin = model_rope_tables(cfg, self.S)  # [S, hd/2] each
         self.scale = np.float32(1.0 / np.sqrt(cfg.head_dim))
         self.threads = threads or default_threads()  # for the elementwise C ops (softmax, ...)
         # attention probabilities of the forward, reused by sdpa_bwd1 when it is called with the

@@ -53,7 +53,7 @@ from anetrain.mil.builder import Builder, Var
 from anetrain.mil.check import ALIGN_W
 from anetrain.mil.errors import MilError
 from anetrain.mil.ir import Program, format_program
-from anetrain.rope import rope_tables
+from anetrain.rope import model_rope_tables
 
 MASK_VALUE = -65504.0  # most negative finite fp16, not -inf (upstream.md §5.6)
 ALIGN_C = 32  # surface channels a multiple of 32 (upstream.md §2.5); widths: ALIGN_W (64)
@@ -304,7 +304,7 @@ def sdpa_fwd(cfg: ModelConfig) -> KernelSpec:
     k = _K("sdpaFwd", cfg, _spatial(D, [("xnorm", S, ""), ("wq_t", Q, "T"), ("wk_t", KV, "T"),
                                         ("wv_t", KV, "T")]))  # fmt: skip
     b = k.b
-    cos, sin = rope_tables(HD, S, cfg.rope_theta)  # [S, HD/2] each
+    cos, sin = model_rope_tables(cfg, S)  # [S, HD/2] each
     cb = k.blob(
         "rope_cos", np.repeat(cos, 2, axis=1).reshape(1, 1, S, HD)
     )  # cos[p][2i]=cos[p][2i+1]

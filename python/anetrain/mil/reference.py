@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from anetrain.config import ModelConfig
-from anetrain.rope import rope_tables
+from anetrain.rope import model_rope_tables
 
 # Channel-first [C, S] activations; weights in llama2.c orientation W[out, in]. Written per head
 # with explicit loops (a different formulation from the MIL) so that a layout or head-mapping bug
@@ -15,7 +15,7 @@ from anetrain.rope import rope_tables
 def _rope(x: np.ndarray, cfg: ModelConfig, n_heads: int) -> np.ndarray:
     """Interleaved-pair RoPE on [n_heads·HD, S]."""
     hd, S = cfg.head_dim, x.shape[1]
-    cos, sin = rope_tables(hd, S, cfg.rope_theta)  # [S, HD/2]
+    cos, sin = model_rope_tables(cfg, S)  # [S, HD/2]
     h = x.reshape(n_heads, hd // 2, 2, S)  # pair i of head h: rows 2i, 2i+1
     e, o = h[:, :, 0, :], h[:, :, 1, :]  # [nh, HD/2, S]
     out = np.empty_like(h)
