@@ -12,10 +12,15 @@ from anetrain.backends.cpu import CpuKernels
 from anetrain.model import loss_only, micro_step
 from anetrain.params import Params, init_params
 
+LLAMA3 = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 64}  # wavelengths 6..19k: all three bands  # fmt: skip
 CASES = {
     "mha": {},
     "gqa": {"n_kv_heads": 2},
     "untied": {"shared_classifier": False},
+    "head_size": {"head_size": 8, "n_kv_heads": 2},  # n_heads·head_size = 32 != dim 64
+    "qwen3": {"n_kv_heads": 2, "head_size": 32, "qk_norm": True, "shared_classifier": False},
+    "llama3_rope": {"rope_theta": 5e5, "rope_scaling": LLAMA3, "n_kv_heads": 1},
 }
 
 

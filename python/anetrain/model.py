@@ -41,9 +41,9 @@ class Kernels(Protocol):
     fp16: bool  # the kernels compute in fp16: train.py scales the loss dynamically
     overlap_dw: bool  # run the dW sgemms on DwPool worker threads, behind kernel evaluations
 
-    def sdpa_fwd(self, layer: int, xnorm: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-        """xnorm [D, S] -> attn [Q, S], q_rope [Q, S], k_rope [KV, S], v [KV, S]."""
+    def sdpa_fwd(self, layer: int, xnorm: np.ndarray) -> tuple[np.ndarray, ...]:
+        """xnorm [D, S] -> attn [Q, S], q_rope [Q, S], k_rope [KV, S], v [KV, S], and with
+        cfg.qk_norm (Qwen3) also q_pre [Q, S], k_pre [KV, S]: the projections before the norm."""
         ...
 
     def wo_fwd(self, layer: int, attn: np.ndarray) -> np.ndarray:
@@ -146,6 +146,30 @@ class LayerActs:
     h1: np.ndarray  # [F, S] W1 x2n
     h3: np.ndarray  # [F, S] W3 x2n
     gate: np.ndarray  # [F, S] silu(h1) * h3
+    q_pre: np.ndarray | None = None  # [Q, S] Wq xn before Qwen3's q norm (qk_norm only)
+    k_pre: np.ndarray | None = None  # [KV, S] Wk xn before the k norm
+
+
+def head_rmsnorm_fwd(x: np.ndarray, w: np.ndarray, n_heads: int, eps: float) -> np.ndarray:
+    """Qwen3's q/k norm, in place: RMSNorm of every head of x [n_heads·hd, S] over its hd rows
+    (channel-first: each head is a contiguous row block), weight w [hd] shared by the heads."""
+    hd = w.shape[0]
+    for h in range(n_heads):
+        rows = x[h * hd : (h + 1) * hd]  # [hd, S]
+        native.rmsnorm_fwd(rows, w, eps, out=rows)
+    return x
+
+
+def head_rmsnorm_bwd(dy: np.ndarray, x: np.ndarray, w: np.ndarray, dw: np.ndarray,
+                     n_heads: int, eps: float) -> np.ndarray:  # fmt: skip
+    """Backward of head_rmsnorm_fwd, in place: dy [n_heads·hd, S] at the norm's output -> at its
+    input x (the pre-norm rows); dw [hd] accumulates every head's weight gradient."""
+    hd = w.shape[0]
+    for h in range(n_heads):
+        rows = slice(h * hd, (h + 1) * hd)
+        _, rrms = native.rmsnorm_fwd(x[rows], w, eps)  # [S] (recomputed: cheaper than kept)
+        native.rmsnorm_bwd(dy[rows], x[rows], w, rrms, dw, out=dy[rows])
+    return dy
 
 
 def _matmul_into(g: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool) -> None:
@@ -250,12 +274,13 @@ def forward(params: Params, kern: Kernels, tokens: np.ndarray, keep: bool = True
     acts: list[LayerActs] = []
     for layer, lp in enumerate(params.layers):
         xn, r_att = native.rmsnorm_fwd(x, lp.rms_att, cfg.norm_eps)  # [D, S], [S]
-        attn, q, k, v = kern.sdpa_fwd(layer, xn)
+        attn, q, k, v, *pre = kern.sdpa_fwd(layer, xn)  # pre: q, k before the qk norm
         x2 = x + kern.wo_fwd(layer, attn)  # [D, S]
         x2n, r_ffn = native.rmsnorm_fwd(x2, lp.rms_ffn, cfg.norm_eps)
         ffn, h1, h3, gate = kern.ffn_fused(layer, x2n)
         if keep:
-            acts.append(LayerActs(x, xn, r_att, q, k, v, attn, x2, x2n, r_ffn, h1, h3, gate))
+            acts.append(LayerActs(x, xn, r_att, q, k, v, attn, x2, x2n, r_ffn, h1, h3, gate,
+                                  *pre))  # fmt: skip
         x = x2 + ffn
     return x, (acts if keep else None)
 
@@ -299,6 +324,9 @@ def _layer_bwd(params: Params, grads: Params, kern: Kernels, dw: DwPool | _Inlin
     dq, dk, dv = dqkv[:Q], dqkv[Q : Q + KV], dqkv[Q + KV :]  # row views
     native.rope_bwd(dq, *rope, cfg.n_heads)
     native.rope_bwd(dk, *rope, cfg.n_kv_heads)
+    if cfg.qk_norm:  # through Qwen3's q/k norm to the projections
+        head_rmsnorm_bwd(dq, a.q_pre, lp.q_norm, gp.q_norm, cfg.n_heads, cfg.norm_eps)
+        head_rmsnorm_bwd(dk, a.k_pre, lp.k_norm, gp.k_norm, cfg.n_kv_heads, cfg.norm_eps)
     dw.matmul((layer, "wqkv"), grads.block(layer, "wq", "wv"), dqkv, a.xn.T, accumulate)
     dxn = kern.q_bwd(layer, dq)  # [D, S]
     dxn += kern.kv_bwd(layer, dk, dv)

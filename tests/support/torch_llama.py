@@ -1,4 +1,4 @@
-"""An independent PyTorch (eager, fp32) llama2.c model: autograd oracle and benchmark rival."""
+"""An independent PyTorch (eager, fp32) Llama/Qwen3 model: autograd oracle and benchmark rival."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ class TorchLlama(torch.nn.Module):
         )
         hd = cfg.head_dim
         inv = cfg.rope_theta ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+        if cfg.rope_scaling is not None:
+            inv = _llama3_inv_freq(inv, cfg.rope_scaling)
         ang = torch.outer(torch.arange(cfg.seq_len, dtype=torch.float64), inv)
         self.register_buffer("cos", torch.cos(ang).float(), persistent=False)  # (S, hd/2)
         self.register_buffer("sin", torch.sin(ang).float(), persistent=False)
@@ -54,8 +56,12 @@ class TorchLlama(torch.nn.Module):
         for i in range(cfg.n_layers):
             L = f"layers.{i}."
             h = self._rmsnorm(x, self.w(L + "rms_att"))
-            q = self._rope((h @ self.w(L + "wq").T).view(S, H, hd))
-            k = self._rope((h @ self.w(L + "wk").T).view(S, KV, hd))
+            q = (h @ self.w(L + "wq").T).view(S, H, hd)
+            k = (h @ self.w(L + "wk").T).view(S, KV, hd)
+            if cfg.qk_norm:  # Qwen3: RMSNorm over each head's hd values, before RoPE
+                q = self._rmsnorm(q, self.w(L + "q_norm"))
+                k = self._rmsnorm(k, self.w(L + "k_norm"))
+            q, k = self._rope(q), self._rope(k)
             v = (h @ self.w(L + "wv").T).view(S, KV, hd)
             if KV != H:  # query head h uses kv head h // (H/KV)
                 k = k.repeat_interleave(H // KV, dim=1)
@@ -77,6 +83,23 @@ class TorchLlama(torch.nn.Module):
         for name, t in out.tensors.items():
             g = self.w(name).grad
             t[...] = 0.0 if g is None else g.detach().numpy()
+
+
+def _llama3_inv_freq(inv: torch.Tensor, s) -> torch.Tensor:
+    """Llama 3's scaled RoPE frequencies, as Meta's reference code writes them (per frequency:
+    keep the high ones, divide the low ones by the factor, interpolate in between)."""
+    old = s.original_max_position_embeddings
+    out = []
+    for f in inv.tolist():
+        wavelen = 2 * math.pi / f
+        if wavelen < old / s.high_freq_factor:
+            out.append(f)
+        elif wavelen > old / s.low_freq_factor:
+            out.append(f / s.factor)
+        else:
+            smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+            out.append((1 - smooth) * f / s.factor + smooth * f)
+    return torch.tensor(out, dtype=torch.float64)
 
 
 def loss_and_grads(params: Params, tokens: np.ndarray, targets: np.ndarray) -> tuple[float, Params]:

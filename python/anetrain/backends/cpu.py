@@ -6,7 +6,7 @@ import numpy as np
 
 from anetrain import native
 from anetrain.config import ModelConfig, default_threads
-from anetrain.model import tile_kv
+from anetrain.model import head_rmsnorm_fwd, tile_kv
 from anetrain.params import Params
 from anetrain.rope import model_rope_tables
 
@@ -128,6 +128,12 @@ class CpuKernels:
         Q, KV = cfg.q_dim, cfg.kv_dim
         qkv = self.params.block(layer, "wq", "wv") @ xnorm  # [Q + 2KV, S], one sgemm
         q, k, v = qkv[:Q], qkv[Q : Q + KV], qkv[Q + KV :]  # [Q, S], [KV, S], [KV, S] row views
+        pre = ()
+        if cfg.qk_norm:  # Qwen3: RMSNorm of every q and k head before RoPE
+            lp = self.params.layers[layer]
+            pre = (q.copy(), k.copy())  # [Q, S], [KV, S] for the backward
+            head_rmsnorm_fwd(q, lp.q_norm, cfg.n_heads, cfg.norm_eps)
+            head_rmsnorm_fwd(k, lp.k_norm, cfg.n_kv_heads, cfg.norm_eps)
         native.rope_fwd(q, self.cos, self.sin, cfg.n_heads)
         native.rope_fwd(k, self.cos, self.sin, cfg.n_kv_heads)
         k_tiled = tile_kv(k, cfg)
@@ -139,7 +145,7 @@ class CpuKernels:
         vh = self._heads(tile_kv(v, cfg))  # (H, hd, S)
         hd, S = cfg.head_dim, self.S
         attn = self._per_head(vh, p.transpose(0, 2, 1), hd, S)  # attn[d,t] = sum_t' v[d,t'] P[t,t']
-        return attn.reshape(cfg.q_dim, self.S), q, k, v
+        return (attn.reshape(cfg.q_dim, self.S), q, k, v, *pre)
 
     def wo_fwd(self, layer: int, attn: np.ndarray) -> np.ndarray:
         return self.params.layers[layer].wo @ attn  # [D, S]
