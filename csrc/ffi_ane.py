@@ -17,7 +17,7 @@ from ffi_util import cdef_from, sanitize_flags  # noqa: E402
 
 # setup.py runs this with cwd = project root; setuptools wants relative paths (ecosystem.md §1.3).
 HEADER = "csrc/ane/ane_runtime.h"
-SOURCES = ["csrc/ane/ane_runtime.m", "csrc/ane/ane_surface.m"]
+SOURCES = ["csrc/ane/ane_runtime.m", "csrc/ane/ane_surface.m", "csrc/ane/ane_errors.m"]
 CFLAGS = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"]
 
 # Linux stub only: live/locked surface counters for the leak tests.

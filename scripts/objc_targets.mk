@@ -5,7 +5,8 @@ OBJC_CC     ?= gcc
 OBJC_CFLAGS  = $(patsubst -I/%,-isystem/%,$(filter-out -MMD -MP -I.,$(shell gnustep-config --objc-flags))) \
                -std=gnu11 -Wall -Wextra -Wno-unused-parameter -Icsrc/ane -Icsrc/compat/linux
 OBJC_LIBS    = $(shell gnustep-config --base-libs)
-OBJC_SRCS    = csrc/ane/ane_runtime.m csrc/ane/ane_surface.m csrc/compat/linux/iosurface_stub.m
+OBJC_SRCS    = csrc/ane/ane_runtime.m csrc/ane/ane_surface.m csrc/ane/ane_errors.m \
+               csrc/compat/linux/iosurface_stub.m
 OBJC_HDRS    = csrc/ane/ane_private.h csrc/ane/objc_compat.h csrc/ane/ane_runtime.h \
                csrc/ane/ane_internal.h \
                csrc/compat/linux/IOSurface/IOSurface.h

@@ -15,6 +15,8 @@ void ane_set_err(char *err, size_t err_len, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* UTF-8 of an NSString, "" for nil or a non-string */
 const char *ane_cstr(id s);
+/* "<what>: <domain> (<code>): <description>[ <userInfo>]" (nil: "<what>: failed without ...") */
+void ane_set_nserror(char *err, size_t err_len, const char *what, NSError *e);
 /* "<fn>: Objective-C exception <name>: <reason>" */
 void ane_set_exception(char *err, size_t err_len, const char *fn, id ex);
 

@@ -9,8 +9,6 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -55,45 +53,6 @@ struct ane_request {
 };
 
 static uint64_t g_next_serial = 1; /* atomic; only a source of unique kernel ids */
-
-// ---- errors -------------------------------------------------------------------------------------
-
-void ane_set_err(char *err, size_t err_len, const char *fmt, ...) {
-    if (err == NULL || err_len == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_len, fmt, ap);
-    va_end(ap);
-}
-
-const char *ane_cstr(id s) {
-    const char *c = [s isKindOfClass:[NSString class]] ? [(NSString *)s UTF8String] : NULL;
-    return c != NULL ? c : "";
-}
-
-/* "<what>: <domain> (<code>): <localizedDescription>[ <userInfo>]": the userInfo carries the
-   compiler's detail text and NSUnderlyingError, which a rejected MIL program needs. */
-static void set_nserror(char *err, size_t err_len, const char *what, NSError *e) {
-    if (e == nil) {
-        ane_set_err(err, err_len, "%s: failed without an NSError", what);
-        return;
-    }
-    NSMutableDictionary *info = [NSMutableDictionary dictionary]; /* autoreleased */
-    if ([e userInfo] != nil) [info addEntriesFromDictionary:[e userInfo]];
-    [info removeObjectForKey:NSLocalizedDescriptionKey]; /* already in the message */
-    ane_set_err(err, err_len, "%s: %s (%ld): %s%s%s", what, ane_cstr([e domain]), (long)[e code],
-                ane_cstr([e localizedDescription]), [info count] ? " " : "",
-                [info count] ? ane_cstr([info description]) : "");
-}
-
-void ane_set_exception(char *err, size_t err_len, const char *fn, id ex) {
-    if ([ex isKindOfClass:[NSException class]])
-        ane_set_err(err, err_len, "%s: Objective-C exception %s: %s", fn,
-                    ane_cstr([(NSException *)ex name]), ane_cstr([(NSException *)ex reason]));
-    else
-        ane_set_err(err, err_len, "%s: Objective-C exception of class %s", fn,
-                    ane_cstr(NSStringFromClass([ex class])));
-}
 
 // ---- framework ----------------------------------------------------------------------------------
 
@@ -307,7 +266,7 @@ static int write_file(NSFileManager *fm, NSString *path, NSData *data, char *err
             withIntermediateDirectories:YES
                              attributes:nil
                                   error:&e]) {
-        set_nserror(err, err_len,
+        ane_set_nserror(err, err_len,
                     [[@"ane_compile: mkdir " stringByAppendingString:parent] UTF8String], e);
         return -1;
     }
@@ -400,7 +359,7 @@ static int compile_impl(ane_kernel *k, const char *mil, size_t mil_len, int n_we
             withIntermediateDirectories:YES
                              attributes:nil
                                   error:&e]) {
-        set_nserror(err, err_len, "ane_compile: mkdir weights", e);
+        ane_set_nserror(err, err_len, "ane_compile: mkdir weights", e);
         return -1;
     }
     if (write_file(fm, [k->dir stringByAppendingPathComponent:@"model.mil"], mil_data, err,
@@ -417,7 +376,7 @@ static int compile_impl(ane_kernel *k, const char *mil, size_t mil_len, int n_we
     /* 6. compile */
     e = nil;
     if (![model compileWithQoS:ANE_QOS options:ANE_EMPTY_DICT error:&e]) {
-        set_nserror(err, err_len, "ane_compile: compileWithQoS", e);
+        ane_set_nserror(err, err_len, "ane_compile: compileWithQoS", e);
         return -1;
     }
     /* 7. load, retried once after 100 ms */
@@ -426,7 +385,7 @@ static int compile_impl(ane_kernel *k, const char *mil, size_t mil_len, int n_we
         usleep(ANE_LOAD_RETRY_US);
         e = nil;
         if (![model loadWithQoS:ANE_QOS options:ANE_EMPTY_DICT error:&e]) {
-            set_nserror(err, err_len, "ane_compile: loadWithQoS (after one retry)", e);
+            ane_set_nserror(err, err_len, "ane_compile: loadWithQoS (after one retry)", e);
             return -1;
         }
     }
@@ -584,7 +543,7 @@ static int eval_impl(ane_kernel *k, ane_request *r, char *err, size_t err_len) {
     }
     NSError *e = nil;
     if (![k->model evaluateWithQoS:ANE_QOS options:ANE_EMPTY_DICT request:r->request error:&e]) {
-        set_nserror(err, err_len, "ane_eval: evaluateWithQoS", e);
+        ane_set_nserror(err, err_len, "ane_eval: evaluateWithQoS", e);
         return -1;
     }
     return 0;
