@@ -12,8 +12,9 @@ from anetrain.backends.cpu import CpuKernels
 from anetrain.model import loss_only, micro_step
 from anetrain.params import Params, init_params
 
+# RoPE wavelengths of the tiny model span 6 .. 19k positions: all three llama3 bands are hit
 LLAMA3 = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-          "original_max_position_embeddings": 64}  # wavelengths 6..19k: all three bands  # fmt: skip
+          "original_max_position_embeddings": 64}  # fmt: skip
 CASES = {
     "mha": {},
     "gqa": {"n_kv_heads": 2},
