@@ -36,7 +36,8 @@ def test_unknown_benchmark_is_named_with_the_valid_ones(capsys: pytest.CaptureFi
     out, err = capsys.readouterr()
     assert out == ""
     assert (
-        err == "anetrain.bench: error: unknown benchmark 'bogus' (choose from cpu, overlap, sim)\n"
+        err == "anetrain.bench: error: unknown benchmark 'bogus' (choose from cpu, hf, overlap, "
+        "sim)\n"
     )
 
 
@@ -140,3 +141,20 @@ def test_cpu_without_torch_flag_prints_no_note(capsys: pytest.CaptureFixture[str
     assert bench_main(argv) == 0
     out, err = capsys.readouterr()
     assert err == "" and "fp32->fp16" in out
+
+
+def test_hf_bench_prints_every_figure(monkeypatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """bench hf on a tiny stand-in shape: both step times, their ratio, memory, and the
+    simulator and latency-model figures."""
+    from anetrain.bench import hf
+    from anetrain.config import ModelConfig
+
+    tiny = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128,
+                       vocab_size=97, seq_len=16)  # fmt: skip
+    monkeypatch.setitem(hf.SHAPES, "tiny-llama", tiny)
+    assert bench_main(["hf", "--shape", "tiny-llama", "--reps", "1", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["ratio"] > 0 and res["anetrain_ms"] > 0 and res["torch_ms"] > 0
+    assert res["peak_rss_mb"] > 0 and res["sim_layers"] == 2 and res["latency_ratio"] > 0
+    assert bench_main(["hf", "--shape", "nope"]) == 2
+    assert "unknown shape 'nope'" in _one_error_line(capsys.readouterr().err, "anetrain.bench")

@@ -9,6 +9,7 @@ BENCHES = {
     "cpu": "anetrain.bench.cpu",  # cpu backend vs PyTorch eager, fp16 conversion throughput
     "sim": "anetrain.bench.sim",  # ANE simulator: all kernel evaluations of one micro-step
     "overlap": "anetrain.bench.overlap",  # latency-model runtime: kernel time vs CPU critical path
+    "hf": "anetrain.bench.hf",  # Hugging Face shapes: cpu vs PyTorch, simulator, latency model
 }
 
 

@@ -101,7 +101,13 @@ def torch_stepper(cfg, params, seed: int):
 
 
 def bench_steps(name: str, reps: int, threads: int, use_torch: bool) -> dict:
-    cfg = preset(name, vocab_size=32000, seq_len=256)
+    return compare_steps(name, preset(name, vocab_size=32000, seq_len=256), reps, threads,
+                         use_torch)  # fmt: skip
+
+
+def compare_steps(name: str, cfg, reps: int, threads: int, use_torch: bool) -> dict:
+    """Median optimizer-step time of the cpu backend and (use_torch) of PyTorch eager with
+    fused AdamW on the same model, the two alternated so that both see the same machine load."""
     ours, params = anetrain_stepper(cfg, 0, threads)
     theirs = torch_stepper(cfg, params, 0) if use_torch else None
     ours()  # warm-up (allocations, BLAS buffers)
