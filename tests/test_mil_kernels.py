@@ -82,6 +82,25 @@ def test_gqa_uses_llama2c_head_mapping():
     assert np.abs(got - upstream).max() > 0.1 * scale
 
 
+@pytest.mark.parametrize("accum", ["fp32", "fp16"])
+def test_row_sums_equal_the_broadcast_keep_dims_sum(accum):
+    """sdpaBwd2's rowsum(P⊙dP), spread along the keys by a matmul with a one-hot block, is the
+    fp16-rounded row sum in every column, bit for bit (no [.., 1] tensor needed)."""
+    spec = specs("gqa")["sdpaBwd2"]
+    packed, _ = random_case(spec, GQA, np.random.default_rng(5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sim = Simulation(spec.mil, spec.weights, accum=accum)
+    env = sim.values(packed)
+    pdp = np.asarray(env["pdp"])  # [1,H,S,S]
+    want = sim.cfg.r16(np.sum(pdp, axis=-1, keepdims=True, dtype=np.float32))  # [1,H,S,1]
+    if accum == "fp16":  # the reduction's own fp16 chunks, as the simulator sums them
+        want = np.asarray(env["rs"])[..., None]
+    got = np.asarray(env["rs_m"])
+    assert got.shape == pdp.shape and np.array_equal(got, np.broadcast_to(want, got.shape))
+    assert np.abs(want).max() > 0
+
+
 def test_fp16_accumulation_is_worse_but_bounded():
     spec = specs("mha")["ffnBwdW13t"]
     packed, logical = random_case(spec, MHA, np.random.default_rng(3))

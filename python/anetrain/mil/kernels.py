@@ -42,6 +42,8 @@ Deviations from upstream's MIL (mil_dynamic.h @d91c984), each on purpose:
    pairs side by side along S (_rope), not on upstream's [1, nh, S·HD/2, 2] pairs: the ANE pads
    every last axis to 64 bytes (16x for those); the rotation's signs are in the sin table, so
    there is no ·(−1) op. q_rope and k_rope leave by a reshape, without transposing back.
+8. sdpaBwd2 broadcasts rowsum(P⊙dP) with an exact matmul (_row_sums), not from a [1, H, S, 1]
+   keep_dims sum: no tensor in any kernel has a last axis under 64 bytes for the ANE's sizes.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from anetrain import native
 from anetrain.config import ModelConfig
 from anetrain.mil.blob import write_blob
 from anetrain.mil.builder import Builder, Var
-from anetrain.mil.check import ALIGN_W
+from anetrain.mil.check import ALIGN_K, ALIGN_W
 from anetrain.mil.errors import MilError
 from anetrain.mil.ir import Program, format_program
 from anetrain.rope import model_rope_tables
@@ -313,6 +315,27 @@ def _rope(k: _K, h: Var, cos: Var, sin: Var, tag: str) -> Var:
                 y=b.op("mul", f"{tag}_sn", x=sw, y=sin))  # fmt: skip
 
 
+def _row_sums(k: _K, x: Var) -> Var:
+    """[1, H, S, S] -> [1, H, S, S] whose every column is the row sum of x, without the
+    [1, H, S, 1] keep_dims sum the ANE would pad 32x (mil_reference.md §5 #20).
+
+    The sum leaves as [1, H, S] (last axis S); e0 [1, 1, 32, S] is a one in row 0 and zeros
+    below. rs ⊙ e0 puts the sums in row 0 of a [1, H, 32, S] block, and (rs ⊙ e0)ᵀ·e0 copies
+    them along every column: each output is rs·1 plus zeros, exactly the sum, so the result
+    equals a broadcast of the keep_dims sum bit for bit. 32 rows, not 1: a runtime matmul's inner
+    dimension is kept a multiple of 32 (M1 returns zeros otherwise, check.ALIGN_K).
+    """
+    b = k.b
+    _, H, S, _ = x.shape
+    e0 = np.zeros((1, 1, ALIGN_K, S), np.float32)
+    e0[0, 0, 0] = 1.0
+    e = k.blob("e0", e0)  # [1,1,32,S]
+    rs = b.op("reduce_sum", "rs", x=x, axes=[-1], keep_dims=False)  # [1,H,S]
+    rs = b.reshape("rs_r", rs, [1, H, 1, S])  # [1,H,1,S]
+    blk = b.op("mul", "rs_b", x=rs, y=e)  # [1,H,32,S]: row 0 = rs, the rest 0
+    return b.matmul("rs_m", blk, e, tx=True)  # [1,H,S,S]: (t, k) = rs[t]
+
+
 def _scale(cfg: ModelConfig) -> float:
     return float(1.0 / np.sqrt(cfg.head_dim))
 
@@ -439,7 +462,7 @@ def sdpa_bwd2(cfg: ModelConfig) -> KernelSpec:
     p = b.reshape("p_r", k.seg("P", "p"), [1, H, S, S])  # [1,H·S,1,S] -> [1,H,S,S]
     dp = b.reshape("dp_r", k.seg("dP", "dp"), [1, H, S, S])
     q, kk = k.heads("q_rope", H, "q"), k.heads("k_tiled", H, "k")  # [1,H,S,HD]
-    rs = b.op("reduce_sum", "rs", x=b.op("mul", "pdp", x=p, y=dp), axes=[-1], keep_dims=True)
+    rs = _row_sums(k, b.op("mul", "pdp", x=p, y=dp))  # [1,H,S,S] rowsum(P⊙dP) in every column
     ds = b.op("mul", "ds0", x=p, y=b.op("sub", "dd", x=dp, y=rs))  # P⊙(dP − rowsum(P⊙dP))
     ds = b.op("mul", "ds", x=ds, y=_scale(cfg))  # [1,H,S,S]
     dq = b.matmul("dq", ds, kk)  # dS·K [1,H,S,HD]
