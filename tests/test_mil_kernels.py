@@ -37,7 +37,9 @@ BUDGET = {"o": 1, "dgate": 1, "dattn": 1, "v": 1, "h1": 1, "h3": 1, "dP": 1, "dx
 MHA = ModelConfig(dim=128, n_layers=1, n_heads=4, hidden_dim=320, seq_len=64)
 GQA = ModelConfig(dim=128, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=320, seq_len=64)
 GQA4 = ModelConfig(dim=128, n_layers=1, n_heads=8, n_kv_heads=2, hidden_dim=192, seq_len=64)
-CONFIGS = {"mha": MHA, "gqa": GQA, "gqa4": GQA4}
+HD = ModelConfig(dim=128, n_layers=1, n_heads=4, n_kv_heads=2, head_size=48, hidden_dim=320,
+                 seq_len=64)  # explicit head dim: q_dim 192, kv_dim 96 (Qwen3-like)
+CONFIGS = {"mha": MHA, "gqa": GQA, "gqa4": GQA4, "head_dim": HD}
 _SPECS: dict[str, dict] = {}
 
 
