@@ -56,9 +56,10 @@ from anetrain import native
 from anetrain.config import ModelConfig
 from anetrain.mil.blob import write_blob
 from anetrain.mil.builder import Builder, Var
-from anetrain.mil.check import ALIGN_K, ALIGN_W
+from anetrain.mil.check import ALIGN_K, ALIGN_W, check_program
 from anetrain.mil.errors import MilError
 from anetrain.mil.ir import Program, format_program
+from anetrain.mil.parse import parse
 from anetrain.rope import model_rope_tables
 
 MASK_VALUE = -65504.0  # most negative finite fp16, not -inf (upstream.md §5.6)
@@ -485,8 +486,19 @@ def build_specs(cfg: ModelConfig, *, strict: bool = False) -> dict[str, KernelSp
     simulator runs misaligned kernels (e.g. the `tiny` preset's hidden 176) and only warns.
     """
     specs = {n: BUILDERS[n](cfg) for n in KERNELS}
-    if strict:
+    if strict:  # the alignment only; limit_errors has the compiler's other refusals
         bad = [m for s in specs.values() for m in s.misaligned()]
         if bad:
             raise MilError("kernels not ANE-aligned for this config: " + "; ".join(bad))
     return specs
+
+
+def limit_errors(specs: dict[str, KernelSpec]) -> list[str]:
+    """Every error the constraint checker (mil/check.py) finds in these programs, one
+    "<kernel> <what> [<rule>]" each: what the ANE compiler refuses besides misaligned surfaces
+    (per-axis sizes, e.g. a packed input wider than 16384; matmul contraction; ...)."""
+    out = []
+    for name, spec in specs.items():
+        issues, _ = check_program(parse(spec.mil), spec.weights)
+        out += [f"{name} {i.message} [{i.rule}]" for i in issues if i.severity == "E"]
+    return out
