@@ -323,8 +323,9 @@ def _row_sums(k: _K, x: Var) -> Var:
     The sum leaves as [1, H, S] (last axis S); e0 [1, 1, 32, S] is a one in row 0 and zeros
     below. rs ⊙ e0 puts the sums in row 0 of a [1, H, 32, S] block, and (rs ⊙ e0)ᵀ·e0 copies
     them along every column: each output is rs·1 plus zeros, exactly the sum, so the result
-    equals a broadcast of the keep_dims sum bit for bit. 32 rows, not 1: a runtime matmul's inner
-    dimension is kept a multiple of 32 (M1 returns zeros otherwise, check.ALIGN_K).
+    equals a broadcast of the keep_dims sum bit for bit (an infinite sum gives NaN instead of
+    inf: an overflow either way). 32 rows, not 1: a runtime matmul's inner dimension is kept a
+    multiple of 32 (M1 returns zeros otherwise, check.ALIGN_K).
     """
     b = k.b
     _, H, S, _ = x.shape
