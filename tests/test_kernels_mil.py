@@ -29,7 +29,9 @@ KERNEL_TOL = 16 * U
 # worst case, ~1e-3 observed (errors are random). The test asserts 2e-2 per tensor.
 GRAD_TOL = 2e-2
 
-CONFIGS = {"mha": tiny_cfg(), "gqa": tiny_cfg(n_kv_heads=2)}
+# explicit head dim (Qwen3-like): q_dim 96 != dim 64, so every Q-vs-D mix-up changes a shape
+CONFIGS = {"mha": tiny_cfg(), "gqa": tiny_cfg(n_kv_heads=2),
+           "head_dim": tiny_cfg(n_kv_heads=2, head_size=24)}  # fmt: skip
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:

@@ -286,7 +286,36 @@ def test_small_io_warns():
                    "line 4: func main: I/O tensor 'x' is 2048 bytes < 49152 [io-min-bytes]",
                    "line 4: func main: I/O tensor 'y' has 16 channels < 64 [io-min-channels]",
                    "line 4: func main: I/O tensor 'y' is 2048 bytes < 49152 [io-min-bytes]",
-                   "line 4: func main: I/O tensor 'y' width 1 is not a multiple of 64 [io-width]"]
+                   "line 4: func main: I/O tensor 'y' width 1 is not a multiple of 64 [io-width]",
+                   "line 6: transpose 'y': 'y' [1, 16, 64, 1]: last axis of 2 bytes is padded to "
+                   "64 (32x its size) [last-axis]"]
+
+
+def test_small_last_axis_warns_and_strict_rejects():
+    """Rule 20: every input, op output and BLOBFILE tensor keeps a last axis of >= 64 bytes
+    (32 fp16); inline consts (shapes, perms) are parameters, not tensors, and never warn."""
+    body = "\n".join([
+        'tensor<int32, [4]> s2 = const()[name=string("s2"), val=tensor<int32, [4]>([1,64,256,2])];',
+        'tensor<int32, [4]> s3 = const()[name=string("s3"), val=tensor<int32, [4]>([1,64,16,32])];',
+        'tensor<fp16, [1, 64, 256, 2]> p = reshape(shape=s2, x=x)[name=string("p")];',
+        'tensor<fp16, [1, 64, 16, 32]> q = reshape(shape=s3, x=x)[name=string("q")];',
+        'tensor<fp16, [1, 1, 64, 16]> c = const()[name=string("c"), val=tensor<fp16, [1, 1, 64, '
+        '16]>(BLOBFILE(path=string("@model_path/weights/c.bin"), offset=uint64(64)))];',
+        'tensor<fp16, [1, 64, 1, 512]> y = add(x=x, y=x)[name=string("y")];'])  # fmt: skip
+    w = {"@model_path/weights/c.bin": write_blob(np.zeros((1, 1, 64, 16)))}
+    with pytest.warns(MilWarning) as caught:
+        Simulation(prog(body), w)
+    got = [str(m.message) for m in caught if "[last-axis]" in str(m.message)]
+    assert got == [
+        "line 7: reshape 'p': 'p' [1, 64, 256, 2]: last axis of 4 bytes is padded to 64 (16x its "
+        "size) [last-axis]",
+        "line 9: const 'c': 'c' [1, 1, 64, 16]: last axis of 32 bytes is padded to 64 (2x its "
+        "size) [last-axis]"]  # fmt: skip
+    rejects(prog(body), r"'p' \[1, 64, 256, 2\]: last axis of 4 bytes", w, strict=True)
+    small_in = prog('tensor<fp16, [1, 64, 1, 16]> y = add(x=x, y=x)[name=string("y")];',
+                    "tensor<fp16, [1, 64, 1, 16]> x")  # fmt: skip
+    rejects(small_in, r"line 4: func main: input 'x' \[1, 64, 1, 16\]: last axis of 32 bytes "
+            r"is padded to 64 \(2x its size\) \[last-axis\]", strict=True)  # fmt: skip
 
 
 def test_blob_count_warns():
@@ -294,10 +323,10 @@ def test_blob_count_warns():
     for i in range(16):
         p = f"@model_path/weights/c{i}.bin"
         lines.append(
-            f'tensor<fp16, [1, 64, 1, 1]> c{i} = const()[name=string("c{i}"), val=tensor<fp16, [1, 64, 1, 1]>'  # noqa: E501
+            f'tensor<fp16, [1, 1, 1, 512]> c{i} = const()[name=string("c{i}"), val=tensor<fp16, [1, 1, 1, 512]>'  # noqa: E501
             f'(BLOBFILE(path=string("{p}"), offset=uint64(64)))];'
         )
-        w[p] = write_blob(np.ones(64))
+        w[p] = write_blob(np.ones(512))
     lines.append('tensor<fp16, [1, 64, 1, 512]> y = mul(x=x, y=c15)[name=string("y")];')
     with pytest.warns(MilWarning, match="16 BLOBFILE constants > 15"):
         Simulation(prog("\n".join(lines)), w)

@@ -37,7 +37,9 @@ BUDGET = {"o": 1, "dgate": 1, "dattn": 1, "v": 1, "h1": 1, "h3": 1, "dP": 1, "dx
 MHA = ModelConfig(dim=128, n_layers=1, n_heads=4, hidden_dim=320, seq_len=64)
 GQA = ModelConfig(dim=128, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=320, seq_len=64)
 GQA4 = ModelConfig(dim=128, n_layers=1, n_heads=8, n_kv_heads=2, hidden_dim=192, seq_len=64)
-CONFIGS = {"mha": MHA, "gqa": GQA, "gqa4": GQA4}
+HD = ModelConfig(dim=128, n_layers=1, n_heads=4, n_kv_heads=2, head_size=48, hidden_dim=320,
+                 seq_len=64)  # explicit head dim: q_dim 192, kv_dim 96 (Qwen3-like)
+CONFIGS = {"mha": MHA, "gqa": GQA, "gqa4": GQA4, "head_dim": HD}
 _SPECS: dict[str, dict] = {}
 
 
@@ -80,6 +82,25 @@ def test_gqa_uses_llama2c_head_mapping():
     scale = np.abs(ref).max()
     assert np.abs(got - ref).max() < 10 * U * scale
     assert np.abs(got - upstream).max() > 0.1 * scale
+
+
+@pytest.mark.parametrize("accum", ["fp32", "fp16"])
+def test_row_sums_equal_the_broadcast_keep_dims_sum(accum):
+    """sdpaBwd2's rowsum(P⊙dP), spread along the keys by a matmul with a one-hot block, is the
+    fp16-rounded row sum in every column, bit for bit (no [.., 1] tensor needed)."""
+    spec = specs("gqa")["sdpaBwd2"]
+    packed, _ = random_case(spec, GQA, np.random.default_rng(5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sim = Simulation(spec.mil, spec.weights, accum=accum)
+    env = sim.values(packed)
+    pdp = np.asarray(env["pdp"])  # [1,H,S,S]
+    want = sim.cfg.r16(np.sum(pdp, axis=-1, keepdims=True, dtype=np.float32))  # [1,H,S,1]
+    if accum == "fp16":  # the reduction's own fp16 chunks, as the simulator sums them
+        want = np.asarray(env["rs"])[..., None]
+    got = np.asarray(env["rs_m"])
+    assert got.shape == pdp.shape and np.array_equal(got, np.broadcast_to(want, got.shape))
+    assert np.abs(want).max() > 0
 
 
 def test_fp16_accumulation_is_worse_but_bounded():

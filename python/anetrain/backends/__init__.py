@@ -54,9 +54,10 @@ def make_kernels(backend: str, cfg: ModelConfig, params: Params,
                  threads: int | None = None) -> Kernels:  # fmt: skip
     """The model.Kernels of a resolved backend name: cpu.CpuKernels, or mil.MilKernels for sim
     and ane (the ten MIL programs compiled once). The real ANE refuses sizes that are not
-    64/32-aligned with a ConfigError; the simulator and a replacement framework named by
-    ANETRAIN_ANE_FRAMEWORK (not strict, see runtime.AneRuntime) run them anyway, e.g. the tiny
-    preset's hidden 176.
+    64/32-aligned or over its limits with a ConfigError (platform.ane_misfit); the simulator and
+    a replacement framework named by ANETRAIN_ANE_FRAMEWORK (not strict, see runtime.AneRuntime)
+    run them anyway, e.g. the tiny preset's hidden 176. Both refuse Qwen3's q/k norm, which the
+    MIL kernels do not have yet.
     """
     if backend == "cpu":
         from anetrain.backends.cpu import CpuKernels

@@ -8,9 +8,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from anetrain import native
-from anetrain.backends.platform import misfit_error
+from anetrain.backends.platform import QK_NORM, ane_misfit, misfit_error
 from anetrain.backends.runtime import Executable, Runtime, Surface
-from anetrain.config import ModelConfig
+from anetrain.config import ConfigError, ModelConfig
 from anetrain.mil.errors import MilError
 from anetrain.mil.kernels import KERNELS, KernelSpec, Layout, build_specs
 from anetrain.params import Params
@@ -65,10 +65,13 @@ class MilKernels:
         self.own_runtime = own_runtime
         self.name = runtime.name
         self.S = cfg.seq_len
-        try:
-            specs = build_specs(cfg, strict=runtime.strict)
-        except MilError as e:  # only a strict runtime refuses sizes
-            raise misfit_error(runtime.name, cfg, str(e)) from None
+        if cfg.qk_norm:
+            raise ConfigError(f"--backend {runtime.name}: {QK_NORM}; use --backend cpu")
+        if runtime.strict:  # only a strict runtime refuses sizes; the simulator runs any
+            why = ane_misfit(cfg, detail=True)
+            if why is not None:
+                raise misfit_error(runtime.name, why)
+        specs = build_specs(cfg)
         self.specs: dict[str, KernelSpec] = specs
         # sdpa_bwd copies these surface to surface: (sdpaBwd1 side, its segment, sdpaBwd2's)
         b1, b2 = specs["sdpaBwd1"], specs["sdpaBwd2"]

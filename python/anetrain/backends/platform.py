@@ -93,7 +93,11 @@ def ane_unavailable() -> str | None:
 
 # ---- the model's sizes ----------------------------------------------------------------------
 # The real ANE needs every surface width a multiple of 64 fp16 elements and every channel count
-# a multiple of 32 (upstream.md §2.5); mil.kernels.build_specs(strict=True) checks each one.
+# a multiple of 32 (upstream.md §2.5); mil.kernels.build_specs(strict=True) checks each one. Its
+# compiler also refuses what mil/check.py reports as errors, e.g. a tensor axis over 16384:
+# mil.kernels.limit_errors lists those.
+
+QK_NORM = "Qwen3's q/k norm is not implemented in the MIL kernels yet"
 
 
 def misfit(cfg: ModelConfig, detail: str | None = None) -> str:
@@ -107,20 +111,30 @@ def misfit(cfg: ModelConfig, detail: str | None = None) -> str:
     return why if detail is None else f"{why} ({detail})"
 
 
-def misfit_error(backend: str, cfg: ModelConfig, detail: str) -> ConfigError:
+def over_limits(cfg: ModelConfig, errors: list[str]) -> str:
+    """The one message for aligned sizes the ANE compiler still refuses (limit_errors)."""
+    return (f"model dim {cfg.dim}, hidden {cfg.hidden_dim}, seq {cfg.seq_len} breaks the ANE's "
+            f"size limits: {'; '.join(errors)}")  # fmt: skip
+
+
+def misfit_error(backend: str, why: str) -> ConfigError:
     """What --backend `backend` raises for such sizes (MilKernels on a strict runtime)."""
-    return ConfigError(f"--backend {backend}: {misfit(cfg, detail)}; use --backend sim or cpu "
-                       "for this size")  # fmt: skip
+    return ConfigError(f"--backend {backend}: {why}; use --backend sim or cpu for this size")
 
 
-def ane_misfit(cfg: ModelConfig) -> str | None:
-    """Why the real ANE cannot run this model's sizes (None: it can), checked without
-    compiling (mil is imported here, not at module import: it needs numpy)."""
+def ane_misfit(cfg: ModelConfig, detail: bool = False) -> str | None:
+    """Why the real ANE cannot run this model (None: it can), checked without compiling: the
+    kernels it lacks (Qwen3's q/k norm), then the alignment rules, then the compiler's limits
+    (mil is imported here, not at module import: it needs numpy). detail: name every misaligned
+    surface (the limits are always named: each is one tensor)."""
     from anetrain.mil.errors import MilError
-    from anetrain.mil.kernels import build_specs
+    from anetrain.mil.kernels import build_specs, limit_errors
 
+    if cfg.qk_norm:
+        return QK_NORM
     try:
-        build_specs(cfg, strict=True)
-    except MilError:
-        return misfit(cfg)
-    return None
+        specs = build_specs(cfg, strict=True)
+    except MilError as e:
+        return misfit(cfg, str(e) if detail else None)
+    errors = limit_errors(specs)
+    return over_limits(cfg, errors) if errors else None

@@ -57,7 +57,7 @@ class Runtime(Protocol):
     """Compiles programs (each compile is counted) and times their evaluations."""
 
     name: str
-    strict: bool  # True: programs must satisfy the ANE alignment rules (build_specs strict=)
+    strict: bool  # True: programs must satisfy the ANE's size rules (platform.ane_misfit)
     compiles: int
     compile_seconds: float
     evals: int

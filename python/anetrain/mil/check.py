@@ -9,7 +9,7 @@ import numpy as np
 
 from anetrain.mil.blob import read_blob
 from anetrain.mil.errors import MilError, MilWarning
-from anetrain.mil.ir import BlobRef, Literal, Program, Ref, Statement, TensorType
+from anetrain.mil.ir import ITEMSIZE, BlobRef, Literal, Program, Ref, Statement, TensorType
 
 MAX_SPATIAL = 16384  # last two axes (H, W): anec per-axis limit, EXT-7907 / RUST-13
 MAX_CHANNEL = 65536  # C and N
@@ -20,6 +20,7 @@ MIN_IO_CHANNELS = 64  # upstream.md §2.5/§9: >= 64 channels worked, a 4-channe
 MAX_BLOBS = 15  # Orion: ≤ 16 BLOBFILE consts, 15 with an inline scalar (warning)
 ALIGN_W = 64  # keep I/O widths multiples of 64 fp16 elements (upstream.md §2.5)
 ALIGN_K = 32  # runtime-weight matmul inner dim multiple of 32, else zeros on M1 (MDX-47)
+LAST_AXIS_BYTES = 64  # the ANE pads every tensor's last axis to 64 bytes (§5 #20, APPLE-ART)
 DECOMPOSE = {"gelu": "tanh form", "rsqrt": "pow(x, -0.5)", "silu": "x·sigmoid(x)"}
 
 
@@ -101,13 +102,28 @@ def _check_inputs(f, fw: str, add) -> dict[str, TensorType]:
             env[n] = t
             for b in _dims(t):  # the packed input too: weight columns widen it (§7.2 #3)
                 add("E", "dim-limit", fw, f"input {n!r} {list(t.shape)}: {b}")
+            _check_last_axis(f"input {n!r}", t, fw, add)
     return env
+
+
+def _check_last_axis(what: str, t: TensorType, where: str, add) -> None:
+    """Rule 20 (a warning: the program compiles and computes correctly, it only costs memory
+    and bandwidth): a last axis under 64 bytes is padded to 64, e.g. RoPE pairs [.., 2] in fp16
+    take 16x their size."""
+    if t.rank == 0:
+        return
+    row = t.shape[-1] * ITEMSIZE.get(t.dtype, 1)
+    if row < LAST_AXIS_BYTES:
+        add("W", "last-axis", where, f"{what} {list(t.shape)}: last axis of {row} bytes is padded "
+            f"to {LAST_AXIS_BYTES} ({LAST_AXIS_BYTES / row:.0f}x its size)")  # fmt: skip
 
 
 def _check_statement(s, env: dict, cvals: dict, consts: set, weights, blobs: dict, add) -> int:
     """Rules on one statement (its results' ranks and dims, consts and blobs, literals, the op's
     own rules); returns 1 for a BLOBFILE const, else 0."""
     w = s.where()
+    # inline consts (shapes, perms, axes, scalars) are parameters, not tensors the ANE holds
+    inline = s.op == "const" and not isinstance(s.attrs["val"].value, BlobRef)
     for t, n in s.results:
         if isinstance(t, TensorType):
             env[n] = t
@@ -115,6 +131,8 @@ def _check_statement(s, env: dict, cvals: dict, consts: set, weights, blobs: dic
                 add("E", "rank", w, f"{n!r} has rank {t.rank} > {MAX_RANK}")
             for b in _dims(t):
                 add("E", "dim-limit", w, f"{n!r} {list(t.shape)}: {b}")
+            if not inline:
+                _check_last_axis(repr(n), t, w, add)
     if s.op == "const":
         consts.add(s.results[0][1])
         v = s.attrs["val"]

@@ -38,6 +38,12 @@ Deviations from upstream's MIL (mil_dynamic.h @d91c984), each on purpose:
    math (woFwd/wotBwd/qBwd for stories) never share a hexStringIdentifier dir (upstream.md §1.8).
 6. Non-tensor parameters are deduplicated named consts (one `perm` const reused); arguments are
    printed in alphabetical order as coremlc does (order is not significant, mil_reference.md §1.3).
+7. RoPE runs channel-first on [1, nh, HD, S] before the heads are transposed for the attention,
+   pairs side by side along S (_rope), not on upstream's [1, nh, S·HD/2, 2] pairs: the ANE pads
+   every last axis to 64 bytes (16x for those); the rotation's signs are in the sin table, so
+   there is no ·(−1) op. q_rope and k_rope leave by a reshape, without transposing back.
+8. sdpaBwd2 broadcasts rowsum(P⊙dP) with an exact matmul (_row_sums), not from a [1, H, S, 1]
+   keep_dims sum: no tensor in any kernel has a last axis under 64 bytes for the ANE's sizes.
 """
 
 from __future__ import annotations
@@ -50,9 +56,10 @@ from anetrain import native
 from anetrain.config import ModelConfig
 from anetrain.mil.blob import write_blob
 from anetrain.mil.builder import Builder, Var
-from anetrain.mil.check import ALIGN_W
+from anetrain.mil.check import ALIGN_K, ALIGN_W, check_program
 from anetrain.mil.errors import MilError
 from anetrain.mil.ir import Program, format_program
+from anetrain.mil.parse import parse
 from anetrain.rope import model_rope_tables
 
 MASK_VALUE = -65504.0  # most negative finite fp16, not -inf (upstream.md §5.6)
@@ -276,18 +283,59 @@ def _causal(S: int, reps: int = 1) -> np.ndarray:
     return np.tile(m, (reps, 1)).reshape(1, 1, reps * S, S)  # [1,1,reps·S,S]
 
 
+def _rope_tables(cfg: ModelConfig, S: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and the signed sin of llama2.c's interleaved-pair RoPE, channel-first [1, 1, HD, S]:
+    row 2i and 2i+1 hold pair i's cos θ; the sin rows hold −sin θ (2i) and +sin θ (2i+1), the
+    rotation's signs, so that the kernel only swaps the pair's rows (see _rope)."""
+    cos, sin = model_rope_tables(cfg, S)  # [S, HD/2] each
+    sign = np.tile(np.array([-1.0, 1.0], np.float32), cos.shape[1])  # [HD]
+    c = np.repeat(cos, 2, axis=1).T  # [HD, S]
+    s = np.repeat(sin, 2, axis=1).T * sign[:, None]  # [HD, S]
+    return c.reshape(1, 1, *c.shape), s.reshape(1, 1, *s.shape)
+
+
 def _rope(k: _K, h: Var, cos: Var, sin: Var, tag: str) -> Var:
-    """llama2.c interleaved-pair RoPE on [1, nh, S, HD] (upstream.md §5.6 MIL realisation)."""
+    """llama2.c interleaved-pair RoPE on channel-first heads [1, nh, HD, S] (row 2i, 2i+1 of a
+    head = pair i): out[2i] = x[2i]·cos − x[2i+1]·sin, out[2i+1] = x[2i+1]·cos + x[2i]·sin.
+
+    The reshape to [1, nh·HD/2, 1, 2S] lays each pair's two rows side by side along the last axis
+    (row 2i in [0, S), row 2i+1 in [S, 2S)), so the swap is a slice and a concat along that axis
+    and every tensor keeps S as its last axis: the ANE pads the last axis to 64 bytes, which made
+    upstream's [1, nh, S·HD/2, 2] pairs 16x their size (mil_reference.md §5 #20). The rotation's
+    signs live in the sin table (_rope_tables), so x·cos + swap(x)·sin is the whole rotation.
+    """
     b = k.b
-    _, nh, S, hd = h.shape
-    p = b.reshape(f"{tag}_p", h, [1, nh, S * hd // 2, 2])  # [1,nh,S·HD/2,2] pairs
-    ev = b.slice(f"{tag}_e", p, [0, 0, 0, 0], [1, nh, S * hd // 2, 1])  # [..,1] x[2i]
-    od = b.slice(f"{tag}_o", p, [0, 0, 0, 1], [1, nh, S * hd // 2, 1])  # [..,1] x[2i+1]
-    nod = b.op("mul", f"{tag}_n", x=od, y=-1.0)
-    rot = b.concat(f"{tag}_rot", [nod, ev], axis=3)  # (-x[2i+1], x[2i])
-    rot = b.reshape(f"{tag}_rr", rot, [1, nh, S, hd])  # [1,nh,S,HD]
+    _, nh, hd, S = h.shape
+    n = nh * hd // 2
+    p = b.reshape(f"{tag}_p", h, [1, n, 1, 2 * S])  # [1,n,1,2S] (x[2i] | x[2i+1]) per pair
+    ev = b.slice(f"{tag}_e", p, [0, 0, 0, 0], [1, n, 1, S])  # [1,n,1,S] x[2i]
+    od = b.slice(f"{tag}_o", p, [0, 0, 0, S], [1, n, 1, S])  # [1,n,1,S] x[2i+1]
+    sw = b.concat(f"{tag}_sw", [od, ev], axis=3)  # [1,n,1,2S] (x[2i+1] | x[2i])
+    sw = b.reshape(f"{tag}_swh", sw, [1, nh, hd, S])  # [1,nh,HD,S]
     return b.op("add", f"{tag}_y", x=b.op("mul", f"{tag}_c", x=h, y=cos),
-                y=b.op("mul", f"{tag}_sn", x=rot, y=sin))  # fmt: skip
+                y=b.op("mul", f"{tag}_sn", x=sw, y=sin))  # fmt: skip
+
+
+def _row_sums(k: _K, x: Var) -> Var:
+    """[1, H, S, S] -> [1, H, S, S] whose every column is the row sum of x, without the
+    [1, H, S, 1] keep_dims sum the ANE would pad 32x (mil_reference.md §5 #20).
+
+    The sum leaves as [1, H, S] (last axis S); e0 [1, 1, 32, S] is a one in row 0 and zeros
+    below. rs ⊙ e0 puts the sums in row 0 of a [1, H, 32, S] block, and (rs ⊙ e0)ᵀ·e0 copies
+    them along every column: each output is rs·1 plus zeros, exactly the sum, so the result
+    equals a broadcast of the keep_dims sum bit for bit (an infinite sum gives NaN instead of
+    inf: an overflow either way). 32 rows, not 1: a runtime matmul's inner dimension is kept a
+    multiple of 32 (M1 returns zeros otherwise, check.ALIGN_K).
+    """
+    b = k.b
+    _, H, S, _ = x.shape
+    e0 = np.zeros((1, 1, ALIGN_K, S), np.float32)
+    e0[0, 0, 0] = 1.0
+    e = k.blob("e0", e0)  # [1,1,32,S]
+    rs = b.op("reduce_sum", "rs", x=x, axes=[-1], keep_dims=False)  # [1,H,S]
+    rs = b.reshape("rs_r", rs, [1, H, 1, S])  # [1,H,1,S]
+    blk = b.op("mul", "rs_b", x=rs, y=e)  # [1,H,32,S]: row 0 = rs, the rest 0
+    return b.matmul("rs_m", blk, e, tx=True)  # [1,H,S,S]: (t, k) = rs[t]
 
 
 def _scale(cfg: ModelConfig) -> float:
@@ -304,11 +352,8 @@ def sdpa_fwd(cfg: ModelConfig) -> KernelSpec:
     k = _K("sdpaFwd", cfg, _spatial(D, [("xnorm", S, ""), ("wq_t", Q, "T"), ("wk_t", KV, "T"),
                                         ("wv_t", KV, "T")]))  # fmt: skip
     b = k.b
-    cos, sin = model_rope_tables(cfg, S)  # [S, HD/2] each
-    cb = k.blob(
-        "rope_cos", np.repeat(cos, 2, axis=1).reshape(1, 1, S, HD)
-    )  # cos[p][2i]=cos[p][2i+1]
-    sb = k.blob("rope_sin", np.repeat(sin, 2, axis=1).reshape(1, 1, S, HD))
+    cos, sin = _rope_tables(cfg, S)
+    cb, sb = k.blob("rope_cos", cos), k.blob("rope_sin", sin)  # [1,1,HD,S] each
     mask = k.blob("mask", _causal(S, g))  # [1,1,g·S,S]
     xt = k.act_t("xnorm", "xn")  # [1,1,S,D]
     proj = {}
@@ -316,21 +361,22 @@ def sdpa_fwd(cfg: ModelConfig) -> KernelSpec:
         w = k.block(f"w{nm}_t", f"w{nm}")  # [1,1,D,n]
         m = b.matmul(f"{nm}_mm", xt, w)  # [1,1,S,n]
         proj[nm] = b.transpose(f"{nm}_tT", m)  # [1,1,n,S]
-    q = b.transpose("q_h", b.reshape("q_r", proj["q"], [1, H, HD, S]))  # [1,H,S,HD]
-    kk = b.transpose("k_h", b.reshape("k_r", proj["k"], [1, NK, HD, S]))  # [1,KV,S,HD]
+    # RoPE channel-first, before the heads are transposed for the attention
+    qr = _rope(k, b.reshape("q_r", proj["q"], [1, H, HD, S]), cb, sb, "qrp")  # [1,H,HD,S]
+    kr = _rope(k, b.reshape("k_r", proj["k"], [1, NK, HD, S]), cb, sb, "krp")  # [1,KV,HD,S]
+    q = b.transpose("q_h", qr)  # [1,H,S,HD]
+    kk = b.transpose("k_h", kr)  # [1,KV,S,HD]
     v = b.transpose("v_h", b.reshape("v_r", proj["v"], [1, NK, HD, S]))  # [1,KV,S,HD]
-    qr = _rope(k, q, cb, sb, "qrp")
-    kr = _rope(k, kk, cb, sb, "krp")
-    qg = qr if g == 1 else b.reshape("q_g", qr, [1, NK, g * S, HD])  # head h = kv·g + r
-    sc = b.matmul("sc", qg, kr, ty=True)  # [1,KV,g·S,S]
+    qg = q if g == 1 else b.reshape("q_g", q, [1, NK, g * S, HD])  # head h = kv·g + r
+    sc = b.matmul("sc", qg, kk, ty=True)  # [1,KV,g·S,S]
     sc = b.op("mul", "sc_s", x=sc, y=_scale(cfg))
     sc = b.op("add", "sc_m", x=sc, y=mask)
     p = b.op("softmax", "p", x=sc, axis=-1)
     a = b.matmul("a", p, v)  # [1,KV,g·S,HD]
     if g > 1:
         a = b.reshape("a_h", a, [1, H, S, HD])
-    outs = [k.heads_to_chan(a, "ao"), k.heads_to_chan(qr, "qo"), k.heads_to_chan(kr, "ko"),
-            b.reshape("vo", proj["v"], [1, KV, 1, S])]  # fmt: skip
+    outs = [k.heads_to_chan(a, "ao"), b.reshape("qo", qr, [1, Q, 1, S]),
+            b.reshape("ko", kr, [1, KV, 1, S]), b.reshape("vo", proj["v"], [1, KV, 1, S])]
     return k.pack_out(outs, _channels(S, [("attn", Q), ("q_rope", Q), ("k_rope", KV), ("v", KV)]))
 
 
@@ -418,7 +464,7 @@ def sdpa_bwd2(cfg: ModelConfig) -> KernelSpec:
     p = b.reshape("p_r", k.seg("P", "p"), [1, H, S, S])  # [1,H·S,1,S] -> [1,H,S,S]
     dp = b.reshape("dp_r", k.seg("dP", "dp"), [1, H, S, S])
     q, kk = k.heads("q_rope", H, "q"), k.heads("k_tiled", H, "k")  # [1,H,S,HD]
-    rs = b.op("reduce_sum", "rs", x=b.op("mul", "pdp", x=p, y=dp), axes=[-1], keep_dims=True)
+    rs = _row_sums(k, b.op("mul", "pdp", x=p, y=dp))  # [1,H,S,S] rowsum(P⊙dP) in every column
     ds = b.op("mul", "ds0", x=p, y=b.op("sub", "dd", x=dp, y=rs))  # P⊙(dP − rowsum(P⊙dP))
     ds = b.op("mul", "ds", x=ds, y=_scale(cfg))  # [1,H,S,S]
     dq = b.matmul("dq", ds, kk)  # dS·K [1,H,S,HD]
@@ -441,8 +487,19 @@ def build_specs(cfg: ModelConfig, *, strict: bool = False) -> dict[str, KernelSp
     simulator runs misaligned kernels (e.g. the `tiny` preset's hidden 176) and only warns.
     """
     specs = {n: BUILDERS[n](cfg) for n in KERNELS}
-    if strict:
+    if strict:  # the alignment only; limit_errors has the compiler's other refusals
         bad = [m for s in specs.values() for m in s.misaligned()]
         if bad:
             raise MilError("kernels not ANE-aligned for this config: " + "; ".join(bad))
     return specs
+
+
+def limit_errors(specs: dict[str, KernelSpec]) -> list[str]:
+    """Every error the constraint checker (mil/check.py) finds in these programs, one
+    "<kernel> <what> [<rule>]" each: what the ANE compiler refuses besides misaligned surfaces
+    (per-axis sizes, e.g. a packed input wider than 16384; matmul contraction; ...)."""
+    out = []
+    for name, spec in specs.items():
+        issues, _ = check_program(parse(spec.mil), spec.weights)
+        out += [f"{name} {i.message} [{i.rule}]" for i in issues if i.severity == "E"]
+    return out
