@@ -1,7 +1,8 @@
-"""Hugging Face tokenizers: encode as transformers does, streaming decode, BOS/EOS."""
+"""Hugging Face tokenizers: encode as transformers does, streaming decode, BOS/EOS, datasets."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import sys
@@ -13,12 +14,14 @@ import pytest
 from anetrain.config import preset
 from anetrain.errors import TokenizerError, UserError
 from anetrain.formats import checkpoint
+from anetrain.formats.data import open_dataset
 from anetrain.formats.hf_tokenizer import HfTokenizer
 from anetrain.formats.llama2c import write_llama2c
 from anetrain.formats.tokenizer import TextTokenizer, Tokenizer, read_tokenizer
 from anetrain.params import init_params
 from anetrain.sample import Decoder, Sampler, generate, pick_tokenizer
 from anetrain.sample import main as sample_main
+from anetrain.train import main as train_main
 
 tokenizers = pytest.importorskip("tokenizers")  # the hf extra; CI installs it
 
@@ -301,6 +304,11 @@ def test_without_tokenizers_one_line_names_the_hf_extra(tmp_path, bl_dir, monkey
     assert sample_main(["--ckpt", str(model), "--tokenizer", str(file)]) == 2
     out, err = capfd.readouterr()
     assert out == "" and err == f"anetrain.sample: error: {want}\n"
+    pd = _prepare_data()
+    (tmp_path / "x.txt").write_text("hello")
+    assert pd.main([str(tmp_path / "x.txt"), "-o", str(tmp_path / "ds"), "--tokenizer",
+                    str(bl_dir)]) == 2  # fmt: skip
+    assert capfd.readouterr().err.splitlines()[-1] == f"prepare_data: error: {want}"
 
 
 def test_unusable_tokenizer_files_are_refused_in_one_line(tmp_path):
@@ -341,3 +349,99 @@ def test_unusable_tokenizer_files_are_refused_in_one_line(tmp_path):
     assert refused(d).startswith(f"{d / 'tokenizer_config.json'}: not valid JSON (")
     (d / "tokenizer_config.json").write_text("[]")
     assert refused(d) == f"{d / 'tokenizer_config.json'}: expected a JSON object, got list"
+
+
+# ----------------------------------------------------------------------------
+# prepare_data with a Hugging Face tokenizer, then train and sample on the dataset
+
+
+def _prepare_data():
+    spec = importlib.util.spec_from_file_location("prepare_data", REPO / "scripts/prepare_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+DOCS = [f"{s} Story {i}: the frog {'hopped' if i % 2 else 'sat'}." for i, s in
+        enumerate(SENTENCES * 6)]  # fmt: skip
+
+
+def _docs(tmp_path: Path) -> Path:
+    src = tmp_path / "docs.txt"
+    src.write_text("\n\n".join(DOCS) + "\n")
+    return src
+
+
+def test_prepare_data_frames_documents_as_the_tokenizer_says(tmp_path, bl_dir):
+    pd = _prepare_data()
+    src = _docs(tmp_path)
+    llama = save(tmp_path / "llama", llama_style(), LLAMA_CONFIG)
+    for name, tok_path, add_bos in [("ds-bl", bl_dir / "tokenizer.json", False),
+                                    ("ds-ll", llama, True)]:  # fmt: skip
+        out = tmp_path / name
+        assert pd.main([str(src), "-o", str(out), "--tokenizer", str(tok_path),
+                        "--val-fraction", "0"]) == 0  # fmt: skip
+        meta = json.loads((out / "meta.json").read_text())
+        tok = HfTokenizer.load(out / "tokenizer.json")  # the dataset's copy, with its config
+        assert meta["tokenizer"] == "tokenizer.json" and meta["dtype"] == "uint16"
+        assert (meta["vocab_size"], meta["bos_id"], meta["eos_id"]) == (tok.vocab_size, 1,
+                                                                         tok.eos_id)  # fmt: skip
+        assert meta["add_bos"] is add_bos and meta["add_eos"] is True
+        train = np.fromfile(out / "train.bin", dtype="<u2").tolist()
+        docs = []
+        while train:  # [BOS] tokens EOS, document after document
+            end = train.index(tok.eos_id)
+            docs.append(train[: end + 1])
+            train = train[end + 1 :]
+        assert [tok.encode(d, eos=True) for d in DOCS] == docs
+        assert all((d[0] == 1) is add_bos for d in docs)
+        assert (out / "tokenizer_config.json").read_bytes() == \
+            (tok_path if tok_path.is_dir() else tok_path.parent).joinpath(
+                "tokenizer_config.json").read_bytes()  # fmt: skip
+    assert not (tmp_path / "ds-bl" / "tokenizer.bin").exists()
+
+
+def test_prepare_data_refuses_a_tokenizer_without_bos_or_eos(tmp_path, capsys):
+    pd = _prepare_data()
+    d = save(tmp_path / "m", byte_level())
+    assert pd.main([str(_docs(tmp_path)), "-o", str(tmp_path / "ds"), "--tokenizer", str(d)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"prepare_data: error: {d / 'tokenizer.json'}: the tokenizer adds no BOS and has no EOS "
+        "token: nothing would separate the documents"
+    )
+
+
+def test_a_big_model_vocab_makes_a_uint32_dataset_that_train_and_sample_find(
+    tmp_path, bl_dir, capfd
+):
+    pd = _prepare_data()
+    src = _docs(tmp_path)
+    model = save(tmp_path / "model", byte_level(), {**BYTE_LEVEL_CONFIG, "bos_token": None},
+                 generation={"bos_token_id": 0, "eos_token_id": [0, 1]},
+                 model={"vocab_size": 70000})  # a padded embedding above uint16  # fmt: skip
+    args = ["--val-fraction", "0.1", "--seed", "3"]
+    assert pd.main([str(src), "-o", str(tmp_path / "small"), "--tokenizer", str(bl_dir),
+                    *args]) == 0  # fmt: skip
+    assert pd.main([str(src), "-o", str(tmp_path / "big"), "--tokenizer", str(model), *args]) == 0
+    meta = json.loads((tmp_path / "big" / "meta.json").read_text())
+    assert (meta["vocab_size"], meta["dtype"]) == (70000, "uint32")
+    for split in ("train", "val"):  # the same ids, four bytes each
+        small = np.fromfile(tmp_path / "small" / f"{split}.bin", dtype="<u2")
+        big = np.fromfile(tmp_path / "big" / f"{split}.bin", dtype="<u4")
+        assert big.size == small.size == meta[f"{split}_tokens"] > 0
+        np.testing.assert_array_equal(big, small)
+    assert (tmp_path / "big" / "generation_config.json").is_file()
+    assert not (tmp_path / "big" / "config.json").exists()  # a dataset is not a model directory
+    ds = open_dataset(tmp_path / "big")
+    assert ds.dtype == "uint32" and ds.tokenizer == tmp_path / "big" / "tokenizer.json"
+    run = tmp_path / "run"
+    assert train_main(["--model", "tiny", "--seq", "16", "--steps", "2", "--quiet", "--threads",
+                       "2", "--data", str(tmp_path / "big"), "--out", str(run)]) == 0  # fmt: skip
+    state = checkpoint.load(run / "checkpoint.bin").state
+    assert state.tokenizer == str((tmp_path / "big" / "tokenizer.json").resolve())
+    assert state.model.vocab_size == 70000 and state.data_dtype is None  # meta.json says it
+    capfd.readouterr()
+    assert sample_main(["--ckpt", str(run), "--prompt", "The cat", "--temperature", "0",
+                        "--max-new-tokens", "4"]) == 0  # fmt: skip
+    out, err = capfd.readouterr()
+    assert out.startswith("The cat") and "warning" not in err
