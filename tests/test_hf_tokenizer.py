@@ -246,6 +246,7 @@ def test_generate_needs_a_start_token(tmp_path):
 def test_llama2c_tokenizers_keep_run_c_rules():
     tok: TextTokenizer = Tokenizer.load(REPO / "data" / "stories" / "tokenizer.bin")
     assert tok.stop_ids == {1}  # BOS, as run.c; EOS (2) does not stop (test_sample)
+    assert (tok.bos_id, tok.eos_id) == (1, 2) and tok.encode("a", eos=True)[-1] == 2
     ids = tok.encode("Hello there")
     stream = tok.stream()
     pieces = [stream.push(i) for i in ids]

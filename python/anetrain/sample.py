@@ -214,6 +214,7 @@ def generate(
 
 
 def _emit(piece: bytes, text: bytearray, out: BinaryIO | None) -> None:
+    """Add PIECE to the generated text and print it at once."""
     text += piece
     if out is not None and piece:
         out.write(piece)

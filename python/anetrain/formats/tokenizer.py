@@ -47,6 +47,16 @@ class TextTokenizer(Protocol):
         ...
 
     @property
+    def bos_id(self) -> int | None:
+        """The BOS token, or None when the tokenizer has none."""
+        ...
+
+    @property
+    def eos_id(self) -> int | None:
+        """The EOS token (what encode(eos=True) appends), or None when the tokenizer has none."""
+        ...
+
+    @property
     def stop_ids(self) -> frozenset[int]:
         """Generation ends before any of these tokens (run.c: BOS; Hugging Face: the EOS ids)."""
         ...
@@ -101,6 +111,14 @@ class Tokenizer:
 
     def __len__(self) -> int:
         return len(self.pieces)
+
+    @property
+    def bos_id(self) -> int:
+        return BOS_ID
+
+    @property
+    def eos_id(self) -> int:
+        return EOS_ID
 
     @property
     def stop_ids(self) -> frozenset[int]:
