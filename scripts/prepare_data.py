@@ -1,9 +1,14 @@
-"""Text files -> anetrain dataset directory (train.bin/val.bin uint16, tokenizer.bin, meta.json)."""
+"""Text files -> anetrain dataset directory (train.bin/val.bin tokens, the tokenizer, meta.json)."""
 
 # Mirrors llama2.c's tinystories.py: a sentencepiece BPE vocab trained with train_vocab's options
 # (here single-threaded and unshuffled, so the result is deterministic), then every document is
 # pretokenized with sentencepiece itself as [BOS] + sp.encode(doc.strip()) (no EOS) and the
 # documents are concatenated as raw little-endian uint16 with no header.
+#
+# With a Hugging Face tokenizer (--tokenizer tokenizer.json or a model directory) a document is
+# what the tokenizer puts first (Llama: BOS; Qwen, SmolLM: nothing), its tokens, then EOS; the
+# tokenizer files are copied into the dataset so that train and sample find them. A vocabulary
+# above 65535 (Qwen3's 151,936) is written as uint32, and meta.json says so.
 
 from __future__ import annotations
 
@@ -19,11 +24,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from anetrain.errors import DataError  # noqa: E402
+from anetrain.formats.data import TOKEN_DTYPES, UINT16_VOCAB, token_dtype  # noqa: E402
+from anetrain.formats.hf_tokenizer import HfTokenizer, is_hf_tokenizer  # noqa: E402
 from anetrain.formats.tokenizer import (  # noqa: E402
     BOS_ID,
     EOS_ID,
@@ -32,11 +40,12 @@ from anetrain.formats.tokenizer import (  # noqa: E402
     import_sentencepiece,
 )
 
-MAX_VOCAB = 65535  # ids are stored as uint16
+MAX_VOCAB = UINT16_VOCAB  # a trained vocab: its datasets stay uint16, as llama2.c's
 MIN_VOCAB = 259  # <unk>, <s>, </s> and the 256 byte-fallback pieces
 UNK_SURFACE = " \u2047 "  # " ⁇ ", llama2.c train_vocab's unk_surface
 # every file write_dataset may write; meta.json last, so it is present only for a complete dataset
-DATASET_FILES = ("train.bin", "val.bin", "tokenizer.bin", "tokenizer.model", "meta.json")
+DATASET_FILES = ("train.bin", "val.bin", "tokenizer.bin", "tokenizer.model", "tokenizer.json",
+                 "tokenizer_config.json", "generation_config.json", "meta.json")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------
@@ -147,18 +156,31 @@ def _vocab_problem(reason: str, vocab_size: int, docs: Sequence[str]) -> str:
     return f"cannot train a {vocab_size}-piece vocab: {reason}"
 
 
-def load_tokenizer(path: Path) -> tuple[Tokenizer, bytes | None, Callable[[str], list[int]]]:
-    """An existing tokenizer: .model (sentencepiece encodes) or llama2.c .bin (run.c encoder)."""
-    if not path.is_file():
+class Vocab(NamedTuple):  # (a dataclass needs its module in sys.modules; tests load this file)
+    """A tokenizer as a dataset uses it."""
+
+    size: int  # meta.json's vocab_size: every id is below it
+    encode: Callable[[str], list[int]]  # one document -> its tokens, BOS/EOS included
+    files: dict[str, bytes]  # the tokenizer files to write, by name; the first is meta's tokenizer
+    special: dict  # meta.json's bos_id and eos_id (and, for Hugging Face, add_bos and add_eos)
+
+
+def load_tokenizer(path: Path) -> Vocab:
+    """An existing tokenizer: Hugging Face tokenizer.json or model directory, sentencepiece
+    .model (sentencepiece encodes) or llama2.c .bin (run.c encoder)."""
+    if not path.exists():
         raise DataError(f"{path}: tokenizer not found")
+    if is_hf_tokenizer(path):
+        return hf_vocab(HfTokenizer.load(path))  # a TokenizerError is reported like a DataError
     if path.suffix == ".model":
-        blob = path.read_bytes()
-        return sp_tokenizer(blob, str(path))
-    tok = Tokenizer.load(path)  # a TokenizerError is reported by main like a DataError
-    return tok, None, lambda doc: tok.encode(doc, bos=True, eos=False)
+        return sp_tokenizer(path.read_bytes(), str(path))
+    tok = Tokenizer.load(path)
+    special = {"bos_id": BOS_ID, "eos_id": EOS_ID}
+    encode = lambda doc: tok.encode(doc, bos=True, eos=False)  # noqa: E731
+    return Vocab(tok.vocab_size, encode, {"tokenizer.bin": tok.to_bytes()}, special)
 
 
-def sp_tokenizer(blob: bytes, name: str) -> tuple[Tokenizer, bytes, Callable[[str], list[int]]]:
+def sp_tokenizer(blob: bytes, name: str) -> Vocab:
     """Wrap sentencepiece .model bytes: its llama2.c export and a [BOS] + sp.encode encoder."""
     spm = import_sentencepiece(f"{name}: reading a sentencepiece model")
     sp = spm.SentencePieceProcessor()
@@ -172,7 +194,24 @@ def sp_tokenizer(blob: bytes, name: str) -> tuple[Tokenizer, bytes, Callable[[st
         model_path = Path(tmp) / "tokenizer.model"
         model_path.write_bytes(blob)
         tok = Tokenizer.from_sentencepiece(model_path)
-    return tok, blob, lambda doc: [BOS_ID, *sp.encode(doc)]
+    files = {"tokenizer.bin": tok.to_bytes(), "tokenizer.model": blob}
+    special = {"bos_id": BOS_ID, "eos_id": EOS_ID}
+    return Vocab(tok.vocab_size, lambda doc: [BOS_ID, *sp.encode(doc)], files, special)
+
+
+def hf_vocab(tok: HfTokenizer) -> Vocab:
+    """A Hugging Face tokenizer: each document is its prefix (BOS or nothing), its tokens and EOS.
+
+    The vocab is the model's (config.json beside the tokenizer) when it is larger: a model pads
+    its embedding past the tokenizer's ids, and the data must have the model's vocab to train it.
+    """
+    add_bos, add_eos = bool(tok.prefix), tok.eos_id is not None
+    if not (add_bos or add_eos):
+        raise DataError(f"{tok.name}: the tokenizer adds no BOS and has no EOS token: nothing "
+                        "would separate the documents")  # fmt: skip
+    special = {"bos_id": tok.bos_id, "eos_id": tok.eos_id, "add_bos": add_bos, "add_eos": add_eos}
+    encode = lambda doc: tok.encode(doc, bos=True, eos=add_eos)  # noqa: E731
+    return Vocab(max(tok.vocab_size, tok.model_vocab or 0), encode, dict(tok.files), special)
 
 
 # ----------------------------------------------------------------------------
@@ -195,7 +234,8 @@ def split_documents(n_docs: int, val_fraction: float, seed: int) -> list[bool]:
 def tokenize(
     docs: Sequence[str], encode: Callable[[str], list[int]], is_val: Sequence[bool], vocab: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate [BOS] + pieces for each document into the train and val token streams."""
+    """Concatenate each document's tokens into the train and val token streams (uint16, or
+    uint32 for a vocab above 65535), little-endian."""
     from tqdm import tqdm
 
     train: list[int] = []
@@ -207,33 +247,26 @@ def tokenize(
         a = np.asarray(ids, dtype=np.int64)
         if a.size and (a.min() < 0 or a.max() >= vocab):
             raise DataError(f"token id {int(a.max())} outside the vocab of {vocab}")
-        out.append(a.astype("<u2"))  # (n_tokens,) little-endian uint16
+        out.append(a.astype(TOKEN_DTYPES[token_dtype(vocab)]))  # (n_tokens,)
     return out[0], out[1]
 
 
 def write_dataset(
-    out_dir: Path,
-    tok: Tokenizer,
-    model_blob: bytes | None,
-    train: np.ndarray,
-    val: np.ndarray,
-    extra: dict,
+    out_dir: Path, vocab: Vocab, train: np.ndarray, val: np.ndarray, extra: dict
 ) -> dict:
     (out_dir / "train.bin").write_bytes(train.tobytes())
     (out_dir / "val.bin").write_bytes(val.tobytes())
-    tok.save(out_dir / "tokenizer.bin")
-    if model_blob is not None:
-        (out_dir / "tokenizer.model").write_bytes(model_blob)
+    for name, blob in vocab.files.items():
+        (out_dir / name).write_bytes(blob)
     meta = {
         "format": "anetrain-dataset",
         "version": 1,
-        "vocab_size": tok.vocab_size,
-        "dtype": "uint16",
+        "vocab_size": vocab.size,
+        "dtype": token_dtype(vocab.size),
         "train": "train.bin",
         "val": "val.bin",
-        "tokenizer": "tokenizer.bin",
-        "bos_id": BOS_ID,
-        "eos_id": EOS_ID,
+        "tokenizer": next(iter(vocab.files)),
+        **vocab.special,
         "train_tokens": int(train.size),
         "val_tokens": int(val.size),
         **extra,
@@ -291,7 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--vocab-size", type=int, help="train a sentencepiece BPE vocab of this size"
     )
     group.add_argument(
-        "--tokenizer", type=Path, help="use this tokenizer.bin or sentencepiece .model"
+        "--tokenizer",
+        type=Path,
+        help="use this tokenizer: llama2.c tokenizer.bin, sentencepiece .model, or Hugging Face "
+        "tokenizer.json or model directory (BOS/EOS as its config says; needs the hf extra)",
     )
     ap.add_argument(
         "--split",
@@ -324,28 +360,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             blob = train_vocab(docs, args.vocab_size, ", ".join(map(str, args.inputs)))
-            tok, blob, encode = sp_tokenizer(blob, "trained vocab")
+            vocab = sp_tokenizer(blob, "trained vocab")
         else:
-            tok, blob, encode = load_tokenizer(args.tokenizer)
-        if tok.vocab_size > MAX_VOCAB:
-            raise DataError(f"{args.tokenizer}: vocab of {tok.vocab_size} does not fit in uint16")
+            vocab = load_tokenizer(args.tokenizer)
+        if args.no_model:
+            vocab.files.pop("tokenizer.model", None)
         t_vocab = time.perf_counter() - t0
         is_val = split_documents(len(docs), args.val_fraction, args.seed)
-        train, val = tokenize(docs, encode, is_val, tok.vocab_size)
+        train, val = tokenize(docs, vocab.encode, is_val, vocab.size)
         source = args.source or ", ".join(f.name for f in files)
         extra = {
             "source": source,
             "documents": {"train": is_val.count(False), "val": is_val.count(True)},
             "split_seed": args.seed,
-            "tokenizer_model": None if (blob is None or args.no_model) else "tokenizer.model",
+            "tokenizer_model": "tokenizer.model" if "tokenizer.model" in vocab.files else None,
         }
-        meta = save_dataset(args.out_dir, tok, None if args.no_model else blob, train, val, extra)
+        meta = save_dataset(args.out_dir, vocab, train, val, extra)
     except (DataError, TokenizerError) as e:
         print(f"prepare_data: error: {e}", file=sys.stderr)
         return 2
     dt = time.perf_counter() - t0
     print(
-        f"wrote {args.out_dir}: vocab {meta['vocab_size']}, train {meta['train_tokens']:,} tokens, "
+        f"wrote {args.out_dir}: vocab {meta['vocab_size']} ({meta['dtype']}), train "
+        f"{meta['train_tokens']:,} tokens, "
         f"val {meta['val_tokens']:,} tokens, {len(docs)} documents "
         f"(vocab {t_vocab:.1f}s, total {dt:.1f}s)",
         file=sys.stderr,

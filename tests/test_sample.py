@@ -16,7 +16,7 @@ from anetrain.errors import UserError
 from anetrain.formats import checkpoint
 from anetrain.formats.data import embedded_dataset
 from anetrain.formats.llama2c import write_llama2c
-from anetrain.formats.tokenizer import Tokenizer
+from anetrain.formats.tokenizer import Tokenizer, safe_piece
 from anetrain.model import forward
 from anetrain.params import Params, init_params
 from anetrain.sample import (
@@ -24,7 +24,6 @@ from anetrain.sample import (
     Rng,
     Sampler,
     generate,
-    safe_piece,
     sample_mult,
     sample_topp,
 )

@@ -12,3 +12,7 @@ class DataError(UserError):
 class CheckpointError(UserError):
     """A checkpoint that is corrupt, truncated, of another version, or does not match the run."""
 
+
+
+class TokenizerError(UserError, ValueError):
+    """A tokenizer file that cannot be read, or a tokenizer that cannot do what was asked."""

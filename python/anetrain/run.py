@@ -172,13 +172,15 @@ def _resume(args: argparse.Namespace, path: Path, out: Path, same_run: bool) -> 
     if args.seq is not None and args.seq != cfg.seq_len:
         raise CheckpointError(f"{path}: checkpoint seq_len is {cfg.seq_len}, not --seq {args.seq}")
     data_path, val_path = args.data or ck.state.data, args.val_data or ck.state.val_data
-    data = open_dataset(data_path, args.vocab_size, val_path, default_vocab=cfg.vocab_size)
+    saved_dtype = ck.state.data_dtype if args.data is None else None  # the saved raw file's
+    data = open_dataset(data_path, args.vocab_size, val_path, default_vocab=cfg.vocab_size,
+                        dtype=args.data_dtype or saved_dtype)  # fmt: skip
     if data.vocab_size != cfg.vocab_size:
         raise CheckpointError(f"{data.source}: data vocab {data.vocab_size} does not match the "
                               f"checkpoint's {cfg.vocab_size}")  # fmt: skip
     state = dataclasses.replace(
         ck.state, train=tc, data=_absolute(data_path), val_data=_absolute(val_path),
-        tokenizer=_absolute(data.tokenizer),
+        data_dtype=_raw_dtype(data), tokenizer=_absolute(data.tokenizer),
     )  # fmt: skip
     moments = (ck.m, ck.v) if ck.m is not None and ck.v is not None else None
     return Run(state, data, ck.params, moments, out, same_run)
@@ -196,17 +198,17 @@ def _fresh(args: argparse.Namespace, out: Path) -> Run:
     if init is not None:
         # a raw .bin is read with the model's vocabulary; a dataset states its own
         data = open_dataset(args.data, args.vocab_size, args.val_data,
-                            default_vocab=init.cfg.vocab_size)  # fmt: skip
+                            default_vocab=init.cfg.vocab_size, dtype=args.data_dtype)  # fmt: skip
         params, cfg = init, init.cfg
         if data.vocab_size != cfg.vocab_size:
             raise UserError(f"{data.source}: data vocab {data.vocab_size} does not match the "
                             f"vocab {cfg.vocab_size} of --init {args.init}")  # fmt: skip
     else:
-        data = open_dataset(args.data, args.vocab_size, args.val_data)
+        data = open_dataset(args.data, args.vocab_size, args.val_data, dtype=args.data_dtype)
         cfg = preset(model_name, vocab_size=data.vocab_size, seq_len=args.seq)
         params = init_params(cfg, np.random.Generator(np.random.PCG64(tc.seed)))
     state = RunState(cfg, tc, data=_absolute(args.data), val_data=_absolute(args.val_data),
-                     tokenizer=_absolute(data.tokenizer))  # fmt: skip
+                     data_dtype=_raw_dtype(data), tokenizer=_absolute(data.tokenizer))  # fmt: skip
     return Run(state, data, params, None, out, same_run=False)
 
 
@@ -272,6 +274,11 @@ def _init_model(path_arg: str, model: str | None, seq: int | None) -> Params:
                                   "seq_len)")  # fmt: skip
         params = Params(cfg.replace(seq_len=seq), params.flat)
     return params
+
+
+def _raw_dtype(data: Dataset) -> str | None:
+    """What a resume needs to read the same raw file: its dtype when not the default uint16."""
+    return data.dtype if data.raw and data.dtype != "uint16" else None
 
 
 def _absolute(path: str | Path | None) -> str | None:

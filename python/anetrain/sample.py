@@ -18,15 +18,18 @@ from anetrain.cli import run_cli, silence
 from anetrain.config import ModelConfig
 from anetrain.errors import UserError
 from anetrain.formats.models import load_model
-from anetrain.formats.tokenizer import BOS_ID, Tokenizer, read_tokenizer
+from anetrain.formats.tokenizer import TextTokenizer, Tokenizer, read_tokenizer
 from anetrain.params import Params
 from anetrain.rope import model_rope_tables
 
 # Generation follows run.c's `generate` (design/llama2c.md §3): the prompt is encoded with BOS
 # (plus the dummy-prefix " " when it is not empty); pos 0 runs the first prompt token; while
 # pos < n_prompt - 1 the next token is forced from the prompt, afterwards it is sampled; the loop
-# stops when the next token is BOS (EOS does not stop it) or at the step limit; every next token is
-# printed as decode(token, next) through safe_printf's filter, so the prompt (after BOS) is echoed.
+# stops before one of the tokenizer's stop ids or at the step limit; every token is printed
+# through the tokenizer's stream, so the prompt is echoed. A llama2.c tokenizer keeps run.c's
+# rules exactly: BOS stops (EOS does not), and every next token prints as decode(token, next)
+# through safe_printf's filter. A Hugging Face tokenizer puts BOS first as its model does, stops
+# at the model's EOS ids and prints whole UTF-8 characters.
 
 
 # ----------------------------------------------------------------------------
@@ -157,20 +160,9 @@ class Sampler:
 # generation (run.c generate)
 
 
-def safe_piece(piece: bytes) -> bytes:
-    """What run.c's safe_printf prints: printf("%s") stops at a NUL; empty pieces and single
-    bytes that are neither isprint nor isspace (C locale) print nothing."""
-    piece = piece.split(b"\0", 1)[0]
-    if len(piece) == 1 and not (0x20 <= piece[0] <= 0x7E or piece[0] in b"\t\n\v\f\r"):
-        return b""
-    return piece
-
-
 @dataclass
 class Generation:
-    tokens: list[
-        int
-    ]  # prompt tokens (BOS first), then the sampled ones; the stopping BOS is not in
+    tokens: list[int]  # prompt tokens (BOS first, if any), then the sampled ones; not the stop
     n_prompt: int
     text: bytes  # exactly what was printed (without run.c's final newline)
     tok_per_s: float  # run.c's figure: tokens after the first, over the time since the first
@@ -178,7 +170,7 @@ class Generation:
 
 def generate(
     forward: Callable[[int, int], np.ndarray],
-    tokenizer: Tokenizer,
+    tokenizer: TextTokenizer,
     prompt: str,
     seq_len: int,
     max_new_tokens: int,
@@ -193,23 +185,25 @@ def generate(
     """
     prompt_tokens = tokenizer.encode(prompt, bos=True, eos=False)
     n_prompt = len(prompt_tokens)
+    if n_prompt == 0:
+        raise UserError("the prompt is empty and the tokenizer has no BOS to start from; pass "
+                        "--prompt")  # fmt: skip
     if n_prompt > seq_len:
         raise UserError(f"the prompt is {n_prompt} tokens; the model's context is {seq_len}")
     steps = min(seq_len, n_prompt - 1 + max_new_tokens)
+    stop = tokenizer.stop_ids
+    stream = tokenizer.stream()
     tokens = [prompt_tokens[0]]
     text = bytearray()
     token, pos, start = prompt_tokens[0], 0, 0.0
+    _emit(stream.push(token), text, out)  # a llama2.c BOS prints nothing
     while pos < steps:
         logits = forward(token, pos)
         nxt = prompt_tokens[pos + 1] if pos < n_prompt - 1 else sampler(logits)
         pos += 1
-        if nxt == BOS_ID:  # the model starts a new story: run.c stops here
+        if nxt in stop:  # llama2.c: the model starts a new story; Hugging Face: EOS
             break
-        piece = safe_piece(tokenizer.decode(token, nxt))
-        text += piece
-        if out is not None and piece:
-            out.write(piece)
-            out.flush()
+        _emit(stream.push(nxt), text, out)
         tokens.append(nxt)
         token = nxt
         if start == 0.0:  # run.c times from the second iteration on
@@ -219,21 +213,36 @@ def generate(
     return Generation(tokens, n_prompt, bytes(text), tok_s)
 
 
+def _emit(piece: bytes, text: bytearray, out: BinaryIO | None) -> None:
+    """Add PIECE to the generated text and print it at once."""
+    text += piece
+    if out is not None and piece:
+        out.write(piece)
+        out.flush()
+
+
 # ----------------------------------------------------------------------------
 # loading
 
 
 def pick_tokenizer(explicit: str | None, model_path: Path, kind: str, recorded: str | None,
-                   vocab: int) -> Tokenizer:  # fmt: skip
-    """--tokenizer, else the checkpoint's recorded one, else tokenizer.bin beside a llama2.c
-    model, else the embedded dataset's; its vocabulary must match the model's."""
+                   vocab: int) -> TextTokenizer:  # fmt: skip
+    """--tokenizer, else the checkpoint's recorded one, else a Hugging Face model directory's
+    tokenizer.json, else tokenizer.bin beside a llama2.c model, else the embedded dataset's.
+
+    A llama2.c tokenizer must have exactly the model's vocabulary (run.c reads that many pieces);
+    a Hugging Face one at most that many ids (models pad their embedding, e.g. Qwen3's).
+    """
     from anetrain.formats.data import embedded_dataset
+    from anetrain.formats.hf_tokenizer import TOKENIZER_FILE
     from anetrain.formats.models import LLAMA2C
 
     if explicit is not None:
         path = Path(explicit)
     else:
         cands = [Path(recorded)] if recorded else []
+        if model_path.is_dir():  # a Hugging Face model directory has its own tokenizer
+            cands.append(model_path / TOKENIZER_FILE)
         if kind == LLAMA2C:
             beside = model_path if model_path.is_dir() else model_path.parent
             cands.append(beside / "tokenizer.bin")
@@ -243,10 +252,13 @@ def pick_tokenizer(explicit: str | None, model_path: Path, kind: str, recorded: 
             print(f"warning: {cands[0]}: the checkpoint's tokenizer is missing; using {path} "
                   "(pass --tokenizer if the text looks wrong)", file=sys.stderr)  # fmt: skip
     tok = read_tokenizer(path)
-    if tok.vocab_size != vocab:
+    exact = isinstance(tok, Tokenizer)
+    if tok.vocab_size > vocab or (exact and tok.vocab_size != vocab):
+        what = "pieces" if exact else "token ids"
         raise UserError(
-            f"{path}: tokenizer has {tok.vocab_size} pieces but the model's vocab is {vocab}; "
-            "pass --tokenizer with the model's tokenizer.bin or .model"
+            f"{path}: tokenizer has {tok.vocab_size} {what} but the model's vocab is {vocab}; "
+            "pass --tokenizer with the model's tokenizer (tokenizer.bin, .model, tokenizer.json "
+            "or its directory)"
         )
     return tok
 
@@ -264,14 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ckpt",
         required=True,
-        help="anetrain checkpoint (file or run directory) or llama2.c model.bin (v0/v1/v2)",
+        help="anetrain checkpoint (file or run directory), llama2.c model.bin (v0/v1/v2), or "
+        "Hugging Face model directory",
     )
     p.add_argument(
         "--tokenizer",
         default=None,
-        help="llama2.c tokenizer.bin, or sentencepiece .model (converted in memory; needs "
-        "sentencepiece) (default: the checkpoint's dataset tokenizer, a tokenizer.bin beside a "
-        "llama2.c model, or the embedded dataset's)",
+        help="llama2.c tokenizer.bin, sentencepiece .model (converted in memory; needs "
+        "sentencepiece), or Hugging Face tokenizer.json or model directory (needs tokenizers: "
+        "the hf extra) (default: the checkpoint's dataset tokenizer, a model directory's own, a "
+        "tokenizer.bin beside a llama2.c model, or the embedded dataset's)",
     )
     p.add_argument("--prompt", default="", help="text to start from (default: empty, like run.c)")
     p.add_argument(

@@ -44,15 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--data",
         default=None,
-        help="dataset directory with meta.json, or a raw uint16 token .bin "
+        help="dataset directory with meta.json, or a raw token .bin (uint16 unless --data-dtype) "
         "(default: the embedded story dataset)",
     )
-    g.add_argument("--val-data", default=None, help="raw uint16 token .bin used for validation")
+    g.add_argument("--val-data", default=None, help="raw token .bin used for validation")
     g.add_argument(
         "--vocab-size",
         type=int,
         default=None,
         help="vocabulary of a raw .bin file (default 32000; datasets say their own)",
+    )
+    g.add_argument(
+        "--data-dtype",
+        choices=["uint16", "uint32"],  # formats.data.TOKEN_DTYPES (numpy loads after the flags)
+        default=None,
+        help="token type of a raw .bin file: uint16 (default, llama2.c's) or uint32 (needed "
+        "for a vocabulary above 65535); datasets say their own",
     )
     g.add_argument("--seq", type=int, default=None, help="sequence length (default: the preset's)")
     g = p.add_argument_group("optimisation (defaults in parentheses)")

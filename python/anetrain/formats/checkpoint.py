@@ -66,6 +66,7 @@ class RunState:
     scaler: dict | None = None  # LossScaler.state(): scale, clean, skipped, dynamic
     data: str | None = None  # absolute dataset path; None = the embedded dataset
     val_data: str | None = None  # absolute validation .bin, if one was given
+    data_dtype: str | None = None  # raw token files' type when not uint16 (--data-dtype uint32)
     tokenizer: str | None = None  # the dataset's tokenizer.bin, if known
     backend: str | None = None  # the backend that wrote it (cpu, sim, ane)
 
@@ -98,12 +99,15 @@ class RunState:
         if st.adam_t > st.step or (train is not None and st.step > train.steps):
             raise CheckpointError(f"{source}: bad checkpoint header: adam_t {st.adam_t}, step "
                                   f"{st.step} and train.steps do not fit together")  # fmt: skip
-        for name in ("data", "val_data", "tokenizer", "backend"):
+        for name in ("data", "val_data", "data_dtype", "tokenizer", "backend"):
             value = d.get(name)
             if value is not None and not isinstance(value, str):
                 raise CheckpointError(f"{source}: bad checkpoint header: {name} must be a "
                                       f"string, got {value!r}")  # fmt: skip
             setattr(st, name, value)
+        if st.data_dtype not in (None, "uint16", "uint32"):
+            raise CheckpointError(f"{source}: bad checkpoint header: data_dtype must be uint16 "
+                                  f"or uint32, got {st.data_dtype!r}")  # fmt: skip
         st.sampler = _sampler_state(source, d.get("sampler"))
         st.scaler = _scaler_state(source, d.get("scaler"))
         if train is not None and st.sampler is None:

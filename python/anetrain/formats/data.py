@@ -1,4 +1,4 @@
-"""Token data: uint16 .bin files (llama2.c format), dataset directories with meta.json, sampling."""
+"""Token data: uint16/uint32 .bin files, dataset directories with meta.json, window sampling."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ import numpy as np
 from anetrain.errors import DataError
 
 DEFAULT_VOCAB = 32000  # llama2.c's Llama-2 tokenizer, the vocabulary of raw TinyStories shards
+# Token files are raw little-endian integers: uint16 as llama2.c writes them, uint32 for a
+# vocabulary above UINT16_VOCAB (Qwen3: 151,936). A dataset's meta.json names its dtype.
+TOKEN_DTYPES = {"uint16": "<u2", "uint32": "<u4"}
+DEFAULT_DTYPE = "uint16"
+UINT16_VOCAB = 65535  # the largest vocabulary stored as uint16
 _SCAN_CHUNK = 1 << 24  # tokens per chunk when checking ids against the vocabulary
 
 
@@ -25,12 +30,17 @@ def embedded_dataset() -> Path:
     )
 
 
-def load_tokens(path: str | Path, vocab_size: int) -> np.ndarray:
-    """Memory-map a raw little-endian uint16 token file and check every id is < vocab_size."""
-    return _load_tokens(path, vocab_size)[0]
+def token_dtype(vocab_size: int) -> str:
+    """The dtype a dataset of this vocabulary is written in."""
+    return "uint32" if vocab_size > UINT16_VOCAB else "uint16"
 
 
-def _load_tokens(path: str | Path, vocab_size: int) -> tuple[np.ndarray, int]:
+def load_tokens(path: str | Path, vocab_size: int, dtype: str = DEFAULT_DTYPE) -> np.ndarray:
+    """Memory-map a raw little-endian token file and check every id is < vocab_size."""
+    return _load_tokens(path, vocab_size, dtype)[0]
+
+
+def _load_tokens(path: str | Path, vocab_size: int, dtype: str) -> tuple[np.ndarray, int]:
     """(tokens, largest id) of a raw token file, every id checked against vocab_size."""
     path = Path(path)
     if path.is_dir():
@@ -43,11 +53,13 @@ def _load_tokens(path: str | Path, vocab_size: int) -> tuple[np.ndarray, int]:
     if size == 0:
         raise DataError(f"{path}: token file is empty")
     if _looks_like_text(path):
-        raise DataError(f"{path}: looks like text, not uint16 tokens; tokenize it first "
+        raise DataError(f"{path}: looks like text, not {dtype} tokens; tokenize it first "
                         "(scripts/prepare_data.py)")  # fmt: skip
-    if size % 2:
-        raise DataError(f"{path}: odd byte count {size}; not a uint16 token file")
-    toks = np.memmap(path, dtype="<u2", mode="r")  # [n_tokens]
+    width = np.dtype(TOKEN_DTYPES[dtype]).itemsize
+    if size % width:
+        count = "odd byte count" if width == 2 else f"byte count not a multiple of {width}:"
+        raise DataError(f"{path}: {count} {size}; not a {dtype} token file")
+    toks = np.memmap(path, dtype=TOKEN_DTYPES[dtype], mode="r")  # [n_tokens]
     largest = 0
     for off in range(0, toks.size, _SCAN_CHUNK):
         chunk = toks[off : off + _SCAN_CHUNK]
@@ -64,7 +76,8 @@ def _load_tokens(path: str | Path, vocab_size: int) -> tuple[np.ndarray, int]:
 
 def _looks_like_text(path: Path, n: int = 4096) -> bool:
     """True when the file starts with printable UTF-8 text. Token files do not: ids below 8192
-    put a control byte (< 0x20) in every other position, and real data is full of them."""
+    put a control byte (< 0x20) in every other position (uint32 ids below 2^24 a NUL in every
+    fourth), and real data is full of them."""
     with open(path, "rb") as f:
         head = f.read(n)
     try:
@@ -80,13 +93,14 @@ def _looks_like_text(path: Path, n: int = 4096) -> bool:
 class Dataset:
     """Training (and optional validation) tokens plus what is known of their vocabulary."""
 
-    train: np.ndarray  # uint16 [n_train] (memmap)
-    val: np.ndarray | None  # uint16 [n_val] or None
+    train: np.ndarray  # uint16 or uint32 [n_train] (memmap)
+    val: np.ndarray | None  # [n_val], the same dtype, or None
     vocab_size: int
     source: str  # path as given, for messages and checkpoints
-    tokenizer: Path | None  # llama2.c tokenizer.bin of this dataset, if known
+    tokenizer: Path | None  # this dataset's tokenizer.bin or tokenizer.json, if known
     max_id: int  # the largest token id in train and val
     raw: bool  # a single token file (its vocab_size was given or defaulted, not stated by meta)
+    dtype: str = DEFAULT_DTYPE  # of its token files: uint16 or uint32
 
 
 def open_dataset(
@@ -94,11 +108,13 @@ def open_dataset(
     vocab_size: int | None = None,
     val_path: str | Path | None = None,
     default_vocab: int = DEFAULT_VOCAB,
+    dtype: str | None = None,
 ) -> Dataset:
     """A dataset directory (with meta.json), a single .bin token file, or None = embedded data.
 
     vocab_size is the user's (--vocab-size): checked against a directory's meta.json; a raw file
-    without it is read with default_vocab (a model's vocabulary when there is one).
+    without it is read with default_vocab (a model's vocabulary when there is one). dtype is the
+    user's (--data-dtype): a raw file's (default uint16), checked against a directory's meta.json.
     """
     path = embedded_dataset() if path is None else Path(path)
     tokenizer = None
@@ -106,37 +122,55 @@ def open_dataset(
     val_max = 0
     if path.is_dir():
         meta_path = path / "meta.json"
-        try:
-            meta = json.loads(meta_path.read_text())
-        except FileNotFoundError:
-            raise DataError(
-                f"{path}: directory has no meta.json (not an anetrain dataset)"
-            ) from None
-        except (OSError, ValueError) as e:
-            raise DataError(f"{meta_path}: unreadable meta.json ({e})") from None
-        if meta.get("dtype", "uint16") != "uint16" or "vocab_size" not in meta:
-            raise DataError(f"{meta_path}: expected a uint16 dataset with a vocab_size")
-        meta_vocab = int(meta["vocab_size"])
+        meta = _read_meta(path, meta_path)
+        meta_vocab, meta_dtype = int(meta["vocab_size"]), meta.get("dtype", DEFAULT_DTYPE)
         if vocab_size is not None and vocab_size != meta_vocab:
             raise DataError(
                 f"{meta_path}: dataset vocab is {meta_vocab}, not --vocab-size {vocab_size}"
             )
-        vocab_size = meta_vocab
-        train, train_max = _load_tokens(path / meta.get("train", "train.bin"), vocab_size)
+        if dtype is not None and dtype != meta_dtype:
+            raise DataError(f"{meta_path}: dataset tokens are {meta_dtype}, not --data-dtype "
+                            f"{dtype}")  # fmt: skip
+        vocab_size, dtype = meta_vocab, meta_dtype
+        _check_dtype(meta_path, vocab_size, dtype, "the dataset's dtype must be uint32")
+        train, train_max = _load_tokens(path / meta.get("train", "train.bin"), vocab_size, dtype)
         val_file = path / meta.get("val", "val.bin")
         if meta.get("val_tokens") != 0 and val_file.is_file():  # none: --val-fraction 0
-            val, val_max = _load_tokens(val_file, vocab_size)
+            val, val_max = _load_tokens(val_file, vocab_size, dtype)
         tok = path / meta.get("tokenizer", "tokenizer.bin")
         tokenizer = tok if tok.is_file() else None
     elif path.exists():
-        vocab_size = vocab_size or default_vocab
-        train, train_max = _load_tokens(path, vocab_size)
+        vocab_size, dtype = vocab_size or default_vocab, dtype or DEFAULT_DTYPE
+        _check_dtype(path, vocab_size, dtype, "pass --data-dtype uint32")
+        train, train_max = _load_tokens(path, vocab_size, dtype)
     else:
         raise DataError(f"{path}: no such file or dataset directory")
     if val_path is not None:
-        val, val_max = _load_tokens(val_path, vocab_size)
+        val, val_max = _load_tokens(val_path, vocab_size, dtype)
     return Dataset(train, val, vocab_size, str(path), tokenizer, max(train_max, val_max),
-                   raw=not path.is_dir())  # fmt: skip
+                   raw=not path.is_dir(), dtype=dtype)  # fmt: skip
+
+
+def _read_meta(path: Path, meta_path: Path) -> dict:
+    """A dataset's meta.json: a vocab_size and a known dtype."""
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: directory has no meta.json (not an anetrain dataset)") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{meta_path}: unreadable meta.json ({e})") from None
+    if not isinstance(meta, dict) or "vocab_size" not in meta:
+        raise DataError(f"{meta_path}: expected a dataset with a vocab_size")
+    if meta.get("dtype", DEFAULT_DTYPE) not in TOKEN_DTYPES:
+        raise DataError(f"{meta_path}: dtype {meta['dtype']!r} is not one of "
+                        f"{', '.join(TOKEN_DTYPES)}")  # fmt: skip
+    return meta
+
+
+def _check_dtype(where: Path, vocab_size: int, dtype: str, fix: str) -> None:
+    """uint16 tokens cannot hold the ids of a vocabulary above 65535."""
+    if dtype == "uint16" and vocab_size > UINT16_VOCAB:
+        raise DataError(f"{where}: a vocab of {vocab_size} does not fit in uint16 tokens; {fix}")
 
 
 def check_length(tokens: np.ndarray, seq_len: int, what: str) -> None:

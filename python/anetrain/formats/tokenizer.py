@@ -1,4 +1,4 @@
-"""llama2.c tokenizer.bin: reader, writer, run.c-exact encoder and decoder; .model conversion."""
+"""Tokenizers: the TextTokenizer protocol, reading any tokenizer file; llama2.c's run.c-exact."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import sys
 import types
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Protocol
 
-from anetrain.errors import UserError
+from anetrain.errors import TokenizerError
+from anetrain.formats.hf_tokenizer import HfTokenizer, is_hf_tokenizer
 
 BOS_ID = 1
 EOS_ID = 2
@@ -24,12 +26,52 @@ _MERGE_FLOOR = -1e10
 _BYTE_PIECE = re.compile(rb"<0x([0-9A-Fa-f]{1,2})")  # run.c: sscanf(piece, "<0x%02hhX>", ...) == 1
 
 
-class TokenizerError(UserError, ValueError):
-    """A tokenizer file that cannot be read, or a tokenizer that cannot do what was asked."""
+# ----------------------------------------------------------------------------
+# what sampling uses of a tokenizer (llama2.c's Tokenizer and HfTokenizer)
+
+
+class TokenStream(Protocol):
+    """The text of a token sequence, fed one token at a time (what `sample` prints)."""
+
+    def push(self, token: int) -> bytes:
+        """The bytes to print once ``token`` follows the tokens pushed before (maybe none yet)."""
+        ...
+
+
+class TextTokenizer(Protocol):
+    """A tokenizer as `sample` uses it: encode a prompt, stream the generated text, stop."""
+
+    @property
+    def vocab_size(self) -> int:
+        """One more than the largest token id it knows."""
+        ...
+
+    @property
+    def bos_id(self) -> int | None:
+        """The BOS token, or None when the tokenizer has none."""
+        ...
+
+    @property
+    def eos_id(self) -> int | None:
+        """The EOS token (what encode(eos=True) appends), or None when the tokenizer has none."""
+        ...
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        """Generation ends before any of these tokens (run.c: BOS; Hugging Face: the EOS ids)."""
+        ...
+
+    def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
+        """Token ids of ``text``; ``bos``: what the tokenizer puts first; ``eos``: EOS last."""
+        ...
+
+    def stream(self) -> TokenStream:
+        """A fresh decoder for one generated sequence (its first push is the first prompt token)."""
+        ...
 
 
 # ----------------------------------------------------------------------------
-# the tokenizer
+# the llama2.c tokenizer
 
 
 class Tokenizer:
@@ -69,6 +111,22 @@ class Tokenizer:
 
     def __len__(self) -> int:
         return len(self.pieces)
+
+    @property
+    def bos_id(self) -> int:
+        return BOS_ID
+
+    @property
+    def eos_id(self) -> int:
+        return EOS_ID
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        """run.c ends generation when the model starts a new story (BOS); EOS does not stop it."""
+        return frozenset({BOS_ID})
+
+    def stream(self) -> Llama2cStream:
+        return Llama2cStream(self)
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, max_token_length={self.max_token_length})"
@@ -304,6 +362,32 @@ class Tokenizer:
 
 
 # ----------------------------------------------------------------------------
+# printing generated text (run.c `safe_printf`)
+
+
+def safe_piece(piece: bytes) -> bytes:
+    """What run.c's safe_printf prints: printf("%s") stops at a NUL; empty pieces and single
+    bytes that are neither isprint nor isspace (C locale) print nothing."""
+    piece = piece.split(b"\0", 1)[0]
+    if len(piece) == 1 and not (0x20 <= piece[0] <= 0x7E or piece[0] in b"\t\n\v\f\r"):
+        return b""
+    return piece
+
+
+class Llama2cStream:
+    """run.c's printing: every token after the first as decode(previous, token) through
+    safe_printf's filter; the first token (BOS in run.c) prints nothing."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.prev: int | None = None
+
+    def push(self, token: int) -> bytes:
+        prev, self.prev = self.prev, token
+        return b"" if prev is None else safe_piece(self.tokenizer.decode(prev, token))
+
+
+# ----------------------------------------------------------------------------
 # any tokenizer file
 
 
@@ -323,9 +407,12 @@ def import_sentencepiece(what: str) -> types.ModuleType:
     return sentencepiece
 
 
-def read_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
-    """A llama2.c tokenizer.bin, or a sentencepiece .model converted to one in memory."""
+def read_tokenizer(path: str | os.PathLike[str]) -> TextTokenizer:
+    """A Hugging Face tokenizer.json or model directory (needs the `hf` extra), a sentencepiece
+    .model converted to a llama2.c tokenizer in memory, or a llama2.c tokenizer.bin."""
     path = Path(path)
+    if is_hf_tokenizer(path):
+        return HfTokenizer.load(path)
     if path.suffix == ".model":
         return Tokenizer.from_sentencepiece(path)
     return Tokenizer.load(path)
