@@ -32,9 +32,9 @@ from anetrain.sample import main as sample_main
 PROMPT = "Once upon a time"
 
 
-def _model(kv: int = 2, seed: int = 0) -> Params:
+def _model(kv: int = 2, seed: int = 0, **family) -> Params:
     """A random tiny model over the embedded 2048-piece vocabulary, with wide logit margins."""
-    cfg = preset("tiny", vocab_size=2048, seq_len=32, n_kv_heads=kv)
+    cfg = preset("tiny", vocab_size=2048, seq_len=32, n_kv_heads=kv, **family)
     p = init_params(cfg, np.random.default_rng(seed))
     p.embed *= 40.0  # untrained models have near-ties (llama2c.md §8); spread the logits
     rng = np.random.default_rng(seed + 1)
@@ -66,6 +66,26 @@ def tok() -> Tokenizer:
 def test_kv_cache_logits_match_the_full_forward(kv):
     p = _model(kv)
     tokens = np.random.default_rng(kv).integers(0, 2048, p.cfg.seq_len)
+    dec = Decoder(p.cfg, p)
+    step = np.stack([dec.forward(int(t), pos) for pos, t in enumerate(tokens)])  # [S, V]
+    full = _full_logits(p, tokens)
+    np.testing.assert_allclose(step, full, rtol=1e-4, atol=1e-4 * np.abs(full).max())
+
+
+FAMILIES = {
+    "qwen3": {"head_size": 32, "qk_norm": True, "shared_classifier": False},
+    "head_size": {"head_size": 8},
+    "llama3_rope": {"rope_theta": 5e5, "rope_scaling": {
+        "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16}},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kv_cache_logits_match_the_full_forward_for_every_family(family):
+    """Qwen3's q/k norm, an explicit head size and Llama 3 RoPE scaling in the KV-cache path."""
+    p = _model(2, **FAMILIES[family])
+    tokens = np.random.default_rng(5).integers(0, 2048, p.cfg.seq_len)
     dec = Decoder(p.cfg, p)
     step = np.stack([dec.forward(int(t), pos) for pos, t in enumerate(tokens)])  # [S, V]
     full = _full_logits(p, tokens)

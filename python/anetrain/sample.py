@@ -19,6 +19,7 @@ from anetrain.config import ModelConfig
 from anetrain.errors import UserError
 from anetrain.formats.models import load_model
 from anetrain.formats.tokenizer import TextTokenizer, Tokenizer, read_tokenizer
+from anetrain.model import head_rmsnorm_fwd
 from anetrain.params import Params
 from anetrain.rope import model_rope_tables
 
@@ -59,6 +60,9 @@ class Decoder:
             xn, _ = native.rmsnorm_fwd(x, lp.rms_att, cfg.norm_eps)  # [D, 1]
             q = (lp.wq @ xn[:, 0]).reshape(cfg.q_dim, 1)  # [Q, 1]
             k = (lp.wk @ xn[:, 0]).reshape(cfg.kv_dim, 1)  # [KV*hd, 1]
+            if cfg.qk_norm:  # Qwen3: RMSNorm of every q and k head before RoPE
+                head_rmsnorm_fwd(q, lp.q_norm, H, cfg.norm_eps)
+                head_rmsnorm_fwd(k, lp.k_norm, KV, cfg.norm_eps)
             native.rope_fwd(q, cos, sin, H)
             native.rope_fwd(k, cos, sin, KV)
             self.k_cache[layer, :, pos] = k.reshape(KV, hd)
