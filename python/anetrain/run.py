@@ -16,6 +16,7 @@ from anetrain.errors import CheckpointError, DataError, UserError
 from anetrain.formats import checkpoint, metrics
 from anetrain.formats.checkpoint import Checkpoint, RunState
 from anetrain.formats.data import Dataset, check_length, open_dataset
+from anetrain.formats.hf import is_hf_dir
 from anetrain.formats.llama2c import is_llama2c
 from anetrain.formats.models import KINDS, load_model, model_file
 from anetrain.params import Params, init_params
@@ -147,6 +148,9 @@ def _load_resumable(path: Path) -> Checkpoint:
     if not checkpoint.is_checkpoint(path) and is_llama2c(path):
         raise CheckpointError(f"{path}: this is a llama2.c model, not a training checkpoint: "
                               f"use --init {path} to fine-tune it")  # fmt: skip
+    if path.name == checkpoint.FILE_NAME and not path.exists() and is_hf_dir(path.parent):
+        raise CheckpointError(f"{path.parent}: this is a Hugging Face model, not a training "
+                              f"checkpoint: use --init {path.parent} to fine-tune it")  # fmt: skip
     ck = checkpoint.load(path)
     if ck.state.train is None:
         raise CheckpointError(f"{path}: holds weights only, no training run to resume; use "
@@ -251,15 +255,16 @@ def _preset_of(cfg: ModelConfig) -> str | None:
 
 
 def _init_model(path_arg: str, model: str | None, seq: int | None) -> Params:
-    """The weights of a model to fine-tune (an anetrain checkpoint or run directory, or a
-    llama2.c model.bin): the architecture comes from the file; its optimizer state, step and
-    settings, if any, are not used.
+    """The weights of a model to fine-tune (an anetrain checkpoint or run directory, a llama2.c
+    model.bin, or a Hugging Face model directory or Hub id): the architecture comes from the
+    file; its optimizer state, step and settings, if any, are not used.
 
     `model` (a --model preset) must agree with the header's architecture; its seq_len and vocab
     are ignored. `seq` may lower the training context below the file's seq_len (RoPE has no
     learned positions, so the weights do not depend on it); the run's checkpoints and exports then
-    record the lower seq_len. A longer context than the file's is refused: run.c sizes its KV cache
-    by the header, and the model never saw those positions.
+    record the lower seq_len (a Hugging Face model's seq_len is its max_position_embeddings). A
+    longer context than the file's is refused: run.c sizes its KV cache by the header, and the
+    model never saw those positions.
     """
     path = model_file(path_arg)
     _, ck = load_model(path)
