@@ -13,6 +13,7 @@ from anetrain.params import Params
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
+transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars in captured stderr
 
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 16}  # scales every wavelength above 16 positions

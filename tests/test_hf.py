@@ -391,12 +391,12 @@ def test_a_hub_id_resolves_offline_through_the_cache(llama, tmp_path):
     pytest.importorskip("huggingface_hub")
     _hub_cache(tmp_path / "cache", "tiny-org/tiny-llama", llama[1] / "fp32")
     env = {"HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
-    r = _cli(tmp_path, "export", "tiny-org/tiny-llama", "--format", "hf", "-o", "out", **env)
+    r = _cli(tmp_path, "export", "tiny-org/tiny-llama", "--format", "hf", "-o", "exported", **env)
     assert r.returncode == 0, r.stderr
-    cfg, params = read_hf(tmp_path / "out")
+    cfg, params = read_hf(tmp_path / "exported")
     cfg0, params0 = read_hf(llama[1] / "fp32")
     assert cfg == cfg0 and np.array_equal(params.flat, params0.flat)
-    r = _cli(tmp_path, "export", "tiny-org/missing", "--format", "hf", "-o", "out2", **env)
+    r = _cli(tmp_path, "export", "tiny-org/missing", "--format", "hf", "-o", "exported2", **env)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("anetrain.export: error: tiny-org/missing: not a local path, and "
                                "not available from the Hugging Face Hub (")  # fmt: skip
