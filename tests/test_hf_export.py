@@ -247,7 +247,10 @@ def test_llama2c_export_refuses_what_llama2c_cannot_express(models, tmp_path, ca
 
 
 def test_train_init_from_a_hugging_face_directory(models, tmp_path, capsys):
+    pytest.importorskip("tokenizers")
     model, src = models["llama"]
+    shutil.copytree(src, tmp_path / "model")
+    src = _tokenizer_dir(tmp_path / "model")
     data = tmp_path / "tokens.bin"
     tokens(96, n=4096, seed=5).astype("<u2").tofile(data)
     out = tmp_path / "run"
@@ -256,12 +259,15 @@ def test_train_init_from_a_hugging_face_directory(models, tmp_path, capsys):
     assert train_main([*args, "--init", str(src)]) == 0
     ck = checkpoint.load(out / "checkpoint.bin")
     assert ck.model == read_hf(src)[0].replace(seq_len=16)
+    assert ck.state.tokenizer == str(src / "tokenizer.json")  # raw tokens: the model's tokenizer
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     x, y = WindowSampler(open_dataset(str(data), 96).train, 16, 11 + 1).next()  # the first batch
     assert first["loss"] == pytest.approx(hf_loss(model, np.append(x, y[-1])), rel=1e-5)
     _export(out, tmp_path / "hf")
     loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     assert loaded.config.max_position_embeddings == 16
+    tok = "tokenizer.json"
+    assert (tmp_path / "hf" / tok).read_bytes() == (src / tok).read_bytes()
     assert train_main([*args, "--resume", str(src)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (f"anetrain.train: error: {src}: this is a Hugging Face model, not a training "

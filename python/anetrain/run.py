@@ -189,7 +189,8 @@ def _resume(args: argparse.Namespace, path: Path, out: Path, same_run: bool) -> 
 
 
 def _fresh(args: argparse.Namespace, out: Path) -> Run:
-    init = _init_model(args.init, args.model, args.seq) if args.init is not None else None
+    init, init_tokenizer = _init_model(args.init, args.model, args.seq) \
+        if args.init is not None else (None, None)  # fmt: skip
     model_name = args.model or (_preset_of(init.cfg) if init else "tiny") or "llama2c"
     flags = _flags(args)
     flags.setdefault("lr", DEFAULT_LR.get(model_name, TrainConfig.lr))
@@ -209,8 +210,9 @@ def _fresh(args: argparse.Namespace, out: Path) -> Run:
         data = open_dataset(args.data, args.vocab_size, args.val_data)
         cfg = preset(model_name, vocab_size=data.vocab_size, seq_len=args.seq)
         params = init_params(cfg, np.random.Generator(np.random.PCG64(tc.seed)))
+    # the data's tokenizer, else (raw token files) the one the --init model came with
     state = RunState(cfg, tc, data=_absolute(args.data), val_data=_absolute(args.val_data),
-                     tokenizer=_absolute(data.tokenizer))  # fmt: skip
+                     tokenizer=_absolute(data.tokenizer) or init_tokenizer)  # fmt: skip
     return Run(state, data, params, None, out, same_run=False)
 
 
@@ -254,7 +256,7 @@ def _preset_of(cfg: ModelConfig) -> str | None:
     return next((n for n, p in PRESETS.items() if p.architecture() == cfg.architecture()), None)
 
 
-def _init_model(path_arg: str, model: str | None, seq: int | None) -> Params:
+def _init_model(path_arg: str, model: str | None, seq: int | None) -> tuple[Params, str | None]:
     """The weights of a model to fine-tune (an anetrain checkpoint or run directory, a llama2.c
     model.bin, or a Hugging Face model directory or Hub id): the architecture comes from the
     file; its optimizer state, step and settings, if any, are not used.
@@ -264,7 +266,7 @@ def _init_model(path_arg: str, model: str | None, seq: int | None) -> Params:
     learned positions, so the weights do not depend on it); the run's checkpoints and exports then
     record the lower seq_len (a Hugging Face model's seq_len is its max_position_embeddings). A
     longer context than the file's is refused: run.c sizes its KV cache by the header, and the
-    model never saw those positions.
+    model never saw those positions. Also returns the tokenizer the model records, if any.
     """
     path = model_file(path_arg)
     _, ck = load_model(path)
@@ -276,7 +278,7 @@ def _init_model(path_arg: str, model: str | None, seq: int | None) -> Params:
             raise CheckpointError(f"{path}: --seq {seq} must be in 1..{cfg.seq_len} (the file's "
                                   "seq_len)")  # fmt: skip
         params = Params(cfg.replace(seq_len=seq), params.flat)
-    return params
+    return params, ck.state.tokenizer
 
 
 def _absolute(path: str | Path | None) -> str | None:

@@ -109,15 +109,13 @@ def _architecture(src: Path, d: dict) -> str:
 def _check_features(src: Path, d: dict, arch: str) -> None:
     """Refuse what the model has no code for: biases, another activation, sliding windows,
     per-layer attention types, quantized weights, partial rotary embeddings."""
-    for key in ("attention_bias", "mlp_bias"):
-        if d.get(key, False) is not False:
+    for key in ("attention_bias", "mlp_bias", "use_sliding_window"):  # null means false too
+        if d.get(key) not in (None, False):
             raise _unsupported(src, key, d[key], "false")
     if d.get("hidden_act", "silu") != "silu":
         raise _unsupported(src, "hidden_act", d["hidden_act"], "silu")
     if arch == "MistralForCausalLM" and d.get("sliding_window") is not None:
         raise _unsupported(src, "sliding_window", d["sliding_window"], "null")
-    if d.get("use_sliding_window", False) is not False:
-        raise _unsupported(src, "use_sliding_window", d["use_sliding_window"], "false")
     layer_types = d.get("layer_types")
     if layer_types is not None and (not isinstance(layer_types, list) or
                                     any(t != "full_attention" for t in layer_types)):  # fmt: skip
