@@ -1,40 +1,62 @@
-"""python -m anetrain.export: write an anetrain checkpoint as a llama2.c model.bin (v0 or v1)."""
+"""python -m anetrain.export: write a model as a llama2.c model.bin or a Hugging Face directory."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from anetrain.cli import run_cli
 from anetrain.errors import UserError
+
+if TYPE_CHECKING:
+    from anetrain.config import ModelConfig
+    from anetrain.formats.checkpoint import Checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m anetrain.export",
-        description="Export a training checkpoint to another format. Version 0 is the file "
-        "llama2.c's run.c reads (`./run model.bin -z tokenizer.bin`).",
+        description="Export a model to another format: a llama2.c model.bin (version 0 is the "
+        "file llama2.c's run.c reads: `./run model.bin -z tokenizer.bin`), or a Hugging Face "
+        "model directory that transformers' AutoModelForCausalLM.from_pretrained loads.",
     )
     p.add_argument(
-        "checkpoint", help="anetrain checkpoint (a file, or a run directory with checkpoint.bin)"
+        "checkpoint",
+        help="the model: an anetrain checkpoint (a file, or a run directory with "
+        "checkpoint.bin), a llama2.c model.bin, or a Hugging Face model directory or Hub id",
     )
     p.add_argument(
         "--format",
         required=True,
-        choices=("llama2c",),
-        help="output format (llama2c only)",
+        choices=("llama2c", "hf"),
+        help="llama2c: a model.bin (Llama-shaped models only); hf: a directory with config.json, "
+        "model.safetensors and the run's Hugging Face tokenizer files",
     )
     p.add_argument(
         "--version",
         type=int,
-        default=0,
+        default=None,
         choices=(0, 1),
         help="llama2.c file version: 0 = legacy, read by run.c (default); 1 = 'ak42' fp32 header",
     )
-    p.add_argument("-o", "--output", required=True, help="output file, e.g. model.bin")
     p.add_argument(
-        "--overwrite", action="store_true", help="replace the output file if it already exists"
+        "--dtype",
+        default=None,
+        choices=("fp32", "bf16", "fp16"),
+        help="weights of model.safetensors (--format hf): fp32 (default), bf16 or fp16 (rounded "
+        "to nearest even)",
+    )
+    p.add_argument(
+        "-o", "--output", required=True,
+        help="output file (llama2c, e.g. model.bin) or directory (hf)",
+    )  # fmt: skip
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the output if it already exists (a directory only if it holds a model: "
+        "a config.json)",
     )
     return p
 
@@ -49,26 +71,77 @@ def check_output(out: Path, src: Path, overwrite: bool) -> None:
         raise UserError(f"{out}: already exists (pass --overwrite to replace it)")
 
 
-def export(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    from anetrain.formats import checkpoint
+def check_output_dir(out: Path, src: Path, overwrite: bool) -> None:
+    """Refuse a file, a directory holding the input, and a non-empty directory unless
+    --overwrite is given and it is a model directory (never any other directory of the user's)."""
+    from anetrain.formats.hf import is_hf_dir
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file, not an output directory")
+    if not out.exists():
+        return
+    if src.resolve() == out.resolve() or out.resolve() in src.resolve().parents:
+        raise UserError(f"{out}: refusing to replace the directory of the input model")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise UserError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
+    if not is_hf_dir(out):
+        raise UserError(f"{out}: not a model directory (no config.json); refusing to replace it")
+
+
+def _describe(cfg: ModelConfig) -> str:
+    return (f"dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads ({cfg.n_kv_heads} kv), "
+            f"hidden {cfg.hidden_dim}, vocab {cfg.vocab_size}, seq {cfg.seq_len}, "
+            f"{'shared' if cfg.shared_classifier else 'separate'} classifier")  # fmt: skip
+
+
+def _export_hf(args: argparse.Namespace, src: Path, ck: Checkpoint) -> None:
+    from anetrain.formats.hf import TOKENIZER_FILES, hf_config, tokenizer_dir, write_hf
+
+    out = Path(args.output)
+    check_output_dir(out, src, args.overwrite)
+    dtype = args.dtype or "fp32"
+    names = write_hf(out, ck.model, ck.params, dtype, ck.state.tokenizer)
+    arch = hf_config(ck.model)["architectures"][0]
+    print(f"wrote {out}: Hugging Face {arch}, {dtype} ({_describe(ck.model)})")
+    tok = ck.state.tokenizer
+    if tokenizer_dir(tok) is not None:
+        copied = [n for n in names if n in TOKENIZER_FILES]
+        print(f"tokenizer: {', '.join(copied)} from {tokenizer_dir(tok)}")
+    elif tok:
+        print(f"tokenizer: {tok} is not a Hugging Face tokenizer.json; no tokenizer files "
+              f"written (copy a tokenizer.json into {out} by hand)")  # fmt: skip
+    else:
+        print("tokenizer: the model records none; no tokenizer files written")
+
+
+def _export_llama2c(args: argparse.Namespace, src: Path, ck: Checkpoint) -> None:
     from anetrain.formats.llama2c import write_llama2c
 
-    src = checkpoint.resolve(args.checkpoint)
-    ck = checkpoint.load(src, with_optimizer=False)
     out = Path(args.output)
     check_output(out, src, args.overwrite)
-    size = write_llama2c(out, ck.model, ck.params, version=args.version)  # atomic: .tmp + rename
-    cfg = ck.model
-    print(
-        f"wrote {out}: llama2.c v{args.version}, {size:,} bytes (dim {cfg.dim}, "
-        f"{cfg.n_layers} layers, {cfg.n_heads} heads ({cfg.n_kv_heads} kv), hidden "
-        f"{cfg.hidden_dim}, vocab {cfg.vocab_size}, seq {cfg.seq_len}, "
-        f"{'shared' if cfg.shared_classifier else 'separate'} classifier)"
-    )
-    tok = ck.state.tokenizer
-    if tok:
-        print(f"tokenizer: {tok}")
+    version = args.version or 0
+    size = write_llama2c(out, ck.model, ck.params, version=version)  # atomic: .tmp + rename
+    print(f"wrote {out}: llama2.c v{version}, {size:,} bytes ({_describe(ck.model)})")
+    if ck.state.tokenizer:
+        print(f"tokenizer: {ck.state.tokenizer}")
+
+
+def export(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.format == "hf" and args.version is not None:
+        raise UserError("--version is for --format llama2c; --format hf writes safetensors")
+    if args.format == "llama2c" and args.dtype not in (None, "fp32"):
+        raise UserError(f"--dtype {args.dtype} is for --format hf; llama2.c files are fp32")
+    from anetrain.formats.models import load_model, model_file
+
+    src = model_file(args.checkpoint)
+    _, ck = load_model(src)
+    if args.format == "hf":
+        _export_hf(args, src, ck)
+    else:
+        _export_llama2c(args, src, ck)
     return 0
 
 

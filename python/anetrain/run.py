@@ -16,6 +16,7 @@ from anetrain.errors import CheckpointError, DataError, UserError
 from anetrain.formats import checkpoint, metrics
 from anetrain.formats.checkpoint import Checkpoint, RunState
 from anetrain.formats.data import Dataset, check_length, open_dataset
+from anetrain.formats.hf import is_hf_dir
 from anetrain.formats.llama2c import is_llama2c
 from anetrain.formats.models import KINDS, load_model, model_file
 from anetrain.params import Params, init_params
@@ -147,6 +148,9 @@ def _load_resumable(path: Path) -> Checkpoint:
     if not checkpoint.is_checkpoint(path) and is_llama2c(path):
         raise CheckpointError(f"{path}: this is a llama2.c model, not a training checkpoint: "
                               f"use --init {path} to fine-tune it")  # fmt: skip
+    if path.name == checkpoint.FILE_NAME and not path.exists() and is_hf_dir(path.parent):
+        raise CheckpointError(f"{path.parent}: this is a Hugging Face model, not a training "
+                              f"checkpoint: use --init {path.parent} to fine-tune it")  # fmt: skip
     ck = checkpoint.load(path)
     if ck.state.train is None:
         raise CheckpointError(f"{path}: holds weights only, no training run to resume; use "
@@ -187,7 +191,8 @@ def _resume(args: argparse.Namespace, path: Path, out: Path, same_run: bool) -> 
 
 
 def _fresh(args: argparse.Namespace, out: Path) -> Run:
-    init = _init_model(args.init, args.model, args.seq) if args.init is not None else None
+    init, init_tokenizer = _init_model(args.init, args.model, args.seq) \
+        if args.init is not None else (None, None)  # fmt: skip
     model_name = args.model or (_preset_of(init.cfg) if init else "tiny") or "llama2c"
     flags = _flags(args)
     flags.setdefault("lr", DEFAULT_LR.get(model_name, TrainConfig.lr))
@@ -207,8 +212,10 @@ def _fresh(args: argparse.Namespace, out: Path) -> Run:
         data = open_dataset(args.data, args.vocab_size, args.val_data, dtype=args.data_dtype)
         cfg = preset(model_name, vocab_size=data.vocab_size, seq_len=args.seq)
         params = init_params(cfg, np.random.Generator(np.random.PCG64(tc.seed)))
+    # the data's tokenizer, else (raw token files) the one the --init model came with
     state = RunState(cfg, tc, data=_absolute(args.data), val_data=_absolute(args.val_data),
-                     data_dtype=_raw_dtype(data), tokenizer=_absolute(data.tokenizer))  # fmt: skip
+                     data_dtype=_raw_dtype(data),
+                     tokenizer=_absolute(data.tokenizer) or init_tokenizer)  # fmt: skip
     return Run(state, data, params, None, out, same_run=False)
 
 
@@ -252,16 +259,17 @@ def _preset_of(cfg: ModelConfig) -> str | None:
     return next((n for n, p in PRESETS.items() if p.architecture() == cfg.architecture()), None)
 
 
-def _init_model(path_arg: str, model: str | None, seq: int | None) -> Params:
-    """The weights of a model to fine-tune (an anetrain checkpoint or run directory, or a
-    llama2.c model.bin): the architecture comes from the file; its optimizer state, step and
-    settings, if any, are not used.
+def _init_model(path_arg: str, model: str | None, seq: int | None) -> tuple[Params, str | None]:
+    """The weights of a model to fine-tune (an anetrain checkpoint or run directory, a llama2.c
+    model.bin, or a Hugging Face model directory or Hub id): the architecture comes from the
+    file; its optimizer state, step and settings, if any, are not used.
 
     `model` (a --model preset) must agree with the header's architecture; its seq_len and vocab
     are ignored. `seq` may lower the training context below the file's seq_len (RoPE has no
     learned positions, so the weights do not depend on it); the run's checkpoints and exports then
-    record the lower seq_len. A longer context than the file's is refused: run.c sizes its KV cache
-    by the header, and the model never saw those positions.
+    record the lower seq_len (a Hugging Face model's seq_len is its max_position_embeddings). A
+    longer context than the file's is refused: run.c sizes its KV cache by the header, and the
+    model never saw those positions. Also returns the tokenizer the model records, if any.
     """
     path = model_file(path_arg)
     _, ck = load_model(path)
@@ -273,7 +281,7 @@ def _init_model(path_arg: str, model: str | None, seq: int | None) -> Params:
             raise CheckpointError(f"{path}: --seq {seq} must be in 1..{cfg.seq_len} (the file's "
                                   "seq_len)")  # fmt: skip
         params = Params(cfg.replace(seq_len=seq), params.flat)
-    return params
+    return params, ck.state.tokenizer
 
 
 def _raw_dtype(data: Dataset) -> str | None:

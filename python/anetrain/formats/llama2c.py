@@ -271,11 +271,18 @@ def write_llama2c(
     if params.cfg != cfg:
         raise ValueError("write_llama2c: params were built for another config")
     if cfg.q_dim != cfg.dim:
-        raise UserError(f"{path}: llama2.c needs n_heads * head_dim == dim")
+        raise UserError(f"{path}: llama2.c needs n_heads * head_dim == dim, not {cfg.n_heads} * "
+                        f"{cfg.head_dim} != {cfg.dim}; export it with --format hf")  # fmt: skip
+    if cfg.qk_norm:
+        raise UserError(f"{path}: llama2.c models have no q/k norms (qk_norm, Qwen3); export it "
+                        "with --format hf")  # fmt: skip
+    if cfg.rope_scaling is not None:
+        raise UserError(f"{path}: llama2.c models have no RoPE scaling (rope_scaling llama3); "
+                        "export it with --format hf")  # fmt: skip
     if cfg.norm_eps != 1e-5 or cfg.rope_theta != 10000.0:  # run.c hard-codes both
         raise UserError(
             f"{path}: llama2.c models use norm_eps 1e-5 and rope_theta 10000, not "
-            f"{cfg.norm_eps:g} and {cfg.rope_theta:g}"
+            f"{cfg.norm_eps:g} and {cfg.rope_theta:g}; export it with --format hf"
         )
     chunks = _v0_chunks(cfg, params) if version == 0 else _v1_chunks(cfg, params)
 

@@ -1,4 +1,5 @@
-"""Open any model file anetrain reads: an anetrain checkpoint or a llama2.c model.bin."""
+"""Open any model anetrain reads: an anetrain checkpoint, a llama2.c model.bin, a Hugging Face
+model directory or Hub id."""
 
 from __future__ import annotations
 
@@ -8,28 +9,42 @@ from pathlib import Path
 from anetrain.errors import CheckpointError
 from anetrain.formats import checkpoint
 from anetrain.formats.checkpoint import Checkpoint, RunState
+from anetrain.formats.hf import is_hf_dir, read_hf
+from anetrain.formats.hub import is_hub_id, resolve_hub
 from anetrain.formats.llama2c import read_llama2c
 
 ANETRAIN = "anetrain checkpoint"
 LLAMA2C = "llama2.c model"
-KINDS = "an anetrain checkpoint or run directory, or a llama2.c model.bin"  # for messages
+HF = "Hugging Face model"
+KINDS = ("an anetrain checkpoint or run directory, a llama2.c model.bin, or a Hugging Face model "
+         "directory or Hub id")  # for messages  # fmt: skip
 _RELEASED = re.compile(r"stories(\d+M)\.bin")  # scripts/download_stories.sh's file names
 
 
 def model_kind(path: str | Path) -> str:
-    """ANETRAIN or LLAMA2C, by the file's magic (a run directory means its checkpoint.bin)."""
+    """ANETRAIN, LLAMA2C or HF: a directory without checkpoint.bin is a Hugging Face model, a
+    file (a run directory: its checkpoint.bin) is told by its magic."""
+    path = Path(path)
+    if path.is_dir() and not (path / checkpoint.FILE_NAME).is_file():
+        return HF
     return ANETRAIN if checkpoint.is_checkpoint(checkpoint.resolve(path)) else LLAMA2C
 
 
 def model_file(path: str | Path) -> Path:
-    """The file a model path names (a run directory: its checkpoint.bin), which must exist."""
+    """The file or directory a model path names, which must exist: a run directory's
+    checkpoint.bin, a Hugging Face model directory, or the local snapshot of a Hub id (fetched
+    through huggingface_hub, or found in its cache)."""
     path = Path(path)
     if path.is_dir():
-        if not (path / checkpoint.FILE_NAME).is_file():
-            raise CheckpointError(f"{path}: a directory without {checkpoint.FILE_NAME}; a model "
-                                  f"is {KINDS}")  # fmt: skip
-        return path / checkpoint.FILE_NAME
+        if (path / checkpoint.FILE_NAME).is_file():
+            return path / checkpoint.FILE_NAME
+        if is_hf_dir(path):
+            return path
+        raise CheckpointError(f"{path}: a directory without {checkpoint.FILE_NAME} or "
+                              f"config.json; a model is {KINDS}")  # fmt: skip
     if not path.exists():
+        if is_hub_id(str(path)):
+            return resolve_hub(str(path))
         raise CheckpointError(f"{path}: no such model file{_download_hint(path)}")
     return path
 
@@ -44,10 +59,16 @@ def _download_hint(path: Path) -> str:
 
 
 def load_model(path: str | Path) -> tuple[str, Checkpoint]:
-    """(kind, weights) of a model file; a llama2.c file's state holds only its model config, an
-    anetrain checkpoint's the whole run state (its AdamW moments are not read)."""
+    """(kind, weights) of a model; a llama2.c file's state holds only its model config, a Hugging
+    Face model's its config and its tokenizer.json (if it has one), an anetrain checkpoint's the
+    whole run state (its AdamW moments are not read)."""
     path = model_file(path)
-    if model_kind(path) == LLAMA2C:
+    kind = model_kind(path)
+    if kind == HF:
+        cfg, params = read_hf(path)
+        tok = path.absolute() / "tokenizer.json"  # not resolved: a Hub snapshot links to blobs
+        return HF, Checkpoint(RunState(cfg, tokenizer=str(tok) if tok.is_file() else None), params)
+    if kind == LLAMA2C:
         cfg, params = read_llama2c(path)
         return LLAMA2C, Checkpoint(RunState(cfg), params)
     return ANETRAIN, checkpoint.load(path, with_optimizer=False)
