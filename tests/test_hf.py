@@ -124,8 +124,9 @@ def test_llama_loss_matches_transformers(llama, copy):
     assert abs(our_loss(wrong, Params(wrong, ck.params.flat), tok) - theirs) > 1e-3 * theirs
 
 
-def test_llama_gradients_match_transformers_autograd(llama):
-    model, base = llama
+@pytest.mark.parametrize("family", ["llama", "qwen"])
+def test_gradients_match_transformers_autograd(family, request):
+    model, base = request.getfixturevalue(family)
     _, ck = load_model(base / "fp32")
     tok = tokens(ck.model.vocab_size)
     cfg = ck.model.replace(seq_len=len(tok) - 1)
@@ -160,10 +161,11 @@ def test_llama_sim_loss_within_fp16_tolerance(llama):
     assert sim == pytest.approx(our_loss(ck.model, ck.params, tok), rel=1e-3)
 
 
-def test_greedy_decoding_matches_transformers_generate(llama):
+@pytest.mark.parametrize("family", ["llama", "qwen"])
+def test_greedy_decoding_matches_transformers_generate(family, request):
     from anetrain.sample import Decoder
 
-    model, base = llama
+    model, base = request.getfixturevalue(family)
     _, ck = load_model(base / "fp32")
     prompt = tokens(ck.model.vocab_size, n=5, seed=9)
     t = torch.from_numpy(prompt.astype(np.int64))[None]
@@ -410,3 +412,34 @@ def test_a_hub_id_without_huggingface_hub_names_the_extra(tmp_path, monkeypatch)
     (tmp_path / "tiny-org").mkdir()  # an existing directory: a local path after all
     with pytest.raises(CheckpointError, match="no such model file"):
         model_file("tiny-org/tiny-llama")
+
+
+def test_sample_cli_on_a_model_directory_prints_what_transformers_generates(tmp_path, capfd):
+    """`sample --ckpt DIR` with the directory's own tokenizer.json: greedy text equal to
+    transformers' generate decoded by the same tokenizer, stopping at the model's EOS."""
+    pytest.importorskip("tokenizers")
+    from test_hf_tokenizer import BYTE_LEVEL_CONFIG, byte_level
+
+    from anetrain.sample import main as sample_main
+
+    tk = byte_level()
+    model = tiny_qwen3(seed=5, vocab_size=tk.get_vocab_size(), eos_token_id=0, bos_token_id=None)
+    d = tmp_path / "qwen-tok"
+    model.save_pretrained(d)
+    tk.save(str(d / "tokenizer.json"))
+    (d / "tokenizer_config.json").write_text(json.dumps({**BYTE_LEVEL_CONFIG, "bos_token": None}))
+    prompt = "Hello world"
+    ids = tk.encode(prompt).ids
+    t = torch.tensor([ids])
+    with torch.no_grad():
+        out = model.generate(t, max_new_tokens=12, do_sample=False, eos_token_id=0,
+                             pad_token_id=0, attention_mask=torch.ones_like(t))  # fmt: skip
+    new = [i for i in out[0, len(ids):].tolist()]
+    if 0 in new:
+        new = new[: new.index(0)]  # our sampler stops at EOS and does not print it
+    # a character the last token leaves unfinished is not printed (never half a character)
+    want = tk.decode(ids + new, skip_special_tokens=True).rstrip("\ufffd")
+    assert sample_main(["--ckpt", str(d), "--prompt", prompt, "--temperature", "0",
+                        "--max-new-tokens", "12"]) == 0  # fmt: skip
+    got = capfd.readouterr().out
+    assert got.rstrip("\n") == want

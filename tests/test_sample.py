@@ -353,3 +353,17 @@ def test_cli_output_to_a_closed_pipe_exits_quietly(tmp_path, closed):
         assert r.stderr == b""  # no traceback, no "Exception ignored" at exit
     if closed == "stderr":
         assert r.stdout.startswith(PROMPT.encode())
+
+
+def test_the_kv_cache_grows_with_the_positions_used():
+    """A long-context model costs the positions a run reaches, not its whole seq_len; growing
+    the cache past its first 256 positions keeps every logit."""
+    cfg = preset("tiny", vocab_size=2048, seq_len=100_000, n_kv_heads=2)
+    p = init_params(cfg, np.random.default_rng(3))
+    dec = Decoder(cfg, p)
+    tokens = np.random.default_rng(4).integers(0, 2048, 300)
+    step = np.stack([dec.forward(int(t), pos) for pos, t in enumerate(tokens)])  # [300, V]
+    assert dec.k_cache.shape[2] == 512 and dec.v_cache.shape[2] == 512
+    short = Params(cfg.replace(seq_len=300), p.flat)
+    full = _full_logits(short, tokens)
+    np.testing.assert_allclose(step, full, rtol=1e-4, atol=1e-4 * np.abs(full).max())

@@ -42,10 +42,22 @@ class Decoder:
 
     def __init__(self, cfg: ModelConfig, params: Params):
         self.cfg, self.params = cfg, params
-        L, KV, S, hd = cfg.n_layers, cfg.n_kv_heads, cfg.seq_len, cfg.head_dim
-        self.k_cache = np.zeros((L, KV, S, hd), dtype=np.float32)  # (layer, kv head, pos, hd)
-        self.v_cache = np.zeros((L, KV, S, hd), dtype=np.float32)
-        self.sqrt_hd = np.float32(math.sqrt(hd))  # run.c divides scores by sqrtf(head_size)
+        self.k_cache = self.v_cache = np.zeros((cfg.n_layers, cfg.n_kv_heads, 0, cfg.head_dim),
+                                               dtype=np.float32)  # fmt: skip
+        self.sqrt_hd = np.float32(math.sqrt(cfg.head_dim))  # run.c divides by sqrtf(head_size)
+
+    def _reserve(self, pos: int) -> None:
+        """Grow the caches (layer, kv head, pos, hd) to hold position `pos`: they double, up to
+        seq_len, so a model with a long context (Llama 3.2: 131072) costs what a run uses."""
+        have = self.k_cache.shape[2]
+        if pos < have:
+            return
+        n = min(self.cfg.seq_len, max(2 * have, pos + 1, 256))
+        for name in ("k_cache", "v_cache"):
+            old = getattr(self, name)
+            new = np.zeros((*old.shape[:2], n, old.shape[3]), dtype=np.float32)
+            new[:, :, :have] = old
+            setattr(self, name, new)
 
     def forward(self, token: int, pos: int) -> np.ndarray:
         """Logits [V] for `token` at position `pos` (positions 0..pos-1 must already be cached)."""
@@ -54,6 +66,7 @@ class Decoder:
             raise UserError(f"position {pos} is outside the model's context of {cfg.seq_len}")
         H, KV, G, hd = cfg.n_heads, cfg.n_kv_heads, cfg.kv_group, cfg.head_dim
         T = pos + 1
+        self._reserve(pos)
         cos, sin = model_rope_tables(cfg, 1, pos0=pos)  # [1, hd/2] each
         x = native.embed_fwd(p.embed, np.array([token], dtype=np.int32))  # [D, 1]
         for layer, lp in enumerate(p.layers):

@@ -37,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--init",
         default=None,
         metavar="MODEL",
-        help="start from the weights of an anetrain checkpoint or run directory, or a llama2.c "
-        "model.bin (v0/v1/v2): a new run (step 0, fresh optimizer); the file sets the "
+        help="start from the weights of an anetrain checkpoint or run directory, a llama2.c "
+        "model.bin (v0/v1/v2), a Hugging Face model directory or Hub id (e.g. "
+        "HuggingFaceTB/SmolLM2-135M): a new run (step 0, fresh optimizer); the model sets the "
         "architecture, --seq may only lower its seq_len",
     )
     g.add_argument(
