@@ -30,8 +30,11 @@ KERNEL_TOL = 16 * U
 GRAD_TOL = 2e-2
 
 # explicit head dim (Qwen3-like): q_dim 96 != dim 64, so every Q-vs-D mix-up changes a shape
+# qk_norm: Qwen3's per-head RMSNorm of q and k (norm weights perturbed by perturb_norms)
 CONFIGS = {"mha": tiny_cfg(), "gqa": tiny_cfg(n_kv_heads=2),
-           "head_dim": tiny_cfg(n_kv_heads=2, head_size=24)}  # fmt: skip
+           "head_dim": tiny_cfg(n_kv_heads=2, head_size=24),
+           "qk_norm": tiny_cfg(n_kv_heads=2, head_size=24, qk_norm=True,
+                               norm_eps=1e-6)}  # fmt: skip
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:
