@@ -7,7 +7,7 @@ import zlib
 
 import numpy as np
 import pytest
-from mil_util import random_case
+from mil_util import f16, random_case
 
 from anetrain.config import ModelConfig, preset
 from anetrain.mil import MilError
@@ -146,3 +146,23 @@ def test_strict_alignment_names_the_offending_widths():
 def test_kernel_programs_are_unique():
     texts = [k.mil for k in build_specs(preset("stories110m")).values()]
     assert len(set(texts)) == len(texts)
+
+
+@pytest.mark.parametrize("scale", [2.0**-6, 1.0, 2.0**10])
+def test_qk_norm_holds_over_the_fp16_range(scale):
+    """Qwen3's q/k norm divides each head column by its max |x| before squaring: projections of
+    |x| ~ 1000 (x² overflows fp16) or ~ 0.015 (x² of most flushes to zero) still normalise
+    correctly. (Much smaller projections lose their own values to fp16 before any norm.)"""
+    spec = specs("qk_norm")["sdpaFwd"]
+    packed, logical = random_case(spec, QK, np.random.default_rng(9))
+    xs = spec.inp["xnorm"]
+    logical["xnorm"] = f16(logical["xnorm"] * scale)
+    packed = packed.copy()
+    packed[xs.c0 : xs.c0 + xs.nch, xs.s0 : xs.s0 + xs.width] = logical["xnorm"]
+    got = simulate(spec, packed)
+    ref = REFERENCE["sdpaFwd"](QK, **logical)
+    assert np.isfinite(got["q_rope"]).all()
+    for name in ("q_rope", "k_rope", "attn"):
+        err = float(np.abs(got[name] - ref[name]).max())
+        tol = 1.25 * (BUDGET[name] + QK_EXTRA[name]) * U * float(np.abs(ref[name]).max())
+        assert err <= tol, f"{name} at scale {scale}: max error {err:.3g} > {tol:.3g}"
