@@ -22,7 +22,10 @@ def random_case(spec: KernelSpec, cfg, rng: np.random.Generator):
     """
     parts, logical = {}, {}
     for s in spec.inp.segments:
-        if s.stage:  # W[out, in], fan-in scaled; a "T" surface [in, out] holds Wᵀ
+        if s.stage == "bcast":  # a norm weight w [n] (not 1: a missing multiply shows), per column
+            w = f16(rng.uniform(0.5, 1.5, s.nch))
+            parts[s.name], logical[s.weight] = np.broadcast_to(w[:, None], s.shape), w
+        elif s.stage:  # W[out, in], fan-in scaled; a "T" surface [in, out] holds Wᵀ
             w = f16(rng.standard_normal(s.weight_shape) / np.sqrt(s.weight_shape[1]))
             parts[s.name], logical[s.weight] = (w.T if s.stage == "T" else w), w
         else:
@@ -37,7 +40,7 @@ def random_case(spec: KernelSpec, cfg, rng: np.random.Generator):
 
 
 # The model shapes issue 19 targets, at seq 256 (the kernels do not depend on n_layers or the
-# vocabulary; both are the real models'). Qwen3-0.6B without its q/k norm: head_dim 128, so
+# vocabulary; both are the real models'). Qwen3-0.6B with its q/k norm: head_dim 128, so
 # q_dim 2048 != dim 1024.
 ANE_SHAPES = {
     "stories110m": ModelConfig(dim=768, n_layers=12, n_heads=12, hidden_dim=2048, seq_len=256),
@@ -50,5 +53,5 @@ ANE_SHAPES = {
                                   shared_classifier=False),
     "qwen3-0.6b": ModelConfig(dim=1024, n_layers=28, n_heads=16, n_kv_heads=8, head_size=128,
                               hidden_dim=3072, vocab_size=151936, seq_len=256,
-                              rope_theta=1000000.0, norm_eps=1e-6),
+                              rope_theta=1000000.0, norm_eps=1e-6, qk_norm=True),
 }  # fmt: skip

@@ -144,11 +144,14 @@ def test_gradients_match_transformers_autograd(family, request):
         assert err <= 1e-4, f"{hf_name}: relative gradient error {err:.2e}"
 
 
-def test_llama_sim_loss_within_fp16_tolerance(llama):
+@pytest.mark.parametrize("family", ["llama", "qwen"])
+def test_sim_loss_within_fp16_tolerance(family, request):
+    """The MIL kernels in the simulator (Qwen3: with its q/k norm in sdpaFwd) give the cpu loss
+    of the imported model within fp16's tolerance."""
     from anetrain.backends import make_kernels
     from anetrain.model import loss_only
 
-    _, base = llama
+    _, base = request.getfixturevalue(family)
     _, ck = load_model(base / "fp32")
     tok = tokens(ck.model.vocab_size, n=33)
     cfg = ck.model.replace(seq_len=32)

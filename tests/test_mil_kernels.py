@@ -7,7 +7,7 @@ import zlib
 
 import numpy as np
 import pytest
-from mil_util import random_case
+from mil_util import f16, random_case
 
 from anetrain.config import ModelConfig, preset
 from anetrain.mil import MilError
@@ -32,14 +32,22 @@ U = 2.0**-11  # fp16 unit roundoff (RNE): one rounding moves a value by at most 
 # times 1.25 for the fp32 reference's own rounding order.
 BUDGET = {"o": 1, "dgate": 1, "dattn": 1, "v": 1, "h1": 1, "h3": 1, "dP": 1, "dx": 3, "P": 4,
           "dv_full": 5, "q_rope": 6, "k_rope": 6, "ffn": 6, "gate": 4, "dq": 6, "dk_full": 6,
-          "attn": 10}  # fmt: skip
+          "attn": 10, "q_pre": 1, "k_pre": 1}  # fmt: skip
+# Qwen3's q/k norm on the path before RoPE (_head_rmsnorm): x/max|x|, y², mean, +eps term, pow
+# (half the error of its operand), y·r, ·w: ≤ 6 more roundings for everything after it.
+QK_EXTRA = {"q_rope": 6, "k_rope": 6, "attn": 6}
 
 MHA = ModelConfig(dim=128, n_layers=1, n_heads=4, hidden_dim=320, seq_len=64)
 GQA = ModelConfig(dim=128, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=320, seq_len=64)
 GQA4 = ModelConfig(dim=128, n_layers=1, n_heads=8, n_kv_heads=2, hidden_dim=192, seq_len=64)
 HD = ModelConfig(dim=128, n_layers=1, n_heads=4, n_kv_heads=2, head_size=48, hidden_dim=320,
                  seq_len=64)  # explicit head dim: q_dim 192, kv_dim 96 (Qwen3-like)
-CONFIGS = {"mha": MHA, "gqa": GQA, "gqa4": GQA4, "head_dim": HD}
+QK = HD.replace(qk_norm=True, norm_eps=1e-6)  # Qwen3: per-head RMSNorm of q and k before RoPE
+# heads wider than half of dim: the q and k norm weights sit side by side, not stacked
+QK_WIDE = ModelConfig(dim=64, n_layers=1, n_heads=2, n_kv_heads=1, head_size=64, hidden_dim=128,
+                      seq_len=64, qk_norm=True)  # fmt: skip
+CONFIGS = {"mha": MHA, "gqa": GQA, "gqa4": GQA4, "head_dim": HD, "qk_norm": QK,
+           "qk_wide": QK_WIDE}  # fmt: skip
 _SPECS: dict[str, dict] = {}
 
 
@@ -68,7 +76,8 @@ def test_kernel_matches_fp32_reference(cfg_name, kernel):
     assert set(ref) == set(spec.out.names)
     for name, r in ref.items():
         err = float(np.abs(got[name] - r).max())
-        tol = 1.25 * BUDGET[name] * U * float(np.abs(r).max())
+        budget = BUDGET[name] + (QK_EXTRA.get(name, 0) if cfg.qk_norm else 0)
+        tol = 1.25 * budget * U * float(np.abs(r).max())
         assert err <= tol, f"{kernel}.{name}: max error {err:.3g} > {tol:.3g}"
 
 
@@ -137,3 +146,23 @@ def test_strict_alignment_names_the_offending_widths():
 def test_kernel_programs_are_unique():
     texts = [k.mil for k in build_specs(preset("stories110m")).values()]
     assert len(set(texts)) == len(texts)
+
+
+@pytest.mark.parametrize("scale", [2.0**-6, 1.0, 2.0**10])
+def test_qk_norm_holds_over_the_fp16_range(scale):
+    """Qwen3's q/k norm divides each head column by its max |x| before squaring: projections of
+    |x| ~ 1000 (x² overflows fp16) or ~ 0.015 (x² of most flushes to zero) still normalise
+    correctly. (Much smaller projections lose their own values to fp16 before any norm.)"""
+    spec = specs("qk_norm")["sdpaFwd"]
+    packed, logical = random_case(spec, QK, np.random.default_rng(9))
+    xs = spec.inp["xnorm"]
+    logical["xnorm"] = f16(logical["xnorm"] * scale)
+    packed = packed.copy()
+    packed[xs.c0 : xs.c0 + xs.nch, xs.s0 : xs.s0 + xs.width] = logical["xnorm"]
+    got = simulate(spec, packed)
+    ref = REFERENCE["sdpaFwd"](QK, **logical)
+    assert np.isfinite(got["q_rope"]).all()
+    for name in ("q_rope", "k_rope", "attn"):
+        err = float(np.abs(got[name] - ref[name]).max())
+        tol = 1.25 * (BUDGET[name] + QK_EXTRA[name]) * U * float(np.abs(ref[name]).max())
+        assert err <= tol, f"{name} at scale {scale}: max error {err:.3g} > {tol:.3g}"

@@ -10,7 +10,7 @@ from anetrain.backends import make_kernels, pick_backend
 from anetrain.backends import platform as plat
 from anetrain.backends.mil import MilKernels
 from anetrain.backends.runtime import SimRuntime
-from anetrain.config import ConfigError, preset
+from anetrain.config import ConfigError, ModelConfig, preset
 from anetrain.mil.check import LAST_AXIS_BYTES, check_program
 from anetrain.mil.kernels import build_specs
 from anetrain.mil.parse import parse
@@ -70,24 +70,32 @@ def test_strict_runtime_refuses_a_shape_over_the_limits():
     assert rt.compiles == 0
 
 
-QK = "Qwen3's q/k norm is not implemented in the MIL kernels yet; use --backend cpu"
+# an ANE-aligned Qwen3-like shape small enough to allocate: head_dim 128, GQA, q/k norm
+QK_ALIGNED = ModelConfig(dim=256, n_layers=1, n_heads=2, n_kv_heads=1, head_size=128,
+                         hidden_dim=512, vocab_size=97, seq_len=64, qk_norm=True)  # fmt: skip
 
 
-def test_qk_norm_is_refused_by_the_mil_kernels(monkeypatch, capsys):
-    cfg = preset("tiny", vocab_size=97, qk_norm=True)
-    params = init_params(cfg, np.random.default_rng(0))
-    with pytest.raises(ConfigError) as e:
-        make_kernels("sim", cfg, params)
-    assert str(e.value) == f"--backend sim: {QK}"
-    with pytest.raises(ConfigError) as e:
-        MilKernels(cfg, params, _StrictSim())
-    assert str(e.value) == f"--backend ane: {QK}"
-    make_kernels("cpu", cfg, params).close()  # the cpu kernels take it
-    # auto on an Apple-silicon Mac: the ANE is there, the kernels are not
+def test_qk_norm_runs_on_the_mil_kernels(monkeypatch, capsys):
+    """Qwen3's q/k norm is in sdpaFwd: sim and a strict (ANE-rules) runtime build the kernels,
+    sdpa_fwd returns the pre-norm projections too, and auto picks the ANE for such a model."""
+    rng = np.random.default_rng(0)
+    params = init_params(QK_ALIGNED, rng)
+    x = rng.standard_normal((QK_ALIGNED.dim, QK_ALIGNED.seq_len), dtype=np.float32)
+    sim = make_kernels("sim", QK_ALIGNED, params)
+    strict = MilKernels(QK_ALIGNED, params, _StrictSim())
+    try:
+        outs = strict.sdpa_fwd(0, x)
+        assert [o.shape for o in outs] == [(256, 64), (256, 64), (128, 64), (128, 64), (256, 64),
+                                           (128, 64)]  # fmt: skip
+        for a, b in zip(outs, sim.sdpa_fwd(0, x)):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        sim.close()
+        strict.close()
+    assert plat.ane_misfit(QK_ALIGNED) is None
     monkeypatch.setattr(plat, "apple_silicon", lambda: True)
     monkeypatch.setattr(plat, "macos_version", lambda: (15, 1))
     monkeypatch.setattr(plat, "ane_unavailable", lambda: None)
-    assert pick_backend("auto", cfg=cfg) == "cpu"
-    assert capsys.readouterr().out == ("backend auto: using cpu (Qwen3's q/k norm is not "
-                                       "implemented in the MIL kernels yet)\n")  # fmt: skip
+    assert pick_backend("auto", cfg=QK_ALIGNED) == "ane"
     assert pick_backend("auto", cfg=ANE_SHAPES["qwen3-0.6b"]) == "ane"
+    assert capsys.readouterr().out == "backend auto: using ane (Apple Neural Engine found)\n" * 2

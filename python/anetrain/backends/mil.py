@@ -8,9 +8,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from anetrain import native
-from anetrain.backends.platform import QK_NORM, ane_misfit, misfit_error
+from anetrain.backends.platform import ane_misfit, misfit_error
 from anetrain.backends.runtime import Executable, Runtime, Surface
-from anetrain.config import ConfigError, ModelConfig
+from anetrain.config import ModelConfig
 from anetrain.mil.errors import MilError
 from anetrain.mil.kernels import KERNELS, KernelSpec, Layout, build_specs
 from anetrain.params import Params
@@ -39,15 +39,18 @@ def stage_weights(dst: np.ndarray, layout: Layout, lp) -> None:
     """Pack every weight segment of `layout` from the fp32 masters of one layer (lp).
 
     dst: locked input surface, uint16 [C, W]. A "T" segment [in, out] receives Wᵀ of
-    W[out, in] (the packer transposes); a "raw" segment [out, in] receives W as is.
+    W[out, in] (the packer transposes); a "raw" segment [out, in] receives W as is; a "bcast"
+    segment [n, width] receives a vector weight w [n] in each of its columns.
     """
     for s in layout.segments:
         if not s.stage:
             continue
-        w = getattr(lp, s.weight)  # fp32 [out, in]
+        w = getattr(lp, s.weight)  # fp32 [out, in] ([n] for "bcast")
         if w.shape != s.weight_shape:
             raise MilError(f"staging {s.name}: weight {w.shape}, segment wants W of "
                            f"{s.weight_shape}")  # fmt: skip
+        if s.stage == "bcast":
+            w = np.ascontiguousarray(np.broadcast_to(w[:, None], s.shape))  # [n, width]
         native.pack(dst, s.c0, s.s0, w, transpose=s.stage == "T")
 
 
@@ -65,14 +68,13 @@ class MilKernels:
         self.own_runtime = own_runtime
         self.name = runtime.name
         self.S = cfg.seq_len
-        if cfg.qk_norm:
-            raise ConfigError(f"--backend {runtime.name}: {QK_NORM}; use --backend cpu")
         if runtime.strict:  # only a strict runtime refuses sizes; the simulator runs any
             why = ane_misfit(cfg, detail=True)
             if why is not None:
                 raise misfit_error(runtime.name, why)
         specs = build_specs(cfg)
         self.specs: dict[str, KernelSpec] = specs
+        self._sdpa_outs = tuple(specs["sdpaFwd"].out.names)  # attn, q_rope, k_rope, v(, q/k_pre)
         # sdpa_bwd copies these surface to surface: (sdpaBwd1 side, its segment, sdpaBwd2's)
         b1, b2 = specs["sdpaBwd1"], specs["sdpaBwd2"]
         self._sdpa_copies = [(side, getattr(b1, side)[seg], b2.inp[seg])
@@ -166,9 +168,9 @@ class MilKernels:
     # ---- forward ----------------------------------------------------------------------------
 
     def sdpa_fwd(self, layer: int, xnorm: np.ndarray):
-        attn, q, k, v = self._run("sdpaFwd", layer, ("attn", "q_rope", "k_rope", "v"),
-                                  xnorm=xnorm)  # fmt: skip
-        return attn, q, k, v  # [Q,S], [Q,S], [KV,S], [KV,S]
+        """attn [Q,S], q_rope [Q,S], k_rope [KV,S], v [KV,S]; with qk_norm also q_pre [Q,S],
+        k_pre [KV,S] (the projections before Qwen3's q/k norm, model.Kernels)."""
+        return tuple(self._run("sdpaFwd", layer, self._sdpa_outs, xnorm=xnorm))
 
     def wo_fwd(self, layer: int, attn: np.ndarray) -> np.ndarray:
         return self._run("woFwd", layer, ("o",), attn=attn)[0]  # [D, S]

@@ -97,9 +97,6 @@ def ane_unavailable() -> str | None:
 # compiler also refuses what mil/check.py reports as errors, e.g. a tensor axis over 16384:
 # mil.kernels.limit_errors lists those.
 
-QK_NORM = "Qwen3's q/k norm is not implemented in the MIL kernels yet"
-
-
 def misfit(cfg: ModelConfig, detail: str | None = None) -> str:
     """The one message for sizes that break the ANE's alignment rules; detail: the misaligned
     surfaces (build_specs' MilError text)."""
@@ -124,14 +121,12 @@ def misfit_error(backend: str, why: str) -> ConfigError:
 
 def ane_misfit(cfg: ModelConfig, detail: bool = False) -> str | None:
     """Why the real ANE cannot run this model (None: it can), checked without compiling: the
-    kernels it lacks (Qwen3's q/k norm), then the alignment rules, then the compiler's limits
+    alignment rules, then the compiler's limits
     (mil is imported here, not at module import: it needs numpy). detail: name every misaligned
     surface (the limits are always named: each is one tensor)."""
     from anetrain.mil.errors import MilError
     from anetrain.mil.kernels import build_specs, limit_errors
 
-    if cfg.qk_norm:
-        return QK_NORM
     try:
         specs = build_specs(cfg, strict=True)
     except MilError as e:

@@ -35,12 +35,9 @@ def shape(name: str) -> ModelConfig:
 def sim_figures(cfg: ModelConfig, layers: int) -> dict:
     """Simulated kernel evaluations of one micro-step of the first `layers` layers, and the
     latency-model step (M4 kernel times) of the same shape; or why the MIL kernels refuse it."""
-    from anetrain.backends.platform import QK_NORM
     from anetrain.bench import overlap, sim
     from anetrain.mil.errors import MilError
 
-    if cfg.qk_norm:
-        return {"sim": f"not available: {QK_NORM}"}
     small = cfg.replace(n_layers=min(layers, cfg.n_layers))
     try:
         sim_s, _, compile_s = sim.time_sim(small, "fp32", 1)

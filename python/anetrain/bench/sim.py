@@ -21,6 +21,10 @@ def _inputs(spec, rng: np.random.Generator) -> np.ndarray:
     """A packed fp16 input with activation-like values and fan-in-scaled weights."""
     parts = {}
     for s in spec.inp.segments:
+        if s.stage == "bcast":  # a norm weight [n] in every column
+            w = 1.0 + 0.1 * rng.standard_normal((s.nch, 1), dtype=np.float32)
+            parts[s.name] = np.broadcast_to(w, s.shape)
+            continue
         scale = 1.0 / np.sqrt(s.weight_shape[1]) if s.stage else 1.0  # weights: fan-in
         parts[s.name] = rng.standard_normal(s.shape, dtype=np.float32) * scale
     if "P" in parts:  # attention probabilities: causal softmax rows

@@ -6,10 +6,12 @@ channel-first: element (c, s) at c·W + s (upstream.md §2.3). A `Layout` names 
 S = seq_len, D = dim, Q = q_dim, KV = kv_dim, F = hidden_dim, H = n_heads, HD = head_dim,
 g = kv_group. Weights are llama2.c W[out, in]. `T` below = the surface holds Wᵀ (the packer
 transposes the fp32 W[out, in]); `raw` = the surface holds W as is (upstream.md §5.3: the
-dyn-matmul computes Mᵀ·x, so forward kernels stage Wᵀ and backward kernels raw W).
+dyn-matmul computes Mᵀ·x, so forward kernels stage Wᵀ and backward kernels raw W). `bcast` = a
+norm weight w [HD] repeated along the segment's S columns (Qwen3's q/k norm, see _head_rmsnorm).
 
 kernel      input segments, ch x sp (T / raw staging)        output segments (channels)
 sdpaFwd     xnorm DxS, wq_t DxQ T, wk_t DxKV T, wv_t DxKV T   attn Q, q_rope Q, k_rope KV, v KV
+            qk_norm: + q_norm, k_norm HDxS bcast              + q_pre Q, k_pre KV
 woFwd       attn QxS, wo_t QxD T                             o D
 ffnFused    x2norm DxS, w1_t DxF T, w3_t DxF T, w2 DxF raw   ffn D, h1 F, h3 F, gate F
 ffnBwdW2t   dffn DxS, w2 DxF raw                             dgate F
@@ -44,6 +46,9 @@ Deviations from upstream's MIL (mil_dynamic.h @d91c984), each on purpose:
    there is no ·(−1) op. q_rope and k_rope leave by a reshape, without transposing back.
 8. sdpaBwd2 broadcasts rowsum(P⊙dP) with an exact matmul (_row_sums), not from a [1, H, S, 1]
    keep_dims sum: no tensor in any kernel has a last axis under 64 bytes for the ANE's sizes.
+9. Qwen3's q/k norm (upstream has none) runs channel-first on [1, nh, HD, S] with its weights
+   staged along S (no [.., 1] tensor), and scales each head column by its max |x| before squaring
+   (_head_rmsnorm), so that the fp16 squares neither overflow nor flush to zero.
 """
 
 from __future__ import annotations
@@ -85,7 +90,8 @@ class Segment:
     nch: int
     s0: int
     width: int
-    stage: str = ""  # weights: "T" = surface holds Wᵀ (packer transposes), "raw" = holds W
+    stage: str = ""  # weights: "T" = surface holds Wᵀ (packer transposes), "raw" = holds W,
+    # "bcast" = holds a vector weight w [nch] in every column (w[c] along row c)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -97,8 +103,11 @@ class Segment:
         return self.name.removesuffix("_t") if self.stage else ""
 
     @property
-    def weight_shape(self) -> tuple[int, int]:
-        """That weight's W[out, in] shape: the segment's transposed for "T", its own for "raw"."""
+    def weight_shape(self) -> tuple[int, ...]:
+        """That weight's W[out, in] shape: the segment's transposed for "T", its own for "raw";
+        [nch] for "bcast"."""
+        if self.stage == "bcast":
+            return (self.nch,)
         return (self.width, self.nch) if self.stage == "T" else self.shape
 
 
@@ -316,6 +325,33 @@ def _rope(k: _K, h: Var, cos: Var, sin: Var, tag: str) -> Var:
                 y=b.op("mul", f"{tag}_sn", x=sw, y=sin))  # fmt: skip
 
 
+def _head_rmsnorm(k: _K, x: Var, seg: str, eps: float, tag: str) -> Var:
+    """Qwen3's q/k norm on channel-first heads x [1, nh, HD, S]: every column of every head
+    (one head of one token) times rsqrt(mean of its squares + eps), times the weight w [HD] that
+    segment `seg` holds in each of its S columns ("bcast" staging: no [.., 1] tensor).
+
+    fp16 squares overflow above |x| = 256 and flush to zero below 2^-7, so each column is first
+    divided by its max |x| (floored at 2^-14): y = x/m lies in [-1, 1], mean(y²) in [1/HD, 1]
+    (the reduction accumulates in fp32 on the ANE and in the simulator, mil_reference.md §3.3),
+    and x·rsqrt(mean(x²) + eps) = y·(mean(y²) + (√eps/m)²)^-½ (pow: rsqrt is reported not to
+    compile, mil_reference.md §5 #12).
+    """
+    b = k.b
+    _, nh, hd, S = x.shape
+    w = b.reshape(f"{tag}_w", k.seg(seg, f"{tag}_w"), [1, 1, hd, S])  # [1,1,HD,S]
+    hi = b.op("reduce_max", f"{tag}_hi", x=x, axes=[2], keep_dims=True)  # [1,nh,1,S] max x
+    neg = b.op("mul", f"{tag}_ng", x=x, y=-1.0)
+    lo = b.op("reduce_max", f"{tag}_lo", x=neg, axes=[2], keep_dims=True)  # [1,nh,1,S] max -x
+    m = b.op("maximum", f"{tag}_m", x=b.op("maximum", f"{tag}_a", x=hi, y=lo), y=2.0**-14)
+    y = b.op("real_div", f"{tag}_y", x=x, y=m)  # [1,nh,HD,S] in [-1, 1]
+    ms = b.op("reduce_mean", f"{tag}_ms", x=b.op("mul", f"{tag}_sq", x=y, y=y), axes=[2],
+              keep_dims=True)  # [1,nh,1,S]  # fmt: skip
+    t = b.op("real_div", f"{tag}_t", x=float(np.sqrt(eps)), y=m)  # √eps/m: [1,nh,1,S]
+    d = b.op("add", f"{tag}_d", x=ms, y=b.op("mul", f"{tag}_t2", x=t, y=t))
+    r = b.op("pow", f"{tag}_r", x=d, y=-0.5)  # [1,nh,1,S]
+    return b.op("mul", f"{tag}_o", x=b.op("mul", f"{tag}_yr", x=y, y=r), y=w)  # [1,nh,HD,S]
+
+
 def _row_sums(k: _K, x: Var) -> Var:
     """[1, H, S, S] -> [1, H, S, S] whose every column is the row sum of x, without the
     [1, H, S, 1] keep_dims sum the ANE would pad 32x (mil_reference.md §5 #20).
@@ -346,11 +382,23 @@ def _scale(cfg: ModelConfig) -> float:
 # the ten kernels
 
 
+def _sdpa_fwd_layout(cfg: ModelConfig) -> Layout:
+    """xnorm and Wqᵀ, Wkᵀ, Wvᵀ side by side; with qk_norm also the q and k norm weights, each
+    repeated along S: stacked in one S-wide band when 2·HD ≤ D, else side by side."""
+    S, D, Q, KV, HD = cfg.seq_len, cfg.dim, cfg.q_dim, cfg.kv_dim, cfg.head_dim
+    base = _spatial(D, [("xnorm", S, ""), ("wq_t", Q, "T"), ("wk_t", KV, "T"), ("wv_t", KV, "T")])
+    if not cfg.qk_norm:
+        return base
+    s0, stack = base.W, 2 * HD <= D
+    norms = (Segment("q_norm", 0, HD, s0, S, "bcast"),
+             Segment("k_norm", HD if stack else 0, HD, s0 if stack else s0 + S, S, "bcast"))
+    return Layout(D, s0 + (S if stack else 2 * S), base.segments + norms)  # fmt: skip
+
+
 def sdpa_fwd(cfg: ModelConfig) -> KernelSpec:
-    S, D, Q, KV, H, NK, HD, g = (cfg.seq_len, cfg.dim, cfg.q_dim, cfg.kv_dim, cfg.n_heads,
-                                 cfg.n_kv_heads, cfg.head_dim, cfg.kv_group)  # fmt: skip
-    k = _K("sdpaFwd", cfg, _spatial(D, [("xnorm", S, ""), ("wq_t", Q, "T"), ("wk_t", KV, "T"),
-                                        ("wv_t", KV, "T")]))  # fmt: skip
+    S, Q, KV, H, NK, HD, g = (cfg.seq_len, cfg.q_dim, cfg.kv_dim, cfg.n_heads, cfg.n_kv_heads,
+                              cfg.head_dim, cfg.kv_group)  # fmt: skip
+    k = _K("sdpaFwd", cfg, _sdpa_fwd_layout(cfg))
     b = k.b
     cos, sin = _rope_tables(cfg, S)
     cb, sb = k.blob("rope_cos", cos), k.blob("rope_sin", sin)  # [1,1,HD,S] each
@@ -361,9 +409,14 @@ def sdpa_fwd(cfg: ModelConfig) -> KernelSpec:
         w = k.block(f"w{nm}_t", f"w{nm}")  # [1,1,D,n]
         m = b.matmul(f"{nm}_mm", xt, w)  # [1,1,S,n]
         proj[nm] = b.transpose(f"{nm}_tT", m)  # [1,1,n,S]
-    # RoPE channel-first, before the heads are transposed for the attention
-    qr = _rope(k, b.reshape("q_r", proj["q"], [1, H, HD, S]), cb, sb, "qrp")  # [1,H,HD,S]
-    kr = _rope(k, b.reshape("k_r", proj["k"], [1, NK, HD, S]), cb, sb, "krp")  # [1,KV,HD,S]
+    # (Qwen3's q/k norm and) RoPE channel-first, before the heads are transposed for the attention
+    roped = {}
+    for nm, nh in (("q", H), ("k", NK)):
+        h = b.reshape(f"{nm}_r", proj[nm], [1, nh, HD, S])  # [1,nh,HD,S]
+        if cfg.qk_norm:
+            h = _head_rmsnorm(k, h, f"{nm}_norm", cfg.norm_eps, f"{nm}n")
+        roped[nm] = _rope(k, h, cb, sb, f"{nm}rp")  # [1,nh,HD,S]
+    qr, kr = roped["q"], roped["k"]
     q = b.transpose("q_h", qr)  # [1,H,S,HD]
     kk = b.transpose("k_h", kr)  # [1,KV,S,HD]
     v = b.transpose("v_h", b.reshape("v_r", proj["v"], [1, NK, HD, S]))  # [1,KV,S,HD]
@@ -377,7 +430,12 @@ def sdpa_fwd(cfg: ModelConfig) -> KernelSpec:
         a = b.reshape("a_h", a, [1, H, S, HD])
     outs = [k.heads_to_chan(a, "ao"), b.reshape("qo", qr, [1, Q, 1, S]),
             b.reshape("ko", kr, [1, KV, 1, S]), b.reshape("vo", proj["v"], [1, KV, 1, S])]
-    return k.pack_out(outs, _channels(S, [("attn", Q), ("q_rope", Q), ("k_rope", KV), ("v", KV)]))
+    chans = [("attn", Q), ("q_rope", Q), ("k_rope", KV), ("v", KV)]
+    if cfg.qk_norm:  # the projections before the norm, for its backward on the host
+        outs += [b.reshape("qpo", proj["q"], [1, Q, 1, S]),
+                 b.reshape("kpo", proj["k"], [1, KV, 1, S])]  # fmt: skip
+        chans += [("q_pre", Q), ("k_pre", KV)]
+    return k.pack_out(outs, _channels(S, chans))
 
 
 def _matmul_kernel(name: str, cfg: ModelConfig, C: int, act: str, wname: str, stage: str, N: int,

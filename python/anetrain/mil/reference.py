@@ -33,11 +33,24 @@ def _causal(S: int) -> np.ndarray:
     return np.triu(np.full((S, S), -np.inf, dtype=np.float32), 1)  # [query, key]
 
 
-def sdpa_fwd(cfg: ModelConfig, xnorm, wq, wk, wv, kv_of=None) -> dict[str, np.ndarray]:
-    """kv_of(h) -> kv head of query head h; default llama2.c's h // kv_group."""
+def _head_rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """Qwen3's q/k norm of [nh·HD, S]: each head's HD values of a token, RMS-normalised, times w."""
+    h = x.reshape(-1, w.shape[0], x.shape[1])  # [nh, HD, S]
+    y = h / np.sqrt((h * h).mean(axis=1, keepdims=True) + eps) * w[None, :, None]
+    return y.reshape(x.shape)
+
+
+def sdpa_fwd(cfg: ModelConfig, xnorm, wq, wk, wv, q_norm=None, k_norm=None,
+             kv_of=None) -> dict[str, np.ndarray]:  # fmt: skip
+    """kv_of(h) -> kv head of query head h; default llama2.c's h // kv_group. With cfg.qk_norm,
+    q_norm and k_norm [HD] are the weights of Qwen3's q/k norm (before RoPE)."""
     hd, S, scale = cfg.head_dim, xnorm.shape[1], 1.0 / np.sqrt(cfg.head_dim)
-    q = _rope(wq @ xnorm, cfg, cfg.n_heads)  # [Q, S]
-    k = _rope(wk @ xnorm, cfg, cfg.n_kv_heads)  # [KV, S]
+    q_pre, k_pre = wq @ xnorm, wk @ xnorm  # [Q, S], [KV, S]
+    q, k = q_pre, k_pre
+    if cfg.qk_norm:
+        q, k = _head_rmsnorm(q, q_norm, cfg.norm_eps), _head_rmsnorm(k, k_norm, cfg.norm_eps)
+    q = _rope(q, cfg, cfg.n_heads)  # [Q, S]
+    k = _rope(k, cfg, cfg.n_kv_heads)  # [KV, S]
     v = wv @ xnorm  # [KV, S]
     attn = np.empty_like(q)
     for h in range(cfg.n_heads):
@@ -45,7 +58,10 @@ def sdpa_fwd(cfg: ModelConfig, xnorm, wq, wk, wv, kv_of=None) -> dict[str, np.nd
         qh, kh, vh = q[h * hd : (h + 1) * hd], k[j * hd : (j + 1) * hd], v[j * hd : (j + 1) * hd]
         p = _softmax(qh.T @ kh * scale + _causal(S))  # [S(query), S(key)]
         attn[h * hd : (h + 1) * hd] = (p @ vh.T).T
-    return {"attn": attn, "q_rope": q, "k_rope": k, "v": v}
+    out = {"attn": attn, "q_rope": q, "k_rope": k, "v": v}
+    if cfg.qk_norm:
+        out.update(q_pre=q_pre, k_pre=k_pre)
+    return out
 
 
 def wo_fwd(cfg, attn, wo):
