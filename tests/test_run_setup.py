@@ -162,7 +162,8 @@ def test_a_file_of_the_wrong_kind_says_which_flag_takes_it(tmp_path, capsys, run
 
 def test_init_help_names_every_kind_of_model_file():
     help_text = " ".join(build_parser().format_help().split())
-    assert "anetrain checkpoint or run directory, or a llama2.c model.bin" in help_text
+    assert "anetrain checkpoint or run directory, a llama2.c model.bin (v0/v1/v2), a Hugging " \
+        "Face model directory or Hub id" in help_text  # fmt: skip
 
 
 # ---- 3.-6. inputs that are almost right: the message says what to pass instead
