@@ -164,9 +164,13 @@ class ModelConfig:
                      if f.name not in ("vocab_size", "seq_len"))  # fmt: skip
 
     def describe(self) -> str:
-        """One line for messages: dim 288, 6 layers, 6 heads (6 kv), hidden 768."""
+        """One line for messages: dim 288, 6 layers, 6 heads (6 kv), hidden 768 (and what a
+        Llama 3 or Qwen3 model adds: head size, q/k norm, RoPE scaling)."""
+        extra = (f", head size {self.head_size}" if self.head_size else "") + \
+            (", q/k norm" if self.qk_norm else "") + \
+            (", llama3 RoPE scaling" if self.rope_scaling else "")  # fmt: skip
         return (f"dim {self.dim}, {self.n_layers} layers, {self.n_heads} heads "
-                f"({self.n_kv_heads} kv), hidden {self.hidden_dim}")  # fmt: skip
+                f"({self.n_kv_heads} kv), hidden {self.hidden_dim}{extra}")  # fmt: skip
 
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)

@@ -211,8 +211,7 @@ def _open_backend(run, threads: int, blas_threads: int | None, quiet: bool):
 
 def _banner(run, backend: str, threads: int, dw_note: str) -> None:
     cfg, data = run.cfg, run.data
-    print(f"model: dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads ({cfg.n_kv_heads} "
-          f"kv), hidden {cfg.hidden_dim}, vocab {cfg.vocab_size}, seq {cfg.seq_len}: "
+    print(f"model: {cfg.describe()}, vocab {cfg.vocab_size}, seq {cfg.seq_len}: "
           f"{cfg.n_params() / 1e6:.2f}M parameters; backend {backend}, {threads} thread"
           f"{'s' if threads > 1 else ''}{dw_note}")  # fmt: skip
     print(f"data: {data.source} ({data.train.size:,} train tokens"
