@@ -6,6 +6,7 @@ import functools
 import os
 import sys
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -95,6 +96,12 @@ class Kernels(Protocol):
 
     def stats(self) -> dict[str, str]:
         """Lines for train.py's efficiency report (empty: nothing to report)."""
+        ...
+
+    def timers(self) -> dict[str, float]:
+        """Cumulative seconds by phase since the kernels were built, for phases.StepClock:
+        "compile", and on sim/ane "eval" (kernel evaluations) and "stage" (activations packed
+        and unpacked, fp16 surface copies, waits for weight staging); cpu: only "compile" (0)."""
         ...
 
 
@@ -223,6 +230,7 @@ class DwPool(ThreadPoolExecutor):
         super().__init__(self.workers, "anetrain-dw", _lower_priority, (nice,))
         self._jobs: list[Future] = []  # since the last wait
         self._tail: dict[object, list[Future]] = {}  # key -> its most recent jobs
+        self.wait_seconds = 0.0  # the caller's time in wait(): dW work left on the critical path
 
     def add(self, key: object, parts: list[tuple]) -> None:
         """Queue `parts` (each (fn, *args), run in parallel) after all earlier jobs on `key`."""
@@ -241,9 +249,13 @@ class DwPool(ThreadPoolExecutor):
                        for lo, hi in zip(bounds, bounds[1:])])  # fmt: skip
 
     def wait(self) -> None:
+        t = time.perf_counter()
         jobs, self._jobs, self._tail = self._jobs, [], {}
-        for j in jobs:
-            j.result()
+        try:
+            for j in jobs:
+                j.result()
+        finally:
+            self.wait_seconds += time.perf_counter() - t
 
 
 def _after(deps: list[Future], fn, *args) -> None:
@@ -345,6 +357,7 @@ def micro_step(
     loss_scale: float = 1.0,
     dw_pool: DwPool | None = None,
     sync: bool = True,
+    times: dict[str, float] | None = None,
 ) -> float:
     """Forward + backward of one sequence; adds loss_scale * dLoss/dparams into `grads`.
 
@@ -354,8 +367,10 @@ def micro_step(
     micro-step's dW jobs still running, so that they also overlap the next micro-step of the
     same optimizer step; `grads` is then complete only after dw_pool.wait() (or a later
     micro_step with sync=True). The jobs hold their inputs, so the kernels must return fresh
-    arrays (both kernel sets do). Returns the (unscaled) mean cross-entropy loss.
+    arrays (both kernel sets do). times: adds this micro-step's wall seconds to its "forward"
+    (through the loss) and "backward" keys. Returns the (unscaled) mean cross-entropy loss.
     """
+    t0 = time.perf_counter()
     cfg = params.cfg
     dw = dw_pool if dw_pool is not None else _Inline()
     if not accumulate:  # the C backward of RMSNorm and the embedding scatter only add
@@ -370,6 +385,7 @@ def micro_step(
     loss, dlogits = native.cross_entropy(
         logits, targets, scale=loss_scale, out=logits, threads=kern.threads
     )
+    t1 = time.perf_counter()
 
     # ---- classifier and final norm (the tied classifier gradient lands in grads.embed first)
     dw.matmul("wcls", grads.wcls, dlogits, xf.T, accumulate)  # [V, D]
@@ -389,4 +405,7 @@ def micro_step(
     )
     if sync:
         dw.wait()
+    if times is not None:
+        times["forward"] += t1 - t0
+        times["backward"] += time.perf_counter() - t1
     return loss

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import platform
-import resource
 import sys
 
 import numpy as np
 
 from anetrain.config import ModelConfig
-
-
-def peak_rss_mb() -> float:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if platform.system() == "Darwin" else rss / 1024  # bytes on macOS, KiB else
-
+from anetrain.phases import StepClock, peak_rss_mb
 
 SLOW_STEP_S = 3.0  # a step longer than this shows its micro-steps on the bar
 
@@ -60,9 +53,9 @@ class Progress:
 
 
 def final_report(run, step_ms: list[float], step0: int, wall: float, scaler, kern,
-                 quiet: bool) -> None:  # fmt: skip
-    """What train prints at the end: the efficiency report and where the files are (with quiet,
-    only the checkpoint's path)."""
+                 clock: StepClock, quiet: bool) -> None:  # fmt: skip
+    """What train prints at the end: the efficiency report, the phase split (clock's table)
+    and where the files are (with quiet, only the checkpoint's path)."""
     if quiet or not step_ms:
         print(f"checkpoint: {run.ckpt_path}")
         return
@@ -70,6 +63,9 @@ def final_report(run, step_ms: list[float], step0: int, wall: float, scaler, ker
         if scaler.dynamic else []  # fmt: skip
     for line in efficiency_report(run.cfg, step_ms, step0 + 1, run.state.step, wall,
                                   run.tc.accum * run.cfg.seq_len, notes, kern.stats()):  # fmt: skip
+        print(line)
+    print("--- where the step time goes ---")
+    for line in clock.table(len(step_ms), wall):
         print(line)
     print(f"checkpoint: {run.ckpt_path}, metrics: {run.metrics_path}")
 

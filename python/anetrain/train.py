@@ -321,6 +321,7 @@ def train(argv: list[str] | None) -> int:
     from anetrain.mil import MilOverflowWarning
     from anetrain.model import micro_step
     from anetrain.optim import AdamW, LossScaler, get_lr, grad_norm, optimizer_step
+    from anetrain.phases import StepClock
     from anetrain.report import Progress, final_report
     from anetrain.run import setup_run
 
@@ -350,12 +351,13 @@ def train(argv: list[str] | None) -> int:
             _banner(run, backend, threads, dw_note)
         progress = Progress(step0, tc.steps, tokens_per_step, quiet)
         saver, rec, step_ms, t_start = _Saver(run, params, opt), None, [], time.perf_counter()
+        clock = StepClock(kern, dw_pool, tokens_per_step)  # per-phase timings of every step
         # a diverging run is caught by the loss / gradient-norm checks with one line, not by
         # numpy's overflow warnings (restored in the finally below)
         numpy_err = np.seterr(over="ignore", invalid="ignore", divide="ignore")
         try:
             while st.step < tc.steps:
-                t0 = time.perf_counter()
+                t0, times = clock.start()
                 lr = get_lr(st.step, tc.lr, tc.min_lr, tc.warmup, decay_steps)
                 loss_sum = 0.0
                 for micro in range(tc.accum):
@@ -364,12 +366,13 @@ def train(argv: list[str] | None) -> int:
                         warnings.simplefilter("ignore", MilOverflowWarning)
                         loss = micro_step(params, grads, kern, x, y, accumulate=micro > 0,
                                           loss_scale=scaler.scale, dw_pool=dw_pool,
-                                          sync=micro == tc.accum - 1)  # fmt: skip
+                                          sync=micro == tc.accum - 1, times=times)  # fmt: skip
                     if not math.isfinite(loss):
                         raise _diverged(run, st.step, f"loss is {loss} (micro-step {micro + 1} "
                                         f"of {tc.accum})")  # fmt: skip
                     loss_sum += loss
                     progress.inside_step(micro + 1, tc.accum, time.perf_counter() - t0)
+                clock.optim_start()
                 unscale = 1.0 / (tc.accum * scaler.scale)  # and average over the micro-steps
                 norm = grad_norm(grads, unscale, threads)
                 if not math.isfinite(norm) and not scaler.can_skip():
@@ -381,7 +384,7 @@ def train(argv: list[str] | None) -> int:
                     st.step, st.tokens, st.adam_t = st.step + 1, st.tokens + tokens_per_step, opt.t
                     st.sampler, st.scaler = sampler.state(), scaler.state()
                     ms = (time.perf_counter() - t0) * 1000.0
-                    rec = _record(st, loss_sum / tc.accum, lr, ms, norm, scaler)
+                    rec = clock.fill(_record(st, loss_sum / tc.accum, lr, ms, norm, scaler), ms)
                 step_ms.append(ms)
                 if run.data.val is not None and \
                         ((tc.eval_every and st.step % tc.eval_every == 0) or st.step == tc.steps):
@@ -394,7 +397,7 @@ def train(argv: list[str] | None) -> int:
                     progress.update(rec, ms)
                     rec = None
                 if saver.due():
-                    saver.save()
+                    clock.checkpoint(saver.save)
         except Stopped as stop:
             progress.close()
             return _stopped(stop, run, saver, metrics, rec, step0)
@@ -402,7 +405,8 @@ def train(argv: list[str] | None) -> int:
             np.seterr(**numpy_err)
             metrics.close()
         progress.close()
-        final_report(run, step_ms, step0, time.perf_counter() - t_start, scaler, kern, quiet)
+        final_report(run, step_ms, step0, time.perf_counter() - t_start, scaler, kern, clock,
+                     quiet)  # fmt: skip
     return 0
 
 

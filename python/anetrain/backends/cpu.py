@@ -82,6 +82,10 @@ class CpuKernels:
         """No backend figures for the efficiency report."""
         return {}
 
+    def timers(self) -> dict[str, float]:
+        """Nothing to compile, no kernel evaluations or staging to time apart (model.Kernels)."""
+        return {"compile": 0.0}
+
     # ---- helpers ----------------------------------------------------------------------------
 
     def _heads(self, x: np.ndarray) -> np.ndarray:

@@ -249,6 +249,11 @@ class MilKernels:
                                           f"x {L}; {fwd_only} forward-only passes besides)",
         }  # fmt: skip
 
+    def timers(self) -> dict[str, float]:
+        """Cumulative seconds: compile (with surfaces), kernel evaluation, activation staging."""
+        return {"compile": self.setup_seconds, "eval": self.rt.eval_seconds,
+                "stage": self.io_seconds}  # fmt: skip
+
     def close(self) -> None:
         """Finish staging, free every program and surface, and close the runtime if we own it
         (on the ANE: unload, release, remove the temp dirs now, not at interpreter exit)."""

@@ -52,7 +52,7 @@ def sim_figures(cfg: ModelConfig, layers: int) -> dict:
 
 def bench(argv: list[str] | None) -> int:
     from anetrain.bench.cpu import compare_steps
-    from anetrain.report import peak_rss_mb
+    from anetrain.phases import peak_rss_mb
 
     ap = argparse.ArgumentParser(prog="python -m anetrain.bench hf", description=__doc__)
     ap.add_argument("--shape", default="smollm2-135m", help=f"one of {', '.join(SHAPES)}")
