@@ -18,7 +18,7 @@ LAYERS = [
     ["anetrain.backends"],
     ["anetrain.run", "anetrain.report", "anetrain.phases"],
     ["anetrain.train", "anetrain.sample", "anetrain.export", "anetrain.bench",
-     "anetrain.__main__"],
+     "anetrain.__main__", "anetrain.dashboard", "anetrain.plot"],
 ]  # fmt: skip
 
 MAX_FILE_LINES = 600

@@ -11,12 +11,13 @@ COMMANDS = {
     "sample": ("anetrain.sample", "generate text from a checkpoint or llama2.c model"),
     "export": ("anetrain.export", "write a checkpoint as a llama2.c model.bin"),
     "bench": ("anetrain.bench.__main__", "benchmarks: cpu, sim, overlap"),
+    "dashboard": ("anetrain.dashboard", "watch a run: loss, throughput, phases, memory, power"),
 }
 
 
 def usage() -> str:
     lines = ["usage: python -m anetrain <command> [options]", "", "commands:"]
-    lines += [f"  {name:8s} {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += [f"  {name:9s} {summary}" for name, (_, summary) in COMMANDS.items()]
     lines += ["", "python -m anetrain <command> --help describes each command's options."]
     return "\n".join(lines)
 

@@ -77,3 +77,44 @@ class MetricsLog:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+class MetricsReader:
+    """Reads a metrics file as it grows (another process may be writing it): every poll()
+    returns the whole lines added since the last one; a line still being written waits for the
+    next poll, and one that does not parse is skipped. A file cut shorter (a resumed run trims
+    it) is read again from the start."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.partial = path, 0, b""
+
+    def poll(self) -> tuple[list[dict], bool]:
+        """(new records, whether the file was restarted: the caller drops what it had)."""
+        try:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                restarted = size < self.offset
+                if restarted:
+                    self.offset, self.partial = 0, b""
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return [], False
+        except OSError as e:
+            raise WriteError(f"{self.path}: cannot read the metrics ({e.strerror or e})") from None
+        self.offset += len(data)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        recs = []
+        for ln in lines:
+            try:
+                rec = json.loads(ln)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+                recs.append(rec)
+        return recs, restarted
+
+
+def read_records(path: Path) -> list[dict]:
+    """Every whole, readable record of a metrics file ([] when there is none)."""
+    return MetricsReader(path).poll()[0]
