@@ -12,6 +12,7 @@ COMMANDS = {
     "export": ("anetrain.export", "write a checkpoint as a llama2.c model.bin"),
     "bench": ("anetrain.bench.__main__", "benchmarks: cpu, sim, overlap"),
     "dashboard": ("anetrain.dashboard", "watch a run: loss, throughput, phases, memory, power"),
+    "plot": ("anetrain.plot", "plot runs' loss and learning-rate curves to a PNG or SVG"),
 }
 
 
