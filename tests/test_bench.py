@@ -163,3 +163,15 @@ def test_hf_bench_prints_every_figure(monkeypatch, capsys: pytest.CaptureFixture
     assert res["sim_compile_s"] > 0 and res["latency_ratio"] > 0 and res["anetrain_ms"] > 0
     assert bench_main(["hf", "--shape", "nope"]) == 2
     assert "unknown shape 'nope'" in _one_error_line(capsys.readouterr().err, "anetrain.bench")
+
+
+def test_overlap_defaults_to_trainings_dw_worker_count(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--dw-workers 0 means what training uses (config.default_threads), not the affinity mask."""
+    from anetrain.bench import overlap
+
+    monkeypatch.setattr(overlap, "default_threads", lambda: 3)
+    monkeypatch.setattr(overlap, "CORES", 5)
+    assert bench_main(OVERLAP) == 0
+    assert "; 3 dW workers; 5 cores" in capsys.readouterr().out

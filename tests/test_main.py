@@ -32,3 +32,14 @@ def test_a_command_runs_with_its_arguments(tmp_path, capsys):
     assert main(["export", str(tmp_path / "r"), "--format", "llama2c", "-o",
                  str(tmp_path / "m.bin")]) == 0  # fmt: skip
     assert (tmp_path / "m.bin").stat().st_size > 0
+
+
+def test_the_command_list_names_every_benchmark_and_export_format(capsys):
+    from anetrain.bench.__main__ import BENCHES
+    from anetrain.bench.__main__ import __doc__ as bench_banner
+
+    main(["--help"])
+    lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines() if ln[:2] == "  "}
+    assert all(name in lines["bench"] for name in BENCHES)
+    assert "{" + ",".join(BENCHES) + "}" in bench_banner
+    assert "Hugging Face" in lines["export"] and "Hugging Face" in lines["sample"]

@@ -209,3 +209,20 @@ def test_a_failed_rename_puts_the_old_directory_back(tmp_path, monkeypatch):
         atomic_write_dir(out, _fill({"a": b"new"}), "model directory")
     assert (out / "a").read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_f16_goes_through_the_c_core_both_ways(tmp_path, rng, monkeypatch):
+    """One fp16 conversion: F16 tensors are encoded and decoded by native's C core."""
+    from anetrain import native
+
+    calls = []
+    for name in ("f32_to_f16", "f16_to_f32"):
+        real = getattr(native, name)
+        monkeypatch.setattr(native, name, lambda *a, _f=real, _n=name, **k: calls.append(_n)
+                            or _f(*a, **k))  # fmt: skip
+    arrays = {"w": np.array([1.0, 65504.0, 2.0**-24, -0.0, np.inf, 1 + 2.0**-11], np.float32)}
+    _write(tmp_path / "m.safetensors", arrays, "F16")
+    assert "f32_to_f16" in calls
+    want = arrays["w"].astype(np.float16).astype(np.float32)  # 1 + 2^-11 ties to even: 1
+    np.testing.assert_array_equal(_read(tmp_path / "m.safetensors")["w"], want)
+    assert "f16_to_f32" in calls

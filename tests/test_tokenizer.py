@@ -104,6 +104,18 @@ def test_roundtrip_embedded(tmp_path: Path) -> None:
     assert Tokenizer.load(tmp_path / "t.bin", vocab_size=300).vocab_size == 300
 
 
+def test_save_is_atomic_and_a_failure_is_one_line(tmp_path: Path) -> None:
+    from anetrain.formats.files import WriteError
+
+    tok = Tokenizer.load(STORIES / "tokenizer.bin")
+    with pytest.raises(WriteError, match=r"/no/t\.bin: cannot write tokenizer"):
+        tok.save(tmp_path / "no" / "t.bin")  # a missing directory
+    (tmp_path / "t.bin").write_bytes(b"old")
+    tok.save(tmp_path / "t.bin")
+    assert (tmp_path / "t.bin").read_bytes() == tok.to_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.bin"]  # no temp file left
+
+
 def test_roundtrip_llama2c() -> None:
     path = llama2c_file("tokenizer.bin")
     tok = Tokenizer.load(path)

@@ -8,9 +8,9 @@ import sys
 # command -> (module with a main(argv), one-line summary)
 COMMANDS = {
     "train": ("anetrain.train", "train or fine-tune a model (cpu, sim or the ANE)"),
-    "sample": ("anetrain.sample", "generate text from a checkpoint or llama2.c model"),
-    "export": ("anetrain.export", "write a checkpoint as a llama2.c model.bin"),
-    "bench": ("anetrain.bench.__main__", "benchmarks: cpu, sim, overlap"),
+    "sample": ("anetrain.sample", "generate text from an anetrain, llama2.c or Hugging Face model"),
+    "export": ("anetrain.export", "write a model as llama2.c model.bin or Hugging Face directory"),
+    "bench": ("anetrain.bench.__main__", "benchmarks: cpu, sim, overlap, hf"),
     "dashboard": ("anetrain.dashboard", "watch a run: loss, throughput, phases, memory, power"),
     "plot": ("anetrain.plot", "plot runs' loss and learning-rate curves to a PNG or SVG"),
 }

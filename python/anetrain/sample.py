@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ckpt",
         required=True,
         help="anetrain checkpoint (file or run directory), llama2.c model.bin (v0/v1/v2), or "
-        "Hugging Face model directory",
+        "Hugging Face model directory or Hub id",
     )
     p.add_argument(
         "--tokenizer",

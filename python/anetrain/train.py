@@ -29,7 +29,7 @@ BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VECL
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m anetrain.train",
-        description="Train a llama2.c-compatible Llama model (one sequence per micro-step).",
+        description="Train a llama2.c or Hugging Face model (one sequence per micro-step).",
     )
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=None, help=f"preset: {', '.join(PRESETS)} (default tiny)")

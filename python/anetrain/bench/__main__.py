@@ -1,4 +1,4 @@
-"""python -m anetrain.bench {cpu,sim,overlap} [options]: dispatch to one benchmark."""
+"""python -m anetrain.bench {cpu,sim,overlap,hf} [options]: dispatch to one benchmark."""
 
 from __future__ import annotations
 

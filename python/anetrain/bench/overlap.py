@@ -230,7 +230,7 @@ def bench(argv: list[str] | None) -> int:
     else:
         scale = float(args.kernel_scale)  # validated by kernel_scale
     seconds = m4_seconds(cfg, scale)
-    workers = args.dw_workers or CORES
+    workers = args.dw_workers or default_threads()  # as train.py sizes its DwPool
     print(f"{args.model}: {cfg.n_layers} layers, dim {cfg.dim}, vocab {cfg.vocab_size}, seq "
           f"{cfg.seq_len}; accum {args.accum}; BLAS threads {args.threads}; {workers} dW workers; "
           f"{CORES} cores")

@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from anetrain import native
 from anetrain.errors import CheckpointError
 
 # Format (github.com/huggingface/safetensors): u64 little-endian header length N, N bytes of UTF-8
@@ -24,7 +25,8 @@ from anetrain.errors import CheckpointError
 # BF16 (numpy has no bfloat16: "data type 'bfloat16' not understood"), and it hands each tensor
 # out as a new array. Ours checks every header in full (names, dtypes, shapes, offsets, file size)
 # before anything is allocated, then reads each tensor straight into its view of the fp32 master
-# buffer in bounded chunks (BF16 -> fp32 is `u16 << 16`, exact); the writer streams the same way
+# buffer in bounded chunks (BF16 -> fp32 is `u16 << 16`, exact; F16 goes through the C core like
+# every fp16 conversion); the writer streams the same way
 # through formats/files.atomic_write. tests/test_hf.py checks both against the package and
 # against transformers.
 
@@ -142,8 +144,9 @@ def read_into(f: BinaryIO, entry: TensorEntry, out: np.ndarray) -> None:
         if entry.dtype == "BF16":
             bits = np.frombuffer(data, dtype="<u2").astype(np.uint32)
             part.view(np.uint32)[...] = bits << 16
-        else:
-            part[...] = np.frombuffer(data, dtype="<f2")
+        else:  # F16 through the C core's conversion (the one fp16 path)
+            half = np.frombuffer(data, dtype="<u2").astype(np.uint16, copy=False)
+            native.f16_to_f32(half, out=part)
 
 
 def to_bf16(x: np.ndarray) -> np.ndarray:
@@ -158,7 +161,8 @@ def _encode(chunk: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "F32":
         return np.ascontiguousarray(chunk, dtype="<f4")
     if dtype == "F16":
-        return np.ascontiguousarray(chunk, dtype="<f2")
+        half = native.f32_to_f16(np.ascontiguousarray(chunk, dtype=np.float32))  # RNE, the C core
+        return np.ascontiguousarray(half, dtype="<u2")
     return np.ascontiguousarray(to_bf16(chunk), dtype="<u2")
 
 

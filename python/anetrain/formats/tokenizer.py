@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from anetrain.errors import TokenizerError
+from anetrain.formats.files import atomic_write
 from anetrain.formats.hf_tokenizer import HfTokenizer, is_hf_tokenizer
 
 BOS_ID = 1
@@ -208,8 +209,9 @@ class Tokenizer:
         return b"".join(out)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write tokenizer.bin (byte-identical to the file it was loaded from)."""
-        Path(path).write_bytes(self.to_bytes())
+        """Write tokenizer.bin (byte-identical to the file it was loaded from), atomically."""
+        data = self.to_bytes()
+        atomic_write(Path(path), lambda f: f.write(data), "tokenizer")
 
     # ------------------------------------------------------------------------
     # encoder (run.c `encode`, with a heap instead of its O(n^2) rescans)
