@@ -126,6 +126,15 @@ def test_an_error_on_another_rank_stops_this_one_with_it():
     assert world.stopping_together  # every rank leaves here: no MPI_Abort
 
 
+def test_more_ane_ranks_than_anes_on_one_machine_are_refused():
+    world = dist.World(_FakeComm([]))
+    world.check_backend("ane")  # one rank on this machine
+    world.local_size = 2
+    world.check_backend("cpu")
+    with pytest.raises(dist.DistError, match=r"--backend ane: 2 ranks on one machine share"):
+        world.check_backend("ane")
+
+
 # --- under mpirun -n 2 (loopback) ----------------------------------------------------------------
 
 

@@ -40,6 +40,14 @@ class World:
         self.rank = 0 if comm is None else comm.Get_rank()
         self.size = 1 if comm is None else comm.Get_size()
         self.stopping_together = False  # every rank is leaving at the same point (no Abort)
+        self.local_size = 1  # ranks on this machine (set by connect)
+
+    def check_backend(self, backend: str) -> None:
+        """One Mac has one ANE: more ane ranks on one machine than that is refused."""
+        if backend == "ane" and self.local_size > 1:
+            raise DistError(f"--backend ane: {self.local_size} ranks on one machine share its one "
+                            "ANE; start one rank per Mac (mpirun -N 1 or a hostfile with slots=1), "
+                            "or use --backend cpu")  # fmt: skip
 
     @property
     def writer(self) -> bool:
@@ -118,6 +126,7 @@ def connect() -> World:
                 raise DistError(f"an MPI launcher started {size} processes but mpi4py is not "
                                 f"installed: {INSTALL}") from None  # fmt: skip
             _world = World(MPI.COMM_WORLD)
+            _world.local_size = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
     return _world
 
 

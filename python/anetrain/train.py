@@ -178,7 +178,7 @@ def _release(kern, dw_pool) -> None:
 
 
 @contextmanager
-def _open_backend(run, threads: int, blas_threads: int | None, quiet: bool):
+def _open_backend(run, threads: int, blas_threads: int | None, quiet: bool, world: dist.World):
     """Yield (kernels, backend name, DwPool or None, a note on the dW workers); the kernels and
     worker threads are released on the way out, however the run ends."""
     from anetrain.backends import make_kernels, pick_backend
@@ -187,6 +187,7 @@ def _open_backend(run, threads: int, blas_threads: int | None, quiet: bool):
 
     cfg, tc = run.cfg, run.tc
     backend = pick_backend(tc.backend, verbose=not quiet, cfg=cfg)
+    world.check_backend(backend)
     try:
         kern = make_kernels(backend, cfg, run.params, threads)
     except AneError as e:  # auto chose ane, which has never compiled on this machine: fall back
@@ -375,7 +376,8 @@ def train(argv: list[str] | None) -> int:
     seqs = world.size * tc.accum  # sequences per optimizer step, over all ranks
     step0, decay_steps, tokens_per_step = st.step, tc.lr_decay_steps or tc.steps, seqs * S
 
-    with _open_backend(run, threads, blas_threads, quiet) as (kern, backend, dw_pool, dw_note):
+    with _open_backend(run, threads, blas_threads, quiet, world) as \
+            (kern, backend, dw_pool, dw_note):  # fmt: skip
         # fp16 kernels need loss scaling; the fp32 cpu kernels do not (scale 1, never skips)
         scaler = LossScaler(2.0**12 if kern.fp16 else 1.0, dynamic=kern.fp16)
         if st.scaler is not None:
