@@ -16,7 +16,7 @@ LAYERS = [
     ["anetrain.mil", "anetrain.optim", "anetrain.formats"],
     ["anetrain.model"],
     ["anetrain.backends"],
-    ["anetrain.run", "anetrain.report", "anetrain.phases"],
+    ["anetrain.run", "anetrain.report", "anetrain.phases", "anetrain.dist"],
     ["anetrain.train", "anetrain.sample", "anetrain.export", "anetrain.bench",
      "anetrain.__main__", "anetrain.dashboard", "anetrain.plot"],
 ]  # fmt: skip

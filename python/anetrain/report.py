@@ -62,7 +62,8 @@ def final_report(run, step_ms: list[float], step0: int, wall: float, scaler, ker
     notes = [f"loss scale {scaler.scale:g}, skipped steps {scaler.skipped}"] \
         if scaler.dynamic else []  # fmt: skip
     for line in efficiency_report(run.cfg, step_ms, step0 + 1, run.state.step, wall,
-                                  run.tc.accum * run.cfg.seq_len, notes, kern.stats()):  # fmt: skip
+                                  (run.state.ranks or 1) * run.tc.accum * run.cfg.seq_len,
+                                  notes, kern.stats()):  # fmt: skip
         print(line)
     print("--- where the step time goes ---")
     for line in clock.table(len(step_ms), wall):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,7 +298,7 @@ def _absolute(path: str | Path | None) -> str | None:
 def _check_out_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"  # unique: ranks probe at once
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:

@@ -10,6 +10,7 @@ import time
 import warnings
 from contextlib import contextmanager
 
+from anetrain import dist
 from anetrain.cli import Stopped, run_cli, signals_held
 from anetrain.config import (
     BACKENDS,
@@ -177,7 +178,7 @@ def _release(kern, dw_pool) -> None:
 
 
 @contextmanager
-def _open_backend(run, threads: int, blas_threads: int | None, quiet: bool):
+def _open_backend(run, threads: int, blas_threads: int | None, quiet: bool, world: dist.World):
     """Yield (kernels, backend name, DwPool or None, a note on the dW workers); the kernels and
     worker threads are released on the way out, however the run ends."""
     from anetrain.backends import make_kernels, pick_backend
@@ -186,6 +187,7 @@ def _open_backend(run, threads: int, blas_threads: int | None, quiet: bool):
 
     cfg, tc = run.cfg, run.tc
     backend = pick_backend(tc.backend, verbose=not quiet, cfg=cfg)
+    world.check_backend(backend)
     try:
         kern = make_kernels(backend, cfg, run.params, threads)
     except AneError as e:  # auto chose ane, which has never compiled on this machine: fall back
@@ -209,15 +211,29 @@ def _open_backend(run, threads: int, blas_threads: int | None, quiet: bool):
         _release(kern, dw_pool)
 
 
-def _banner(run, backend: str, threads: int, dw_note: str) -> None:
+def _banner(run, backend: str, threads: int, dw_note: str, world: dist.World) -> None:
     cfg, data = run.cfg, run.data
     print(f"model: {cfg.describe()}, vocab {cfg.vocab_size}, seq {cfg.seq_len}: "
           f"{cfg.n_params() / 1e6:.2f}M parameters; backend {backend}, {threads} thread"
           f"{'s' if threads > 1 else ''}{dw_note}")  # fmt: skip
     print(f"data: {data.source} ({data.train.size:,} train tokens"
           + (f", {data.val.size:,} val tokens)" if data.val is not None else ")"))  # fmt: skip
+    if world.size > 1:
+        print(f"data parallel: {world.size} ranks (MPI), {world.size} x {run.tc.accum} sequences "
+              "per optimizer step")  # fmt: skip
     if run.state.step:
         print(f"resuming from step {run.state.step} of {run.tc.steps}")
+
+
+def _record_ranks(run, world: dist.World, quiet: bool) -> None:
+    """Record the run's number of ranks; a resume with another number continues the global
+    window sequence from where it was, with a different global batch, and says so."""
+    st = run.state
+    saved, st.ranks = st.ranks or 1, world.size if world.size > 1 else None
+    if st.step and saved != world.size and not quiet:
+        print(f"note: {run.ckpt_path}: trained by {saved} rank{'s' if saved > 1 else ''}, "
+              f"continuing with {world.size}: the sampler continues from the same global "
+              f"position, {world.size} x {run.tc.accum} sequences a step from now on")  # fmt: skip
 
 
 def _diverged(run, step: int, problem: str) -> UserError:
@@ -250,25 +266,41 @@ def _record(st, loss: float, lr: float, ms: float, norm: float, scaler) -> dict:
 
 class _Saver:
     """Writes the run's checkpoint, and knows when one is due: every ckpt_every steps, after
-    ckpt_seconds of training since the last one, and at the last step."""
+    ckpt_seconds of training since the last one (rank 0's clock decides for every rank), and at
+    the last step. Data-parallel: every rank compares its parameters first, rank 0 writes."""
 
-    def __init__(self, run, params, opt) -> None:
-        self.run, self.params, self.opt = run, params, opt
+    def __init__(self, run, params, opt, world: dist.World) -> None:
+        self.run, self.params, self.opt, self.world = run, params, opt, world
         self.saved_step = run.state.step  # the step of the checkpoint on disk (if any)
         self.last = time.monotonic()
 
     def due(self) -> bool:
         tc, step = self.run.tc, self.run.state.step
-        return (bool(tc.ckpt_every) and step % tc.ckpt_every == 0) or step == tc.steps or \
-            (tc.ckpt_seconds > 0 and time.monotonic() - self.last >= tc.ckpt_seconds)  # fmt: skip
+        return self.world.from_writer(
+            (bool(tc.ckpt_every) and step % tc.ckpt_every == 0) or step == tc.steps or
+            (tc.ckpt_seconds > 0 and time.monotonic() - self.last >= tc.ckpt_seconds))  # fmt: skip
 
-    def save(self) -> None:
+    def save(self, compare: bool = True) -> None:
+        """compare: check that the ranks agree first (a collective: every rank must call it)."""
         from anetrain.formats import checkpoint
 
         st = self.run.state
-        checkpoint.save(self.run.ckpt_path,
-                        checkpoint.Checkpoint(st, self.params, self.opt.m, self.opt.v))  # fmt: skip
+        if compare:
+            self.world.check_same(self.params.flat, st.step, str(self.run.out))
+        if self.world.writer:
+            checkpoint.save(self.run.ckpt_path,
+                            checkpoint.Checkpoint(st, self.params, self.opt.m, self.opt.v))
         self.saved_step, self.last = st.step, time.monotonic()
+
+
+class _NoMetrics:
+    """The metrics of a rank other than 0: it writes none."""
+
+    def append(self, rec: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _open_metrics(run, quiet: bool):
@@ -297,7 +329,7 @@ def _stopped(stop: Stopped, run, saver: _Saver, metrics, rec: dict | None, step0
         if saver.saved_step != st.step:
             print(f"\ninterrupted ({stop.name}): saving the checkpoint of step {st.step} (another "
                   "signal waits for it)", file=sys.stderr, flush=True)  # fmt: skip
-            saver.save()
+            saver.save(compare=False)  # the other ranks may not be here: no collective
         print(f"checkpoint saved at step {st.step} in {run.ckpt_path}", file=sys.stderr)
     return stop.exit_code
 
@@ -325,7 +357,9 @@ def train(argv: list[str] | None) -> int:
     from anetrain.report import Progress, final_report
     from anetrain.run import setup_run
 
-    run = setup_run(args)
+    world = dist.connect()
+    args.quiet = world.quiet_others(args.quiet)  # rank 0 alone reports
+    run = world.agree(setup_run, args)  # an input error on any rank stops every rank with it
     tc, st, S, quiet = run.tc, run.state, run.cfg.seq_len, args.quiet
     if tc.eval_every and run.data.val is None and not quiet:
         print(f"note: --eval-every {tc.eval_every} is ignored: {run.data.source} has no "
@@ -335,22 +369,27 @@ def train(argv: list[str] | None) -> int:
     if run.moments is not None:
         opt.m, opt.v = run.moments
     opt.t = st.adam_t
-    sampler = WindowSampler(run.data.train, S, tc.seed + 1, name=run.data.source)
+    sampler = WindowSampler(run.data.train, S, tc.seed + 1, name=run.data.source,
+                            rank=world.rank, ranks=world.size)  # fmt: skip
     if st.sampler is not None:
         sampler.set_state(st.sampler)
-    step0, decay_steps, tokens_per_step = st.step, tc.lr_decay_steps or tc.steps, tc.accum * S
+    _record_ranks(run, world, quiet)
+    seqs = world.size * tc.accum  # sequences per optimizer step, over all ranks
+    step0, decay_steps, tokens_per_step = st.step, tc.lr_decay_steps or tc.steps, seqs * S
 
-    with _open_backend(run, threads, blas_threads, quiet) as (kern, backend, dw_pool, dw_note):
+    with _open_backend(run, threads, blas_threads, quiet, world) as \
+            (kern, backend, dw_pool, dw_note):  # fmt: skip
         # fp16 kernels need loss scaling; the fp32 cpu kernels do not (scale 1, never skips)
         scaler = LossScaler(2.0**12 if kern.fp16 else 1.0, dynamic=kern.fp16)
         if st.scaler is not None:
             scaler.set_state(st.scaler)
         st.backend = backend
-        metrics = _open_metrics(run, quiet)
+        metrics = _open_metrics(run, quiet) if world.writer else _NoMetrics()
         if not quiet:
-            _banner(run, backend, threads, dw_note)
+            _banner(run, backend, threads, dw_note, world)
         progress = Progress(step0, tc.steps, tokens_per_step, quiet)
-        saver, rec, step_ms, t_start = _Saver(run, params, opt), None, [], time.perf_counter()
+        saver, rec, step_ms = _Saver(run, params, opt, world), None, []
+        t_start = time.perf_counter()
         clock = StepClock(kern, dw_pool, tokens_per_step)  # per-phase timings of every step
         # a diverging run is caught by the loss / gradient-norm checks with one line, not by
         # numpy's overflow warnings (restored in the finally below)
@@ -373,7 +412,8 @@ def train(argv: list[str] | None) -> int:
                     loss_sum += loss
                     progress.inside_step(micro + 1, tc.accum, time.perf_counter() - t0)
                 clock.optim_start()
-                unscale = 1.0 / (tc.accum * scaler.scale)  # and average over the micro-steps
+                loss_sum = world.sum_grads(grads.flat, loss_sum)  # over the ranks, in place
+                unscale = 1.0 / (seqs * scaler.scale)  # and average over the sequences
                 norm = grad_norm(grads, unscale, threads)
                 if not math.isfinite(norm) and not scaler.can_skip():
                     at = f" even at loss scale {scaler.scale:g}" if scaler.dynamic else ""
@@ -384,7 +424,7 @@ def train(argv: list[str] | None) -> int:
                     st.step, st.tokens, st.adam_t = st.step + 1, st.tokens + tokens_per_step, opt.t
                     st.sampler, st.scaler = sampler.state(), scaler.state()
                     ms = (time.perf_counter() - t0) * 1000.0
-                    rec = clock.fill(_record(st, loss_sum / tc.accum, lr, ms, norm, scaler), ms)
+                    rec = clock.fill(_record(st, loss_sum / seqs, lr, ms, norm, scaler), ms)
                 step_ms.append(ms)
                 if run.data.val is not None and \
                         ((tc.eval_every and st.step % tc.eval_every == 0) or st.step == tc.steps):
@@ -411,7 +451,7 @@ def train(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli("anetrain.train", train, argv)
+    return dist.finish(run_cli("anetrain.train", train, argv))
 
 
 if __name__ == "__main__":

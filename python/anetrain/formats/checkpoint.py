@@ -69,6 +69,7 @@ class RunState:
     data_dtype: str | None = None  # raw token files' type when not uint16 (--data-dtype uint32)
     tokenizer: str | None = None  # the dataset's tokenizer.bin, if known
     backend: str | None = None  # the backend that wrote it (cpu, sim, ane)
+    ranks: int | None = None  # data-parallel processes (MPI) that trained it; None: one
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -94,6 +95,11 @@ class RunState:
         st = cls(model, train)
         for name in ("step", "adam_t", "tokens"):
             setattr(st, name, _header_int(source, d, name, getattr(st, name)))
+        if d.get("ranks") is not None:
+            st.ranks = _header_int(source, d, "ranks", 1)
+            if st.ranks < 2:  # one process is written as no field
+                raise CheckpointError(f"{source}: bad checkpoint header: ranks must be >= 2, "
+                                      f"got {st.ranks}")  # fmt: skip
         if train is not None and "tokens" not in d:  # older runs: every step had this --accum
             st.tokens = st.step * train.accum * model.seq_len
         if st.adam_t > st.step or (train is not None and st.step > train.steps):

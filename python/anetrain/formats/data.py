@@ -179,17 +179,23 @@ def check_length(tokens: np.ndarray, seq_len: int, what: str) -> None:
 
 
 class WindowSampler:
-    """Uniformly random windows of seq_len + 1 tokens from a seeded PCG64 stream (resumable)."""
+    """Uniformly random windows of seq_len + 1 tokens from a seeded PCG64 stream (resumable).
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int, name: str = "train data"):
+    Data-parallel: the stream is the run's global sequence of windows whatever the number of
+    ranks; each next() draws `ranks` of them and returns the `rank`-th, so rank r trains on windows
+    r, r + ranks, r + 2 ranks, ... and every rank's stream stays at the same global position."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, seed: int, name: str = "train data",
+                 rank: int = 0, ranks: int = 1):  # fmt: skip
         check_length(tokens, seq_len, name)
-        self.tokens, self.seq_len = tokens, seq_len
+        self.tokens, self.seq_len, self.rank, self.ranks = tokens, seq_len, rank, ranks
         self.rng = np.random.Generator(np.random.PCG64(seed))
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
         """(inputs, targets), each int32 [seq_len]; targets are the inputs shifted by one."""
         S = self.seq_len
-        pos = int(self.rng.integers(0, self.tokens.size - S))  # window [pos, pos + S + 1)
+        starts = [int(self.rng.integers(0, self.tokens.size - S)) for _ in range(self.ranks)]
+        pos = starts[self.rank]  # window [pos, pos + S + 1)
         w = np.asarray(self.tokens[pos : pos + S + 1], dtype=np.int32)
         return w[:-1], w[1:]
 

@@ -1,0 +1,230 @@
+"""Data-parallel training over MPI: N ranks train the model of 1 process × N-fold accumulation."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anetrain import dist
+from anetrain.formats import checkpoint
+from anetrain.formats.data import WindowSampler
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--model", "tiny", "--quiet", "--threads", "1", "--seed", "3"]
+LAUNCH_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+
+
+def _env() -> dict[str, str]:
+    """This checkout's package first; mpirun may run as root in CI containers."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env["PYTHONPATH"] = str(ROOT / "python") + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    return env
+
+
+def _mpirun_or_skip() -> str:
+    """mpirun and mpi4py ('anetrain[mpi]', which .ci/run installs: CI fails without them)."""
+    mpirun = shutil.which("mpirun")
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        mpirun = None
+    if mpirun is None:
+        if os.environ.get("CI"):
+            pytest.fail("mpirun or mpi4py missing: pip install 'anetrain[mpi]'")
+        pytest.skip("needs mpirun and mpi4py (pip install 'anetrain[mpi]')")
+    return mpirun
+
+
+def _cmd(n: int, *args: str) -> list[str]:
+    return [_mpirun_or_skip(), "-n", str(n), "--oversubscribe", sys.executable, "-m", "anetrain",
+            "train", *args]  # fmt: skip
+
+
+def _train(*args: str, n: int = 2, timeout: float = 120) -> subprocess.CompletedProcess:
+    argv = _cmd(n, *args) if n > 1 else [sys.executable, "-m", "anetrain", "train", *args]
+    return subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _metrics(d: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (d / "metrics.jsonl").read_text().splitlines()]
+
+
+def _same_losses(one: list[dict], two: list[dict]) -> None:
+    assert len(one) == len(two)
+    for a, b in zip(one, two):
+        assert (a["step"], a["tokens"], a["lr"]) == (b["step"], b["tokens"], b["lr"])
+        assert abs(a["loss"] - b["loss"]) <= 1e-6 * abs(a["loss"]), (a, b)
+
+
+# --- without MPI ---------------------------------------------------------------------------------
+
+
+def test_a_single_process_never_imports_mpi4py(tmp_path):
+    code = ("import sys; from anetrain.train import main\n"
+            f"assert main(['--model', 'tiny', '--quiet', '--steps', '2', '--out', {str(tmp_path)!r}"
+            "]) == 0\nassert 'mpi4py' not in sys.modules, 'mpi4py imported'")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], env=_env(), check=True, timeout=120)
+
+
+def test_a_launcher_without_mpi4py_names_the_extra(tmp_path):
+    code = ("import sys; sys.modules['mpi4py'] = None; from anetrain.train import main\n"
+            f"sys.exit(main(['--model', 'tiny', '--out', {str(tmp_path)!r}]))")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], env={**_env(), "OMPI_COMM_WORLD_SIZE": "2"},
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "pip install 'anetrain[mpi]'" in r.stderr, r.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_ranks_share_one_global_window_sequence():
+    tokens = np.arange(10_000, dtype=np.uint16)
+    one = WindowSampler(tokens, 8, seed=5)
+    ranks = [WindowSampler(tokens, 8, seed=5, rank=r, ranks=3) for r in range(3)]
+    for _ in range(4):  # rank r takes windows r, r + 3, ...
+        for s in ranks:
+            np.testing.assert_array_equal(s.next()[0], one.next()[0])
+    assert all(s.state() == one.state() for s in ranks)  # the same global position
+
+
+class _FakeComm:
+    """Two ranks' allgather, seen from rank 0: the peer's values come from a list."""
+
+    def __init__(self, peer: list) -> None:
+        self.peer = peer
+
+    def Get_rank(self) -> int:
+        return 0
+
+    def Get_size(self) -> int:
+        return 2
+
+    def allgather(self, value):
+        return [value, self.peer.pop(0)]
+
+
+def test_diverged_parameters_stop_the_run():
+    flat = np.arange(16, dtype=np.float32)  # [n_params]
+    same = int(__import__("zlib").crc32(flat.tobytes()))
+    dist.World(_FakeComm([same])).check_same(flat, 5, "RUN")  # equal: nothing happens
+    with pytest.raises(dist.DistError, match=r"RUN: the ranks' parameters diverged by step 5"):
+        dist.World(_FakeComm([same ^ 1])).check_same(flat, 5, "RUN")
+
+
+def test_an_error_on_another_rank_stops_this_one_with_it():
+    world = dist.World(_FakeComm(["/x: no such file or dataset directory"]))
+    with pytest.raises(dist.DistError, match=r"^rank 1 of 2: /x: no such file"):
+        world.agree(lambda: 1)
+    assert world.stopping_together  # every rank leaves here: no MPI_Abort
+
+
+def test_more_ane_ranks_than_anes_on_one_machine_are_refused():
+    world = dist.World(_FakeComm([]))
+    world.check_backend("ane")  # one rank on this machine
+    world.local_size = 2
+    world.check_backend("cpu")
+    with pytest.raises(dist.DistError, match=r"--backend ane: 2 ranks on one machine share"):
+        world.check_backend("ane")
+
+
+# --- under mpirun -n 2 (loopback) ----------------------------------------------------------------
+
+
+def test_two_ranks_train_like_one_process_with_double_accum(tmp_path):
+    one, two, part = tmp_path / "one", tmp_path / "two", tmp_path / "part"
+    common = [*TINY, "--backend", "cpu", "--lr-decay-steps", "20", "--warmup", "2"]
+    r = _train(*common, "--accum", "4", "--steps", "20", "--out", str(one), n=1)
+    assert r.returncode == 0, r.stderr
+    # --ckpt-every 5: every rank's parameter checksum is compared 4 times (bit-identical ranks)
+    r = _train(*common, "--accum", "2", "--steps", "20", "--ckpt-every", "5", "--out", str(two))
+    assert r.returncode == 0, r.stderr
+    _same_losses(_metrics(one), _metrics(two))
+    assert checkpoint.load(two / "checkpoint.bin").state.ranks == 2
+    # resumed with the same N: bit-identical to the uninterrupted run
+    r = _train(*common, "--accum", "2", "--steps", "10", "--out", str(part))
+    assert r.returncode == 0, r.stderr
+    r = _train("--quiet", "--threads", "1", "--resume", str(part), "--steps", "20")
+    assert r.returncode == 0, r.stderr
+    a, b = checkpoint.load(two / "checkpoint.bin"), checkpoint.load(part / "checkpoint.bin")
+    np.testing.assert_array_equal(a.params.flat, b.params.flat)
+    np.testing.assert_array_equal(a.v.flat, b.v.flat)
+    def same(m: dict) -> dict:  # a run's last step has a val_loss: the cut run's 10th too
+        timing = ("ms", "phase_ms", "tok_s", "rss_mb", "ckpt_ms")  # measured, not computed
+        return {k: v for k, v in m.items() if k not in ("val_loss", *timing)}
+
+    assert [same(m) for m in _metrics(two)] == [same(m) for m in _metrics(part)]
+
+
+def test_another_number_of_ranks_continues_and_says_so(tmp_path):
+    r = _train(*TINY, "--backend", "cpu", "--steps", "3", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    r = _train("--threads", "1", "--resume", str(tmp_path), "--steps", "5", n=1)
+    assert r.returncode == 0, r.stderr
+    assert "trained by 2 ranks, continuing with 1" in r.stdout, r.stdout
+    st = checkpoint.load(tmp_path / "checkpoint.bin").state
+    assert (st.step, st.ranks, st.tokens) == (5, None, (3 * 2 + 2) * 64)
+
+
+def test_two_ranks_on_the_simulator(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = [*TINY, "--backend", "sim", "--steps", "3"]
+    assert _train(*common, "--accum", "2", "--out", str(one), n=1).returncode == 0
+    r = _train(*common, "--accum", "1", "--out", str(two))
+    assert r.returncode == 0, r.stderr
+    _same_losses(_metrics(one), _metrics(two))
+
+
+def test_an_input_error_on_one_rank_stops_every_rank(tmp_path):
+    args = [*TINY, "--backend", "cpu", "--steps", "3", "--out", str(tmp_path)]
+    cmd = _cmd(1, *args)
+    cmd += [":", "-n", "1", sys.executable, "-m", "anetrain", "train", *args, "--data", "/nope"]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "anetrain.train: error: rank 1 of 2: /nope: no such file" in r.stderr, r.stderr
+    assert not (tmp_path / "checkpoint.bin").exists()
+
+
+def _rank_pid(tag: str, rank: int) -> int | None:
+    """The pid of a rank whose environment holds ANETRAIN_TEST_TAG=tag (Linux: from /proc)."""
+    want = {f"OMPI_COMM_WORLD_RANK={rank}".encode(), f"ANETRAIN_TEST_TAG={tag}".encode()}
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and want <= set((p / "environ").read_bytes().split(b"\0")):
+                return int(p.name)
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds ranks in /proc")
+def test_a_killed_rank_ends_the_run_with_the_checkpoint_intact(tmp_path):
+    out, tag = tmp_path / "run", str(tmp_path)
+    args = [*TINY, "--backend", "cpu", "--steps", "100000", "--ckpt-every", "20", "--out", str(out)]
+    p = subprocess.Popen(_cmd(2, *args), env={**_env(), "ANETRAIN_TEST_TAG": tag},
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "checkpoint.bin").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pid = _rank_pid(tag, 1)
+        assert pid is not None and (out / "checkpoint.bin").exists(), "not training after 60 s"
+        os.kill(pid, 9)
+        t0 = time.monotonic()
+        p.wait(timeout=60)
+        assert p.returncode != 0 and time.monotonic() - t0 < 60
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    ck = checkpoint.load(out / "checkpoint.bin")  # intact: size and CRC checked
+    assert ck.state.step % 20 == 0 and ck.state.step > 0
+    r = _train("--quiet", "--threads", "1", "--resume", str(out), "--steps", str(ck.state.step + 2))
+    assert r.returncode == 0, r.stderr
