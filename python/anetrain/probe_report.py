@@ -151,9 +151,9 @@ def compare(a: dict, b: dict, names: tuple[str, str]) -> str:
     """Two probe results side by side (the rows of the first, then any only the second has)."""
     ra, rb = dict(rows(a)), dict(rows(b))
     labels = list(ra) + [k for k in rb if k not in ra]
-    w = max(24, *(len(n) for n in names))
-    lines = [f"{'':48s} {names[0]:>{w}s} {names[1]:>{w}s}"]
-    lines += [f"{k:48s} {ra.get(k, '-'):>{w}s} {rb.get(k, '-'):>{w}s}" for k in labels]
+    w = max(len(v) for v in (*ra.values(), *rb.values()))
+    lines = [f"A: {names[0]}", f"B: {names[1]}", f"{'':48s} {'A':>{w}s}   {'B':>{w}s}"]
+    lines += [f"{k:48s} {ra.get(k, '-'):>{w}s}   {rb.get(k, '-'):>{w}s}" for k in labels]
     for n, d in zip(names, (a, b)):
         if d["runtime"] != "ane":
             lines.append(f"note: {n}: {RUNTIME_LABEL[d['runtime']]}")
