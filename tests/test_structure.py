@@ -18,7 +18,8 @@ LAYERS = [
     ["anetrain.backends"],
     ["anetrain.run", "anetrain.report", "anetrain.phases", "anetrain.dist"],
     ["anetrain.train", "anetrain.sample", "anetrain.export", "anetrain.bench",
-     "anetrain.__main__", "anetrain.dashboard", "anetrain.plot"],
+     "anetrain.__main__", "anetrain.dashboard", "anetrain.plot", "anetrain.probe",
+     "anetrain.probe_report"],
 ]  # fmt: skip
 
 MAX_FILE_LINES = 600

@@ -13,6 +13,7 @@ COMMANDS = {
     "bench": ("anetrain.bench.__main__", "benchmarks: cpu, sim, overlap, hf"),
     "dashboard": ("anetrain.dashboard", "watch a run: loss, throughput, phases, memory, power"),
     "plot": ("anetrain.plot", "plot runs' loss and learning-rate curves to a PNG or SVG"),
+    "probe": ("anetrain.probe", "measure this ANE: kernel times, conv TFLOPS, compile ceiling"),
 }
 
 

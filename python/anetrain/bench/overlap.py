@@ -207,6 +207,10 @@ def bench(argv: list[str] | None) -> int:
     p.add_argument("--kernel-scale", type=kernel_scale, default=1.0,
                    help="multiply the M4 kernel times by this, or 'host': by the M4 CPU's sgemm "
                         "rate over this host's (an ANE as much faster than this CPU as the M4's)")
+    p.add_argument("--kernel-times", metavar="PROBE.json", default=None,
+                   help="evaluation times measured by `python -m anetrain probe --json` for this "
+                        "model's shape, instead of the M4 defaults (--kernel-scale multiplies "
+                        "them too)")
     p.add_argument("--dw-workers", type=nonneg_int, default=0,
                    help="dW worker threads (0 = one per core, as training uses)")
     p.add_argument("--threads", type=positive_int, default=1,
@@ -229,7 +233,15 @@ def bench(argv: list[str] | None) -> int:
         print(f"host sgemm {g:.1f} GFLOP/s vs M4 {M4_CPU_GFLOPS:.0f}: kernel times x{scale:.2f}")
     else:
         scale = float(args.kernel_scale)  # validated by kernel_scale
-    seconds = m4_seconds(cfg, scale)
+    if args.kernel_times:
+        from anetrain import probe_report
+
+        doc = probe_report.load(args.kernel_times)
+        measured = probe_report.kernel_seconds(doc, cfg.to_dict(), args.kernel_times)
+        seconds = {n: scale * s for n, s in measured.items()}
+        print(f"kernel times: {args.kernel_times} ({doc['runtime']}, {doc['chip']})")
+    else:
+        seconds = m4_seconds(cfg, scale)
     workers = args.dw_workers or default_threads()  # as train.py sizes its DwPool
     print(f"{args.model}: {cfg.n_layers} layers, dim {cfg.dim}, vocab {cfg.vocab_size}, seq "
           f"{cfg.seq_len}; accum {args.accum}; BLAS threads {args.threads}; {workers} dW workers; "

@@ -1,0 +1,176 @@
+"""python -m anetrain probe on the mock and the simulator: its JSON, --compare, the compile
+ceiling, the background refusal, and bench overlap --kernel-times."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import MOCK_SO, ROOT, mock_env, mock_framework
+
+QUICK = ["--model", "tiny", "--quick", "--reps", "1"]
+
+
+@pytest.fixture(scope="module")
+def ane_mod():
+    ane = pytest.importorskip("anetrain.backends.ane")
+    if not ane.built() or not MOCK_SO.exists():
+        pytest.skip("needs anetrain._ane (GNUstep build) and build/mock/libane_mock.so")
+    return ane
+
+
+@pytest.fixture
+def mock(ane_mod, monkeypatch):
+    """The mock as the framework of this process, evaluating through the simulator."""
+    monkeypatch.setenv(ane_mod.FRAMEWORK_ENV, str(MOCK_SO))
+    m = mock_framework()
+    m.reset(reset_compiles=True)
+    m.use_simulator()
+    yield m
+    m.reset(reset_compiles=True)
+
+
+@pytest.fixture(scope="module")
+def mock_json(ane_mod, tmp_path_factory):
+    """A probe result written by a child process on the mock (as a user on Linux runs it)."""
+    path = tmp_path_factory.mktemp("probe") / "mock.json"
+    cmd = [sys.executable, "-m", "anetrain", "probe", *QUICK, "--max-compiles", "3",
+           "--json", str(path)]  # fmt: skip
+    r = subprocess.run(cmd, env=mock_env(), capture_output=True, text=True, timeout=300,
+                       cwd=path.parent)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return path, r.stdout
+
+
+def test_probe_on_the_mock_writes_a_valid_labelled_json(mock_json):
+    from anetrain import probe_report
+    from anetrain.mil.kernels import KERNELS
+
+    path, out = mock_json
+    doc = json.loads(path.read_text())
+    assert probe_report.validate(doc) == []
+    assert doc["runtime"] == "mock" and doc["framework"] == str(MOCK_SO)
+    assert "MOCK framework" in out.splitlines()[0]  # the table says what its figures are
+    assert list(doc["kernels"]) == list(KERNELS)
+    for k in doc["kernels"].values():
+        assert k["eval_ms"] > 0 and k["tflops"] > 0 and k["compile_ms"] > 0
+    assert [(r["depth"], r["channels"]) for r in doc["ladder"]] == [(4, 64), (8, 128)]
+    assert doc["staging"]["pack_gbs"] > 0 and doc["staging"]["kernel"] in KERNELS
+    assert doc["pingpong"]["alternating_ms"] > 0
+    c = doc["ceiling"]  # 10 kernels + 2 ladder + 2 ping-pong programs, then 3 more
+    assert (c["compiles"], c["refused"], c["process_compiles"]) == (3, False, 17)
+
+
+def test_the_validator_names_what_is_wrong(mock_json):
+    from anetrain import probe_report
+
+    doc = json.loads(mock_json[0].read_text())
+    bad = copy.deepcopy(doc)
+    del bad["kernels"]["woFwd"]["eval_ms"]
+    bad["ceiling"]["compiles"] = "3"
+    bad["runtime"] = "gpu"
+    probs = probe_report.validate(bad)
+    assert "probe.kernels.woFwd: missing 'eval_ms'" in probs
+    assert "probe.ceiling.compiles: wrong type str" in probs
+    assert any("probe.runtime: 'gpu'" in p for p in probs)
+    assert probe_report.validate({**doc, "schema": 2}) == ["probe: schema 2 (this anetrain "
+                                                          "reads 1)"]  # fmt: skip
+    assert probe_report.validate([]) == ["probe: expected an object"]
+    ok = copy.deepcopy(doc)
+    ok["kernels"]["woFwd"] = {"error": "kernel woFwd: refused"}  # a failed probe is recorded
+    assert probe_report.validate(ok) == []
+
+
+def test_compare_reads_two_results_back(mock_json, tmp_path, capsys):
+    from anetrain.probe import main
+
+    doc = json.loads(mock_json[0].read_text())
+    doc["kernels"]["woFwd"] = {"compile_ms": 12.0, "eval_ms": 0.25, "gflop": 1.0, "tflops": 4.0}
+    (tmp_path / "a.json").write_text(json.dumps(doc))
+    doc["runtime"], doc["kernels"]["woFwd"]["eval_ms"] = "ane", 0.125
+    (tmp_path / "b.json").write_text(json.dumps(doc))
+    path = tmp_path / "a.json"
+    assert main(["--compare", str(path), str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("woFwd"))
+    assert row.split("TFLOPS")[1].split() == ["12.0", "/", "0.250", "/", "4.000",
+                                              "12.0", "/", "0.125", "/", "4.000"]  # fmt: skip
+    assert "MOCK framework" in out
+    (tmp_path / "c.json").write_text('{"schema": 1}')
+    assert main(["--compare", str(path), str(tmp_path / "c.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"anetrain probe: error: {tmp_path / 'c.json'}: not an anetrain probe "
+                          "result: probe: missing 'tool'")  # fmt: skip
+    assert len(err.splitlines()) == 1
+
+
+def test_compile_ceiling_stops_cleanly_when_the_mock_refuses_compile_n(mock, tmp_path, capsys):
+    from anetrain import probe_report
+    from anetrain.probe import main
+
+    mock.set_compile_limit(16)  # compile 17 is refused: the ceiling probe gets 2 of its 40
+    out = tmp_path / "p.json"
+    assert main([*QUICK, "--max-compiles", "40", "--json", str(out)]) == 0
+    c = probe_report.load(out)["ceiling"]
+    assert (c["compiles"], c["refused"], c["process_compiles"]) == (2, True, 16)
+    assert "ANECCompile() FAILED" in c["error"]
+    text = capsys.readouterr().out
+    assert re.search(r"sequential compiles \(process total\) +2 then refused \(16\)", text)
+    assert "per-process compile ceiling" in text
+    assert mock.loaded_models() == 0 and mock.live_objects() == 0  # everything freed
+
+
+def test_a_refused_background_session_is_explained(mock, tmp_path, capsys):
+    from anetrain.probe import main
+
+    mock.fail("compile", 1, description="The Neural Engine is not accessible from background")
+    assert main([*QUICK, "--json", str(tmp_path / "p.json")]) == 2
+    err = [e for e in capsys.readouterr().err.splitlines() if "error" in e]
+    assert len(err) == 1 and "background (non-GUI) session" in err[0]
+    assert err[0].startswith("anetrain probe: error: ")
+    assert "not accessible from background" in err[0]
+    assert not (tmp_path / "p.json").exists()
+    assert mock.loaded_models() == 0
+
+
+def test_probe_runs_on_the_simulator(tmp_path):
+    from anetrain import probe_report
+    from anetrain.probe import main
+
+    out = tmp_path / "s.json"
+    assert main(["--runtime", "sim", *QUICK, "--max-compiles", "2", "--json", str(out)]) == 0
+    doc = probe_report.load(out)
+    assert doc["runtime"] == "sim" and doc["framework"] is None
+    assert doc["ceiling"]["compiles"] == 2 and not doc["ceiling"]["refused"]
+
+
+def test_overlap_uses_the_probes_kernel_times(mock_json, tmp_path, capsys):
+    from anetrain.bench.__main__ import main as bench_main
+
+    path = mock_json[0]
+    doc = json.loads(path.read_text())
+    for i, k in enumerate(doc["kernels"].values()):
+        k["eval_ms"] = 0.5 + i / 10
+    (tmp_path / "t.json").write_text(json.dumps(doc))
+    argv = ["overlap", "--model", "tiny", "--vocab-size", "97", "--steps", "1", "--kernel-times"]
+    assert bench_main([*argv, str(tmp_path / "t.json")]) == 0
+    out = capsys.readouterr().out
+    assert "sdpaFwd 0.500, woFwd 0.600, ffnFused 0.700" in out and "kvBwd 1.400" in out
+    del doc["kernels"]["kvBwd"]
+    (tmp_path / "u.json").write_text(json.dumps(doc))
+    assert bench_main([*argv, str(tmp_path / "u.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("u.json: no evaluation time for kernel(s) kvBwd") and "\n" not in err
+    assert bench_main(["overlap", "--model", "stories15m", "--steps", "1", "--kernel-times",
+                       str(path)]) == 2  # fmt: skip
+    assert "measured model 'tiny' has dim 64, this model 288" in capsys.readouterr().err
+
+
+def test_probe_is_a_command():
+    r = subprocess.run([sys.executable, "-m", "anetrain", "probe", "--help"], capture_output=True,
+                       text=True, cwd=ROOT / "tests", timeout=60)  # fmt: skip
+    assert r.returncode == 0 and "--max-compiles" in r.stdout
