@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N|TIME",
         help="checkpoint every N steps, or every TIME of training (90s, 10m, 1h); always at the "
-        "end and on Ctrl-C, SIGTERM, SIGHUP (10m: a kill -9 loses at most 10 minutes)",
+        "end and on Ctrl-C, SIGTERM, SIGHUP (default 10m: a kill -9 loses at most 10 minutes)",
     )
     g.add_argument(
         "--eval-every",
