@@ -3,8 +3,10 @@
 Compile time, evaluation latency and achieved TFLOPS of the ten training kernels for one model
 shape; surface staging GB/s (the C packer into and out of a kernel's real input surface); a
 ladder of 1x1 convs (the reference trainer's peak table, 64-256 deep, 256-512 channels,
-spatial 64); ping-pong between two loaded programs; and, last, sequential compiles until the
-framework refuses one or --max-compiles (the ~119-compile ceiling per process, upstream.md §1.7).
+spatial 64); ping-pong between two loaded programs; a compile in a background thread while the
+main thread keeps evaluating a loaded program (each slowed how much by the other); and, last,
+sequential compiles until the framework refuses one or --max-compiles (the ~119-compile ceiling
+per process, upstream.md §1.7).
 
 `--runtime ane` runs on the framework anetrain._ane opens: the system's on a Mac, or the Linux
 test mock named by $ANETRAIN_ANE_FRAMEWORK ("mock" in the table and the JSON: its figures are the
@@ -21,11 +23,13 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import warnings
 
 from anetrain.cli import run_cli
 from anetrain.errors import UserError
+from anetrain.probe_report import SCHEMA
 
 FULL_LADDER = ((64, 256), (64, 512), (128, 256), (128, 512), (256, 256), (256, 512))
 QUICK_LADDER = ((4, 64), (8, 128))  # (depth, channels); spatial SPATIAL
@@ -74,6 +78,15 @@ def chip() -> str:
         except (OSError, subprocess.SubprocessError):
             pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+def second_runtime(rt):
+    """A new runtime object like `rt` (the same framework and rules), for another thread."""
+    from anetrain.backends.runtime import AneRuntime, SimRuntime
+
+    if isinstance(rt, AneRuntime):
+        return AneRuntime(rt.framework_path, strict=rt.strict)
+    return SimRuntime()
 
 
 def open_runtime(kind: str):
@@ -236,9 +249,86 @@ def probe_pingpong(rt, shape: tuple[int, int], reps: int) -> dict:
             e.free()
 
 
-def probe_ceiling(rt, max_compiles: int) -> dict:
+def _start_compile(rt, spec) -> tuple[threading.Thread, dict]:
+    """A started thread compiling `spec` on `rt` (then freeing it), and the dict it fills: "ms",
+    or "exc" (the exception, for the starting thread to report after join())."""
+    result: dict = {}
+    started = threading.Event()
+
+    def work() -> None:
+        started.set()
+        try:
+            exe, result["ms"] = compiled(rt, spec)
+            exe.free()
+        except BaseException as e:  # noqa: BLE001 - reported by the evaluating thread
+            result["exc"] = e
+
+    thread = threading.Thread(target=work, name="anetrain-probe-compile", daemon=True)
+    thread.start()
+    started.wait()
+    return thread, result
+
+
+def probe_background_compile(rt, rt_bg, eval_shape: tuple[int, int],
+                             compile_shape: tuple[int, int], reps: int) -> dict:
+    """Evaluation ms of a loaded program (a conv ladder of eval_shape) alone, and while another
+    thread compiles a new program (compile_shape) on rt_bg, evaluating it back to back for the
+    whole compile; that compile's ms against the same compile alone (on this thread, nothing
+    evaluating). A failed evaluation or background compile is recorded in "error".
+
+    rt_bg is a runtime object of its own: backends/ane.py's objects must not be used from two
+    threads at once (separate objects may), so the compiling thread never touches `rt` and this
+    one never touches rt_bg while it runs."""
+    from anetrain.mil.probe_programs import conv_ladder
+
+    depth, ch = compile_shape
+    bg_spec = conv_ladder(depth, ch, SPATIAL, name="overlap_bg")
+    exe = None
+    try:
+        exe = compiled(rt, conv_ladder(*eval_shape, SPATIAL, name="overlap_eval"))[0]
+        inp = _random_input(exe)
+        alone = eval_ms(exe, inp, reps)
+        fg_exe, fg_ms = compiled(rt, conv_ladder(depth, ch, SPATIAL, name="overlap_fg"))
+        fg_exe.free()
+        thread, result = _start_compile(rt_bg, bg_spec)
+        times: list[float] = []
+        eval_err = None
+        try:
+            while True:  # every evaluation here starts while the compile runs
+                t = time.perf_counter()
+                exe.eval(inp)
+                times.append(time.perf_counter() - t)
+                if not thread.is_alive():
+                    break
+        except UserError as e:
+            eval_err = failure(e, "evaluation")["error"]
+        finally:
+            thread.join()
+    except UserError as e:
+        return failure(e)
+    finally:
+        if exe is not None:
+            exe.free()
+    exc = result.get("exc")
+    if exc is not None and not isinstance(exc, UserError):
+        raise exc
+    compile_err = failure(exc, "compile")["error"] if exc is not None else None
+    errors = [m for m in (eval_err, compile_err) if m is not None]
+    during = 1e3 * statistics.median(times) if times else None
+    bg_ms = result.get("ms")
+    return {"eval_program": exe.spec.name, "compile_program": bg_spec.name, "eval_ms": alone,
+            "eval_during_ms": during, "evals_during": len(times),
+            "slowdown": during / alone if during is not None and alone > 0 else None,
+            "compile_fg_ms": fg_ms, "compile_bg_ms": bg_ms,
+            "compile_slowdown": bg_ms / fg_ms if bg_ms is not None and fg_ms > 0 else None,
+            "evaluated": eval_err is None, "compiled": compile_err is None,
+            "error": "; ".join(errors) or None}  # fmt: skip
+
+
+def probe_ceiling(rt, max_compiles: int, elsewhere: int = 0) -> dict:
     """Compile (and free) distinct small programs until the framework refuses one or
-    max_compiles succeed. Run it last: a refusal is the process's compile budget spent."""
+    max_compiles succeed. Run it last: a refusal is the process's compile budget spent.
+    elsewhere: the compiles this process made through other runtime objects."""
     from anetrain.mil.probe_programs import conv_ladder
 
     depth, ch = CEILING_PROGRAM
@@ -255,7 +345,8 @@ def probe_ceiling(rt, max_compiles: int) -> dict:
     if err is not None and n == 0:
         return {"error": err}
     return {"compiles": n, "max": max_compiles, "refused": err is not None, "error": err,
-            "compile_ms": total / max(n, 1), "process_compiles": rt.compiles}  # fmt: skip
+            "compile_ms": total / max(n, 1),
+            "process_compiles": rt.compiles + elsewhere}  # fmt: skip
 
 
 # ---- the run -------------------------------------------------------------------------------
@@ -293,8 +384,16 @@ def collect(args: argparse.Namespace, say=print) -> dict:
         ladder = probe_ladder(rt, QUICK_LADDER if args.quick else FULL_LADDER, reps)
         say("ping-pong ...")
         pingpong = probe_pingpong(rt, QUICK_PINGPONG if args.quick else PINGPONG, reps)
+        say("a compile in a background thread while evaluating ...")
+        rt_bg = second_runtime(rt)  # the compiling thread's own (ane.py objects: one thread each)
+        try:
+            background = probe_background_compile(
+                rt, rt_bg, (QUICK_LADDER if args.quick else FULL_LADDER)[0],
+                QUICK_PINGPONG if args.quick else PINGPONG, reps)  # fmt: skip
+        finally:
+            rt_bg.close()
         say(f"sequential compiles (up to {args.max_compiles}) ...")
-        ceiling = probe_ceiling(rt, args.max_compiles)
+        ceiling = probe_ceiling(rt, args.max_compiles, elsewhere=rt_bg.compiles)
     finally:
         rt.close()
     if ceiling.get("refused"):
@@ -302,14 +401,14 @@ def collect(args: argparse.Namespace, say=print) -> dict:
                      "process: the per-process compile ceiling (training re-executes itself "
                      "before it, upstream.md §1.7)")  # fmt: skip
     mac = macos_version()
-    return {"schema": 1, "tool": "anetrain probe", "anetrain": anetrain.__version__,
+    return {"schema": SCHEMA, "tool": "anetrain probe", "anetrain": anetrain.__version__,
             "runtime": kind, "framework": framework, "chip": chip(),
             "macos": ".".join(map(str, mac)) if mac else None, "machine": platform.machine(),
             "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "model": {"name": args.model, "config": cfg.to_dict()}, "reps": reps,
             "kernels": kernels, "staging": stage, "ladder": ladder, "pingpong": pingpong,
-            "ceiling": ceiling, "notes": notes}  # fmt: skip
+            "background_compile": background, "ceiling": ceiling, "notes": notes}  # fmt: skip
 
 
 def write_json(path: str, doc: dict) -> None:
@@ -336,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=positive_int, default=None,
                    help="timed evaluations per program (20; 3 with --quick)")
     p.add_argument("--quick", action="store_true",
-                   help="a small conv ladder and ping-pong (for the simulator and tests)")
+                   help="a small conv ladder, ping-pong and background compile (for the simulator "
+                        "and tests)")
     p.add_argument("--max-compiles", type=positive_int, default=150,
                    help="stop the sequential compiles here if the framework has not refused "
                         "one (150)")

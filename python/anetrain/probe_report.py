@@ -7,7 +7,8 @@ from pathlib import Path
 
 from anetrain.errors import UserError
 
-SCHEMA = 1
+SCHEMA = 2  # 2 added "background_compile"; schema 1 results (without it) still load
+READS = (1, 2)
 RUNTIMES = ("ane", "mock", "sim")
 # what each runtime's figures are (the table's and --compare's header line)
 RUNTIME_LABEL = {
@@ -25,6 +26,7 @@ class ProbeFileError(UserError):
 
 NUM = (int, float)
 OPT_STR = (str, type(None))
+OPT_NUM = (int, float, type(None))
 # key -> type(s) of the top level and of each section; a section may instead be {"error": str}
 TOP = {"schema": int, "tool": str, "anetrain": str, "runtime": str, "framework": OPT_STR,
        "chip": str, "macos": OPT_STR, "machine": str, "python": str, "date": str, "model": dict,
@@ -36,6 +38,10 @@ STAGING = {"kernel": str, "bytes": int, "pack_gbs": NUM, "unpack_gbs": NUM}
 LADDER = {"depth": int, "channels": int, "spatial": int, "gflop": NUM, "compile_ms": NUM,
           "eval_ms": NUM, "tflops": NUM}  # fmt: skip
 PINGPONG = {"a_ms": NUM, "b_ms": NUM, "alternating_ms": NUM, "switch_ms": NUM}
+BACKGROUND_COMPILE = {"eval_program": str, "compile_program": str, "eval_ms": NUM,
+                      "eval_during_ms": OPT_NUM, "evals_during": int, "slowdown": OPT_NUM,
+                      "compile_fg_ms": NUM, "compile_bg_ms": OPT_NUM, "compile_slowdown": OPT_NUM,
+                      "evaluated": bool, "compiled": bool, "error": OPT_STR}  # fmt: skip
 CEILING = {"compiles": int, "max": int, "refused": bool, "error": OPT_STR, "compile_ms": NUM,
            "process_compiles": int}  # fmt: skip
 
@@ -51,7 +57,7 @@ def _fields(d: object, spec: dict, where: str, may_fail: bool = False) -> list[s
     for k, t in spec.items():
         if k not in d:
             out.append(f"{where}: missing {k!r}")
-        elif not isinstance(d[k], t) or (t in (int, NUM) and isinstance(d[k], bool)):
+        elif not isinstance(d[k], t) or (isinstance(d[k], bool) and t is not bool):
             out.append(f"{where}.{k}: wrong type {type(d[k]).__name__}")
     return out
 
@@ -62,8 +68,9 @@ def validate(doc: object) -> list[str]:
     if probs:
         return probs
     assert isinstance(doc, dict)
-    if doc["schema"] != SCHEMA:
-        return [f"probe: schema {doc['schema']} (this anetrain reads {SCHEMA})"]
+    if doc["schema"] not in READS:
+        reads = ", ".join(map(str, READS))
+        return [f"probe: schema {doc['schema']} (this anetrain reads {reads})"]
     if doc["runtime"] not in RUNTIMES:
         probs.append(f"probe.runtime: {doc['runtime']!r} is not one of {', '.join(RUNTIMES)}")
     probs += _fields(doc["model"], MODEL, "probe.model")
@@ -73,6 +80,11 @@ def validate(doc: object) -> list[str]:
     for i, row in enumerate(doc["ladder"]):
         probs += _fields(row, LADDER, f"probe.ladder[{i}]", may_fail=True)
     probs += _fields(doc["pingpong"], PINGPONG, "probe.pingpong", may_fail=True)
+    if doc["schema"] >= 2:
+        probs += _fields(doc, {"background_compile": dict}, "probe")
+        if isinstance(doc.get("background_compile"), dict):
+            probs += _fields(doc["background_compile"], BACKGROUND_COMPILE,
+                             "probe.background_compile", may_fail=True)  # fmt: skip
     probs += _fields(doc["ceiling"], CEILING, "probe.ceiling", may_fail=True)
     if not all(isinstance(n, str) for n in doc["notes"]):
         probs.append("probe.notes: expected strings")
@@ -124,6 +136,7 @@ def rows(doc: dict) -> list[tuple[str, str]]:
                 f"{_f(s['pack_gbs'], 2)} / {_f(s['unpack_gbs'], 2)}"))  # fmt: skip
     out.append(("ping-pong same / alternating ms", "error" if failed(p) else
                 f"{_f(p['a_ms'])} / {_f(p['alternating_ms'])}"))  # fmt: skip
+    out += _background_rows(doc.get("background_compile"))
     if failed(c):
         out.append(("sequential compiles", "error"))
     else:
@@ -133,6 +146,19 @@ def rows(doc: dict) -> list[tuple[str, str]]:
     return out
 
 
+def _background_rows(bg: dict | None) -> list[tuple[str, str]]:
+    """The compile-in-a-thread rows (none for a schema 1 result, which did not measure it)."""
+    if bg is None:
+        return []
+    if failed(bg):
+        return [("compile in a background thread", "error")]
+    slow = f" ({_f(bg['slowdown'], 2)}x)" if bg["slowdown"] is not None else ""
+    return [("eval ms alone / during a background compile",
+             f"{_f(bg['eval_ms'])} / {_f(bg['eval_during_ms'])}{slow}"),
+            ("compile ms alone / in a thread while evaluating",
+             f"{_f(bg['compile_fg_ms'], 1)} / {_f(bg['compile_bg_ms'], 1)}")]  # fmt: skip
+
+
 def table(doc: dict) -> str:
     """One probe result as a table, headed by what its figures are."""
     lines = [f"anetrain probe on {RUNTIME_LABEL[doc['runtime']]}"]
@@ -140,6 +166,9 @@ def table(doc: dict) -> str:
     errors = [(n, k["error"]) for n, k in doc["kernels"].items() if failed(k)]
     errors += [(s, doc[s]["error"]) for s in ("staging", "pingpong", "ceiling") if failed(doc[s])]
     errors += [("conv ladder", r["error"]) for r in doc["ladder"] if failed(r)]
+    bg = doc.get("background_compile")
+    if bg is not None and bg["error"] is not None:
+        errors.append(("the compile in a background thread", bg["error"]))
     if not failed(doc["ceiling"]) and doc["ceiling"]["refused"]:
         errors.append(("the last sequential compile", doc["ceiling"]["error"]))
     lines += [f"  error in {name}: {msg}" for name, msg in errors]
