@@ -228,3 +228,48 @@ def test_a_killed_rank_ends_the_run_with_the_checkpoint_intact(tmp_path):
     assert ck.state.step % 20 == 0 and ck.state.step > 0
     r = _train("--quiet", "--threads", "1", "--resume", str(out), "--steps", str(ck.state.step + 2))
     assert r.returncode == 0, r.stderr
+
+
+def _start(tag: str, *args: str, n: int = 2) -> subprocess.Popen:
+    return subprocess.Popen(_cmd(n, *args), env={**_env(), "ANETRAIN_TEST_TAG": tag},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _wait_for_lines(p: subprocess.Popen, path: Path, n: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and p.poll() is None:
+        if path.exists() and path.read_text().count("\n") >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not training after 60 s: {p.poll()}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds ranks in /proc")
+def test_sigterm_stops_every_rank_at_one_step_and_resumes_bit_identically(tmp_path):
+    out, whole, tag = tmp_path / "run", tmp_path / "whole", str(tmp_path)
+    common = [*TINY, "--backend", "cpu", "--lr-decay-steps", "1000", "--warmup", "2"]
+    p = _start(tag, *common, "--steps", "100000", "--ckpt-every", "1000", "--out", str(out))
+    try:
+        _wait_for_lines(p, out / "metrics.jsonl", 3)
+        pids = [_rank_pid(tag, r) for r in range(2)]
+        assert None not in pids
+        for pid in pids:  # what mpirun does on a SIGTERM of its own (then it kills them)
+            os.kill(pid, 15)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 143, err  # mpirun passes on the ranks' 128 + SIGTERM
+    assert err.count("interrupted (SIGTERM): saving the checkpoint") == 1, err  # rank 0's
+    assert "MPI_ABORT" not in err and "error" not in err, err
+    step = _metrics(out)[-1]["step"]
+    assert checkpoint.load(out / "checkpoint.bin").state.step == step
+    r = _train("--quiet", "--threads", "1", "--resume", str(out), "--steps", str(step + 2))
+    assert r.returncode == 0, r.stderr
+    r = _train(*common, "--steps", str(step + 2), "--out", str(whole))
+    assert r.returncode == 0, r.stderr
+    a, b = checkpoint.load(whole / "checkpoint.bin"), checkpoint.load(out / "checkpoint.bin")
+    np.testing.assert_array_equal(a.params.flat, b.params.flat)
+    np.testing.assert_array_equal(a.m.flat, b.m.flat)
+    assert [m["loss"] for m in _metrics(whole)] == [m["loss"] for m in _metrics(out)]
