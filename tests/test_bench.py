@@ -36,8 +36,8 @@ def test_unknown_benchmark_is_named_with_the_valid_ones(capsys: pytest.CaptureFi
     out, err = capsys.readouterr()
     assert out == ""
     assert (
-        err == "anetrain.bench: error: unknown benchmark 'bogus' (choose from cpu, hf, overlap, "
-        "sim)\n"
+        err == "anetrain.bench: error: unknown benchmark 'bogus' (choose from cpu, dist, hf, "
+        "overlap, sim)\n"
     )
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from anetrain import dist
+from anetrain.cli import Stopped
 from anetrain.formats import checkpoint
 from anetrain.formats.data import WindowSampler
 
@@ -126,6 +127,22 @@ def test_an_error_on_another_rank_stops_this_one_with_it():
     assert world.stopping_together  # every rank leaves here: no MPI_Abort
 
 
+def test_the_ranks_meet_on_a_peer_error_or_stop_signal():
+    world = dist.World(_FakeComm([(1.5, 0, None)]))
+    assert world.meet([], 2.0) == 3.5  # the global loss sum
+    world = dist.World(_FakeComm([(1.5, 0, "x.bin: disk full")]))
+    world.fail(dist.DistError("/y: loss is nan"))  # waits for the meeting, where rank 0's wins
+    with pytest.raises(dist.DistError, match=r"^/y: loss is nan$"):
+        world.meet([])
+    world = dist.World(_FakeComm([(0.0, 0, "x.bin: disk full")]))
+    with pytest.raises(dist.DistError, match=r"^rank 1 of 2: x.bin: disk full$"):
+        world.meet([])
+    world = dist.World(_FakeComm([(0.0, 15, None)]))
+    with pytest.raises(Stopped) as stop:
+        world.meet([2])  # the highest signal number: every rank exits with the same code
+    assert stop.value.signum == 15 and world.stopping_together
+
+
 def test_more_ane_ranks_than_anes_on_one_machine_are_refused():
     world = dist.World(_FakeComm([]))
     world.check_backend("ane")  # one rank on this machine
@@ -189,6 +206,7 @@ def test_an_input_error_on_one_rank_stops_every_rank(tmp_path):
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr
     assert "anetrain.train: error: rank 1 of 2: /nope: no such file" in r.stderr, r.stderr
+    assert r.stderr.count("error:") == 1 and "MPI_ABORT" not in r.stderr, r.stderr  # rank 0's
     assert not (tmp_path / "checkpoint.bin").exists()
 
 
@@ -228,3 +246,68 @@ def test_a_killed_rank_ends_the_run_with_the_checkpoint_intact(tmp_path):
     assert ck.state.step % 20 == 0 and ck.state.step > 0
     r = _train("--quiet", "--threads", "1", "--resume", str(out), "--steps", str(ck.state.step + 2))
     assert r.returncode == 0, r.stderr
+
+
+def _start(tag: str, *args: str, n: int = 2) -> subprocess.Popen:
+    env = {**_env(), "ANETRAIN_TEST_TAG": tag}
+    return subprocess.Popen(_cmd(n, *args), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _wait_for_lines(p: subprocess.Popen, path: Path, n: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and p.poll() is None:
+        if path.exists() and path.read_text().count("\n") >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not training after 60 s: {p.poll()}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds ranks in /proc")
+def test_sigterm_stops_every_rank_at_one_step_and_resumes_bit_identically(tmp_path):
+    out, whole, tag = tmp_path / "run", tmp_path / "whole", str(tmp_path)
+    common = [*TINY, "--backend", "cpu", "--lr-decay-steps", "1000", "--warmup", "2"]
+    p = _start(tag, *common, "--steps", "100000", "--ckpt-every", "1000", "--out", str(out))
+    try:
+        _wait_for_lines(p, out / "metrics.jsonl", 3)
+        pids = [_rank_pid(tag, r) for r in range(2)]
+        assert None not in pids
+        for pid in pids:  # what mpirun does on a SIGTERM of its own (then it kills them)
+            os.kill(pid, 15)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 143, err  # mpirun passes on the ranks' 128 + SIGTERM
+    assert err.count("interrupted (SIGTERM): saving the checkpoint") == 1, err  # rank 0's
+    assert "MPI_ABORT" not in err and "error" not in err, err
+    step = _metrics(out)[-1]["step"]
+    assert checkpoint.load(out / "checkpoint.bin").state.step == step
+    r = _train("--quiet", "--threads", "1", "--resume", str(out), "--steps", str(step + 2))
+    assert r.returncode == 0, r.stderr
+    r = _train(*common, "--steps", str(step + 2), "--out", str(whole))
+    assert r.returncode == 0, r.stderr
+    a, b = checkpoint.load(whole / "checkpoint.bin"), checkpoint.load(out / "checkpoint.bin")
+    np.testing.assert_array_equal(a.params.flat, b.params.flat)
+    np.testing.assert_array_equal(a.m.flat, b.m.flat)
+    assert [m["loss"] for m in _metrics(whole)] == [m["loss"] for m in _metrics(out)]
+
+
+def test_bench_dist_under_two_ranks():
+    cmd = [_mpirun_or_skip(), "-n", "2", "--oversubscribe", sys.executable, "-m", "anetrain.bench",
+           "dist", "--buffers", "tiny", "--model", "tiny", "--accum", "1", "--reps", "1",
+           "--threads", "1"]  # fmt: skip
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("all-reduce of the fp32 gradient buffer over 2 ranks") == 1, r.stdout
+    assert "2 ranks x --accum 1" in r.stdout and "1 rank  x --accum 2" in r.stdout, r.stdout
+    for link in ("10 GbE", "Thunderbolt 5"):
+        assert link in r.stdout and "8 Macs" in r.stdout, r.stdout
+
+
+def test_ring_allreduce_cost_model():
+    from anetrain.bench.dist import ring_allreduce_s
+
+    assert ring_allreduce_s(2, 10**9, 1e9, 0.0) == 1.0  # half the buffer each way
+    assert ring_allreduce_s(4, 4 * 10**9, 1e9, 1e-3) == pytest.approx(6.0 + 6e-3)

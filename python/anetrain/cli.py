@@ -39,6 +39,16 @@ def _raise_stopped(signum: int, frame: object) -> None:
     raise Stopped(signum)
 
 
+class _Recorder:
+    """A stop-signal handler that records the signal instead of raising (signals_deferred)."""
+
+    def __init__(self) -> None:
+        self.caught: list[int] = []
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.caught.append(signum)
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
     """Turn the stop signals into Stopped raised in the main thread, for the block."""
@@ -70,7 +80,28 @@ def signals_held(reraise: bool = True) -> Iterator[None]:
         for s, handler in previous.items():
             signal.signal(s, handler)
     if caught and reraise:
-        raise Stopped(caught[0])
+        outer = previous[caught[0]]
+        if isinstance(outer, _Recorder):  # inside signals_deferred: pass it on
+            outer(caught[0], None)
+        else:
+            raise Stopped(caught[0])
+
+
+@contextmanager
+def signals_deferred() -> Iterator[list[int]]:
+    """Record the stop signals for the block instead of raising Stopped, in the yielded list
+    (signals_held inside passes its signals on to it): for processes that must stop together,
+    which look at the list where they meet. Outside the main thread it records nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    recorder = _Recorder()
+    previous = {s: signal.signal(s, recorder) for s in STOP_SIGNALS}
+    try:
+        yield recorder.caught
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def silence(stream) -> None:

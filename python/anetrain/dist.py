@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from anetrain.cli import Stopped, signals_deferred
 from anetrain.errors import UserError
 
 # What MPI launchers put in each process's environment: Open MPI's mpirun, then MPICH's and
@@ -41,6 +43,7 @@ class World:
         self.size = 1 if comm is None else comm.Get_size()
         self.stopping_together = False  # every rank is leaving at the same point (no Abort)
         self.local_size = 1  # ranks on this machine (set by connect)
+        self.pending: str | None = None  # a user error waiting for the next agreement
 
     def check_backend(self, backend: str) -> None:
         """One Mac has one ANE: more ane ranks on one machine than that is refused."""
@@ -62,6 +65,22 @@ class World:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of the process)
         return True
 
+    def together(self, error: BaseException) -> BaseException:
+        """Mark error (a UserError or Stopped) as raised on every rank at the same point: no
+        MPI_Abort, and rank 0 alone prints its line (the others' stderr goes to /dev/null)."""
+        if self.comm is not None:
+            self.stopping_together = True
+            if not self.writer:
+                sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the rest of the process)
+        return error
+
+    def _first_problem(self, problems: list[str | None]) -> None:
+        """Raise the lowest failing rank's problem on every rank (naming that rank)."""
+        failed = [(r, p) for r, p in enumerate(problems) if p is not None]
+        if failed:
+            r, p = failed[0]
+            raise self.together(DistError(p if r == self.rank else f"rank {r} of {self.size}: {p}"))
+
     def agree(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn on every rank; if it raised a UserError on any, every rank raises it (the
         lowest failing rank's message, naming the rank), so all stop with the same line."""
@@ -73,23 +92,63 @@ class World:
             if problem is not None:
                 raise UserError(problem)
             return result  # type: ignore[return-value]
-        problems = self.comm.allgather(problem)
-        failed = [(r, p) for r, p in enumerate(problems) if p is not None]
-        if failed:
-            self.stopping_together = True
-            r, p = failed[0]
-            raise DistError(p if r == self.rank else f"rank {r} of {self.size}: {p}")
+        self._first_problem(self.comm.allgather(problem))
         return result  # type: ignore[return-value]
 
-    def sum_grads(self, flat: Any, loss_sum: float) -> float:
-        """Sum the gradient buffer (fp32 [n_params], in place, no copy) and the loss over the
-        ranks; returns the global loss sum."""
+    def fail(self, error: UserError) -> None:
+        """A user error on this rank between two collectives: a single process raises it; with
+        several ranks it waits for the next agreement (sum_grads or meet), where every rank
+        stops with it, since the peers are on their way there."""
+        if self.comm is None:
+            raise error
+        self.pending = self.pending or str(error)
+
+    def defer(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run fn; a UserError it raises goes to fail (rank 0's writes between collectives)."""
+        try:
+            fn(*args)
+        except UserError as e:
+            self.fail(e)
+
+    @contextmanager
+    def deferring_signals(self) -> Iterator[list[int]]:
+        """Several ranks: the stop signals are recorded in the yielded list instead of raised,
+        and the ranks agree on them where they meet; a single process gets an empty list (its
+        signals raise Stopped as ever)."""
+        if self.comm is None:
+            yield []
+        else:
+            with signals_deferred() as caught:
+                yield caught
+
+    def meet(self, caught: list[int], loss_sum: float = 0.0) -> float:
+        """Where the ranks meet once a step: the global loss sum, or every rank stops together
+        if any rank has a pending user error (the lowest rank's) or caught a stop signal (the
+        highest signal number)."""
+        if self.comm is None:
+            return loss_sum
+        votes = self.comm.allgather((loss_sum, caught[0] if caught else 0, self.pending))
+        self._first_problem([problem for _, _, problem in votes])
+        signum = max(s for _, s, _ in votes)
+        if signum:
+            raise self.together(Stopped(signum))
+        return sum(loss for loss, _, _ in votes)
+
+    def sum_grads(self, flat: Any, loss_sum: float, caught: list[int]) -> float:
+        """Sum the gradient buffer (fp32 [n_params], in place, no copy) over the ranks, then
+        meet (the loss, stops, errors); returns the global loss sum."""
         if self.comm is None:
             return loss_sum
         from mpi4py import MPI
 
         self.comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
-        return float(self.comm.allreduce(loss_sum, op=MPI.SUM))
+        return self.meet(caught, loss_sum)
+
+    def barrier(self) -> None:
+        """Wait for every rank (before a stop's exit: mpirun kills the others when one exits
+        non-zero, so none may leave before rank 0 has saved)."""
+        if self.comm is not None:
+            self.comm.Barrier()
 
     def from_writer(self, value: T) -> T:
         """Rank 0's value on every rank (a decision that depends on its clock)."""
@@ -102,10 +161,10 @@ class World:
             return
         crcs = self.comm.allgather(zlib.crc32(memoryview(flat).cast("B")))
         if len(set(crcs)) > 1:
-            self.stopping_together = True
             listed = ", ".join(f"rank {r} {c:08x}" for r, c in enumerate(crcs))
-            raise DistError(f"{where}: the ranks' parameters diverged by step {step} (checksums "
-                            f"{listed}); stopping, nothing saved for this step")  # fmt: skip
+            raise self.together(DistError(
+                f"{where}: the ranks' parameters diverged by step {step} (checksums {listed}); "
+                "stopping, nothing saved for this step"))  # fmt: skip
 
 
 _world: World | None = None

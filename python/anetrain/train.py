@@ -276,9 +276,9 @@ class _Saver:
 
     def due(self) -> bool:
         tc, step = self.run.tc, self.run.state.step
-        return self.world.from_writer(
+        return self.world.from_writer(self.world.pending is None and (  # no save after an error
             (bool(tc.ckpt_every) and step % tc.ckpt_every == 0) or step == tc.steps or
-            (tc.ckpt_seconds > 0 and time.monotonic() - self.last >= tc.ckpt_seconds))  # fmt: skip
+            (tc.ckpt_seconds > 0 and time.monotonic() - self.last >= tc.ckpt_seconds)))  # fmt: skip
 
     def save(self, compare: bool = True) -> None:
         """compare: check that the ranks agree first (a collective: every rank must call it)."""
@@ -287,9 +287,9 @@ class _Saver:
         st = self.run.state
         if compare:
             self.world.check_same(self.params.flat, st.step, str(self.run.out))
-        if self.world.writer:
-            checkpoint.save(self.run.ckpt_path,
-                            checkpoint.Checkpoint(st, self.params, self.opt.m, self.opt.v))
+        if self.world.writer:  # N ranks: a write error waits for the ranks' next meeting
+            self.world.defer(checkpoint.save, self.run.ckpt_path,
+                             checkpoint.Checkpoint(st, self.params, self.opt.m, self.opt.v))
         self.saved_step, self.last = st.step, time.monotonic()
 
 
@@ -315,9 +315,11 @@ def _open_metrics(run, quiet: bool):
     return metrics.MetricsLog(run.metrics_path, fresh=not run.same_run)
 
 
-def _stopped(stop: Stopped, run, saver: _Saver, metrics, rec: dict | None, step0: int) -> int:
+def _stopped(stop: Stopped, run, saver: _Saver, metrics, rec: dict | None, step0: int,
+             world: dist.World) -> int:  # fmt: skip
     """A stop signal in the loop: save the last completed step (with its metrics line), unless
-    nothing was trained; a second signal waits for the save. Returns the exit code."""
+    nothing was trained; a second signal waits for the save. Returns the exit code. N ranks
+    stop together at their meeting (rank 0 prints and saves; none leaves before it is done)."""
     st = run.state
     with signals_held(reraise=False):
         if st.step == step0:
@@ -329,8 +331,9 @@ def _stopped(stop: Stopped, run, saver: _Saver, metrics, rec: dict | None, step0
         if saver.saved_step != st.step:
             print(f"\ninterrupted ({stop.name}): saving the checkpoint of step {st.step} (another "
                   "signal waits for it)", file=sys.stderr, flush=True)  # fmt: skip
-            saver.save(compare=False)  # the other ranks may not be here: no collective
+            saver.save(compare=False)
         print(f"checkpoint saved at step {st.step} in {run.ckpt_path}", file=sys.stderr)
+        world.barrier()
     return stop.exit_code
 
 
@@ -377,8 +380,9 @@ def train(argv: list[str] | None) -> int:
     seqs = world.size * tc.accum  # sequences per optimizer step, over all ranks
     step0, decay_steps, tokens_per_step = st.step, tc.lr_decay_steps or tc.steps, seqs * S
 
+    # N ranks: a stop signal is recorded, and acted on where they meet (World.meet)
     with _open_backend(run, threads, blas_threads, quiet, world) as \
-            (kern, backend, dw_pool, dw_note):  # fmt: skip
+            (kern, backend, dw_pool, dw_note), world.deferring_signals() as caught:  # fmt: skip
         # fp16 kernels need loss scaling; the fp32 cpu kernels do not (scale 1, never skips)
         scaler = LossScaler(2.0**12 if kern.fp16 else 1.0, dynamic=kern.fp16)
         if st.scaler is not None:
@@ -400,6 +404,8 @@ def train(argv: list[str] | None) -> int:
                 lr = get_lr(st.step, tc.lr, tc.min_lr, tc.warmup, decay_steps)
                 loss_sum = 0.0
                 for micro in range(tc.accum):
+                    if caught or world.pending:  # N ranks: on to the all-reduce, where they meet
+                        break
                     x, y = sampler.next()
                     with warnings.catch_warnings():  # sim: an fp16 overflow is reported as a skip
                         warnings.simplefilter("ignore", MilOverflowWarning)
@@ -407,17 +413,19 @@ def train(argv: list[str] | None) -> int:
                                           loss_scale=scaler.scale, dw_pool=dw_pool,
                                           sync=micro == tc.accum - 1, times=times)  # fmt: skip
                     if not math.isfinite(loss):
-                        raise _diverged(run, st.step, f"loss is {loss} (micro-step {micro + 1} "
-                                        f"of {tc.accum})")  # fmt: skip
+                        world.fail(_diverged(run, st.step, f"loss is {loss} (micro-step "
+                                             f"{micro + 1} of {tc.accum})"))  # fmt: skip
                     loss_sum += loss
                     progress.inside_step(micro + 1, tc.accum, time.perf_counter() - t0)
                 clock.optim_start()
-                loss_sum = world.sum_grads(grads.flat, loss_sum)  # over the ranks, in place
+                # over the ranks, in place; they stop here together on a signal or an error
+                loss_sum = world.sum_grads(grads.flat, loss_sum, caught)
                 unscale = 1.0 / (seqs * scaler.scale)  # and average over the sequences
                 norm = grad_norm(grads, unscale, threads)
-                if not math.isfinite(norm) and not scaler.can_skip():
+                if not math.isfinite(norm) and not scaler.can_skip():  # the same on every rank
                     at = f" even at loss scale {scaler.scale:g}" if scaler.dynamic else ""
-                    raise _diverged(run, st.step, f"the gradient norm is {norm}{at}")
+                    problem = f"the gradient norm is {norm}{at}"
+                    raise world.together(_diverged(run, st.step, problem))
                 old_scale = scaler.scale
                 with signals_held():  # the update, the counters and the record move together
                     skipped = optimizer_step(opt, grads, kern, scaler, lr, norm, unscale, tc.clip)
@@ -433,14 +441,15 @@ def train(argv: list[str] | None) -> int:
                     progress.note(f"step {st.step}: gradients overflowed fp16 at loss scale "
                                   f"{old_scale:g}; step skipped, loss scale now {scaler.scale:g}")
                 with signals_held():  # the line is written whole, and only once
-                    metrics.append(rec)
+                    world.defer(metrics.append, rec)  # N ranks: a write error waits for them
                     progress.update(rec, ms)
                     rec = None
                 if saver.due():
                     clock.checkpoint(saver.save)
+            world.meet(caught)  # N ranks: a stop or error since the last step's meeting
         except Stopped as stop:
             progress.close()
-            return _stopped(stop, run, saver, metrics, rec, step0)
+            return _stopped(stop, run, saver, metrics, rec, step0, world)
         finally:
             np.seterr(**numpy_err)
             metrics.close()

@@ -1,4 +1,4 @@
-"""python -m anetrain.bench {cpu,sim,overlap,hf} [options]: dispatch to one benchmark."""
+"""python -m anetrain.bench {cpu,sim,overlap,hf,dist} [options]: dispatch to one benchmark."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ BENCHES = {
     "sim": "anetrain.bench.sim",  # ANE simulator: all kernel evaluations of one micro-step
     "overlap": "anetrain.bench.overlap",  # latency-model runtime: kernel time vs CPU critical path
     "hf": "anetrain.bench.hf",  # Hugging Face shapes: cpu vs PyTorch, simulator, latency model
+    "dist": "anetrain.bench.dist",  # under mpirun: gradient all-reduce, N ranks vs 1, scaling
 }
 
 
