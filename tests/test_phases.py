@@ -25,7 +25,8 @@ def test_phases_sum_to_the_step_time(tmp_path, capsys, backend):
     for r in m:
         assert tuple(r["phase_ms"]) == names
         assert all(v >= 0 for v in r["phase_ms"].values())
-        assert r["tok_s"] == pytest.approx(2 * 64 / (r["ms"] / 1000), rel=1e-3)
+        # tok_s is rounded to 0.1 and ms to 0.001: both roundings bound the agreement
+        assert r["tok_s"] == pytest.approx(2 * 64 / (r["ms"] / 1000), rel=1e-3, abs=0.06)
         assert 1 < r["rss_mb"] < 1e5
     # every step: the phases account for the step's time within 10% (a stray slow step, e.g. a
     # garbage collection between phases, may miss once)
