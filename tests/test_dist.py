@@ -311,3 +311,18 @@ def test_ring_allreduce_cost_model():
 
     assert ring_allreduce_s(2, 10**9, 1e9, 0.0) == 1.0  # half the buffer each way
     assert ring_allreduce_s(4, 4 * 10**9, 1e9, 1e-3) == pytest.approx(6.0 + 6e-3)
+
+
+def test_ranks_on_one_machine_share_its_cores(monkeypatch):
+    """Under mpirun each rank's default threads (BLAS, C ops, dW workers) are its share of the
+    machine's cores, not all of them: two ranks on 2 cores would otherwise run 4 BLAS threads."""
+    from anetrain import dist
+    from anetrain.config import default_threads
+
+    monkeypatch.delenv("OMPI_COMM_WORLD_LOCAL_SIZE", raising=False)
+    monkeypatch.delenv("MPI_LOCALNRANKS", raising=False)
+    assert dist.cores_per_rank() == default_threads()
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "2")
+    assert dist.cores_per_rank() == max(1, default_threads() // 2)
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", str(4 * default_threads()))
+    assert dist.cores_per_rank() == 1

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from anetrain.cli import Stopped, signals_deferred
+from anetrain.config import default_threads
 from anetrain.errors import UserError
 
 # What MPI launchers put in each process's environment: Open MPI's mpirun, then MPICH's and
@@ -24,13 +25,23 @@ class DistError(UserError):
     diverged)."""
 
 
-def launched_size() -> int:
+def launched_size(names: tuple[str, ...] = SIZE_VARS) -> int:
     """How many processes the MPI launcher started (1 when there is none)."""
-    for var in SIZE_VARS:
+    for var in names:
         value = os.environ.get(var, "")
         if value.isdigit() and int(value) > 0:
             return int(value)
     return 1
+
+
+# ... and how many of them run on this machine (Open MPI, MPICH's Hydra).
+LOCAL_SIZE_VARS = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS")
+
+
+def cores_per_rank() -> int:
+    """This machine's cores shared among the ranks the launcher put on it (numpy-free: train
+    sizes the BLAS threads with it before numpy loads)."""
+    return max(1, default_threads() // launched_size(LOCAL_SIZE_VARS))
 
 
 class World:

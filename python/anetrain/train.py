@@ -19,8 +19,7 @@ from anetrain.config import (
     ConfigError,
     TrainConfig,
     checkpoint_interval,  # fmt: skip
-    default_threads,
-)
+    )
 from anetrain.errors import UserError
 
 # Environment variables that size the BLAS thread pools (OpenBLAS, OpenMP, MKL, Accelerate).
@@ -158,7 +157,9 @@ def _set_threads(n: int | None, backend: str | None) -> tuple[int, int | None]:
     its caller's thread alone: a multi-threaded BLAS under those workers only adds contention
     (`bench overlap --accum 10` on 2 cores: 5.2 s per step with 1 BLAS thread, 6.4 s with 2).
     """
-    n = n or default_threads()
+    from anetrain.dist import cores_per_rank  # numpy-free
+
+    n = n or cores_per_rank()  # all cores; under mpirun, this rank's share of them
     if n < 1:
         raise ConfigError(f"--threads must be >= 1, got {n}")
     if "numpy" in sys.modules or any(v in os.environ for v in BLAS_VARS):

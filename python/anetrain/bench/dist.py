@@ -1,20 +1,29 @@
 """python -m anetrain.bench dist (under mpirun -n N): all-reduce cost, N ranks vs 1, scaling."""
 
+# ruff: noqa: E402 - the BLAS thread count is fixed below, before numpy (and so BLAS) loads
+
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
 
+from anetrain import dist
+from anetrain.train import BLAS_VARS  # numpy-free
+
+if dist.launched_size() > 1:  # before numpy loads: each rank's BLAS on its share of the cores
+    for _var in BLAS_VARS:
+        os.environ.setdefault(_var, str(dist.cores_per_rank()))
+
 import numpy as np
 
-from anetrain import dist
 from anetrain.backends.cpu import CpuKernels
 from anetrain.bench._args import positive_int
 from anetrain.cli import run_cli
-from anetrain.config import PRESETS, default_threads, preset
+from anetrain.config import PRESETS, preset
 from anetrain.errors import UserError
 from anetrain.model import micro_step
 from anetrain.optim import AdamW, LossScaler, grad_norm, optimizer_step
@@ -160,7 +169,7 @@ def bench(argv: list[str] | None) -> int:
         raise UserError("bench dist measures several ranks: run it under mpirun -n 2 (or more, "
                         "--oversubscribe on one machine)")  # fmt: skip
     world.quiet_others(False)  # rank 0 alone prints
-    threads = args.threads or max(1, default_threads() // world.local_size)
+    threads = args.threads or dist.cores_per_rank()
     _allreduce_table(world, buffers, args.reps)
     micro, update = _step_table(world, args.model, args.accum, args.reps, threads)
     if args.micro_ms is not None:
