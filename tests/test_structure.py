@@ -13,7 +13,7 @@ LAYERS = [
     ["anetrain.errors"],
     ["anetrain", "anetrain.config", "anetrain.cli"],
     ["anetrain.native", "anetrain.rope", "anetrain.params"],
-    ["anetrain.mil", "anetrain.optim", "anetrain.formats"],
+    ["anetrain.mil", "anetrain.optim", "anetrain.lora", "anetrain.formats"],
     ["anetrain.model"],
     ["anetrain.backends"],
     ["anetrain.run", "anetrain.report", "anetrain.phases", "anetrain.dist"],

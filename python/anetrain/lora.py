@@ -1,0 +1,153 @@
+"""LoRA: adapters A [r, in], B [out, r] in one flat fp32 buffer over frozen base weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from anetrain.config import ConfigError, ModelConfig
+from anetrain.params import Params
+from anetrain.params import layout as params_layout
+
+# --lora-targets name (PEFT / Hugging Face module) -> the Params matrix it adapts
+TARGETS = {"q": "wq", "k": "wk", "v": "wv", "o": "wo", "gate": "w1", "up": "w3", "down": "w2"}
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """Rank, scale alpha / rank, the adapted matrices and the last `layers` layers (0: all)."""
+
+    rank: int
+    alpha: float = 0.0  # 0: 2 * rank
+    dropout: float = 0.0  # only 0 for now
+    targets: tuple[str, ...] = ("q", "v")
+    layers: int = 0  # the last N layers; 0 = all
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ConfigError(f"--lora-rank must be >= 1, got {self.rank}")
+        if not self.alpha:
+            object.__setattr__(self, "alpha", float(2 * self.rank))
+        if self.alpha <= 0:
+            raise ConfigError(f"--lora-alpha must be > 0, got {self.alpha}")
+        if self.dropout != 0.0:
+            raise ConfigError(f"--lora-dropout {self.dropout}: only 0 is supported so far")
+        bad = [t for t in self.targets if t not in TARGETS]
+        if bad or not self.targets or len(set(self.targets)) != len(self.targets):
+            raise ConfigError(f"--lora-targets {','.join(self.targets)}: pick distinct names "
+                              f"from {','.join(TARGETS)}")  # fmt: skip
+        if self.layers < 0:
+            raise ConfigError(f"--lora-layers must be >= 0, got {self.layers}")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def layer_ids(self, cfg: ModelConfig) -> range:
+        if self.layers > cfg.n_layers:
+            raise ConfigError(f"--lora-layers {self.layers}: the model has {cfg.n_layers} layers")
+        return range(cfg.n_layers - (self.layers or cfg.n_layers), cfg.n_layers)
+
+    def to_dict(self) -> dict:
+        return {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout,
+                "targets": list(self.targets), "layers": self.layers}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LoraConfig:
+        """From a checkpoint header; ConfigError on a missing, unknown or ill-typed field."""
+        if not isinstance(d, dict) or set(d) != {"rank", "alpha", "dropout", "targets", "layers"}:
+            raise ConfigError(f"lora config must have rank, alpha, dropout, targets, layers: {d!r}")
+        ints = all(isinstance(d[k], int) and not isinstance(d[k], bool) for k in ("rank", "layers"))
+        nums = all(isinstance(d[k], (int, float)) and not isinstance(d[k], bool)
+                   for k in ("alpha", "dropout"))  # fmt: skip
+        names = isinstance(d["targets"], list) and all(isinstance(t, str) for t in d["targets"])
+        if not (ints and nums and names):
+            raise ConfigError(f"lora config has a field of the wrong type: {d!r}")
+        return cls(d["rank"], float(d["alpha"]), float(d["dropout"]), tuple(d["targets"]),
+                   d["layers"])  # fmt: skip
+
+
+def layout(cfg: ModelConfig, lc: LoraConfig) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(adapter name, base tensor name, shape) of every adapter in flat-buffer order:
+    per adapted layer and target, `layers.{l}.{w}.lora_A` [r, in] then `...lora_B` [out, r]."""
+    shapes = dict(params_layout(cfg))
+    out = []
+    for layer in lc.layer_ids(cfg):
+        for t in lc.targets:
+            base = f"layers.{layer}.{TARGETS[t]}"
+            rows, cols = shapes[base]
+            out += [(f"{base}.lora_A", base, (lc.rank, cols)),
+                    (f"{base}.lora_B", base, (rows, lc.rank))]  # fmt: skip
+    return out
+
+
+class LoraParams:
+    """All adapters (or their gradients, or AdamW moments) in one flat fp32 buffer.
+
+    Every adapter is a matrix, so the whole buffer is weight-decayed (`n_decay`), as torch's
+    AdamW does with PEFT's default single parameter group.
+    """
+
+    def __init__(self, cfg: ModelConfig, lc: LoraConfig, flat: np.ndarray | None = None):
+        self.cfg, self.lc = cfg, lc
+        self.names = layout(cfg, lc)
+        n = sum(int(np.prod(s)) for _, _, s in self.names)
+        if flat is None:
+            flat = np.zeros(n, dtype=np.float32)
+        if flat.dtype != np.float32 or flat.shape != (n,) or not flat.flags.c_contiguous:
+            raise ValueError(f"LoraParams: need a contiguous float32 buffer of {n} values")
+        self.flat = flat  # [n]
+        self.tensors: dict[str, np.ndarray] = {}
+        off = 0
+        for name, _, shape in self.names:
+            size = int(np.prod(shape))
+            self.tensors[name] = flat[off : off + size].reshape(shape)
+            off += size
+        self.n_decay = n
+
+    def pairs(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(base tensor name, A [r, in], B [out, r]) of every adapted matrix."""
+        return [(base, self.tensors[f"{base}.lora_A"], self.tensors[f"{base}.lora_B"])
+                for name, base, _ in self.names if name.endswith(".lora_A")]  # fmt: skip
+
+    def __len__(self) -> int:
+        return self.flat.size
+
+    def zeros_like(self) -> LoraParams:
+        return LoraParams(self.cfg, self.lc)
+
+    def copy(self) -> LoraParams:
+        return LoraParams(self.cfg, self.lc, self.flat.copy())
+
+
+def init_lora(cfg: ModelConfig, lc: LoraConfig, rng: np.random.Generator) -> LoraParams:
+    """PEFT's init: A = kaiming_uniform_(a=sqrt(5)), i.e. U(-1/sqrt(in), 1/sqrt(in)); B = 0."""
+    lp = LoraParams(cfg, lc)
+    for _, a, _ in lp.pairs():
+        bound = 1.0 / np.sqrt(a.shape[1])
+        a[...] = rng.uniform(-bound, bound, a.shape).astype(np.float32)
+    return lp
+
+
+def stage(base: Params, lora: LoraParams, work: Params) -> None:
+    """work's adapted matrices = base + scale * B A (the effective weights the kernels read);
+    work's other tensors must already equal base's (copied once, never changed)."""
+    s = np.float32(lora.lc.scale)
+    for name, a, b in lora.pairs():
+        w = work.tensors[name]  # [out, in]
+        np.matmul(b, a, out=w)
+        w *= s
+        w += base.tensors[name]
+
+
+def adapter_grads(lora: LoraParams, grads: Params, out: LoraParams) -> None:
+    """dA, dB from the full dW (the gradient of W_eff = W + s B A): dB = s dW Aᵀ, dA = s Bᵀ dW."""
+    s = np.float32(lora.lc.scale)
+    for name, a, b in lora.pairs():
+        dw = grads.tensors[name]  # [out, in]
+        da, db = out.tensors[f"{name}.lora_A"], out.tensors[f"{name}.lora_B"]
+        np.matmul(dw, a.T, out=db)  # [out, r]
+        db *= s
+        np.matmul(b.T, dw, out=da)  # [r, in]
+        da *= s

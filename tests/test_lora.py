@@ -1,0 +1,111 @@
+"""LoRA adapters: layout, PEFT's init, staging W + s·B·A, and dA, dB against torch autograd."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import perturb_norms, tiny_cfg
+
+from anetrain.backends.cpu import CpuKernels
+from anetrain.config import ConfigError
+from anetrain.lora import LoraConfig, adapter_grads, init_lora, stage
+from anetrain.model import micro_step
+from anetrain.params import init_params
+
+ALL = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def _setup(rng, lc: LoraConfig, **kw):
+    cfg = tiny_cfg(**kw)
+    base = init_params(cfg, rng)
+    for t in base.tensors.values():
+        if t.ndim == 2:
+            t *= 5.0
+    perturb_norms(base, rng)
+    lora = init_lora(cfg, lc, rng)
+    for _, _, b in lora.pairs():  # nonzero B, so that dA is exercised
+        b[...] = rng.standard_normal(b.shape, dtype=np.float32) * np.float32(0.1)
+    toks = rng.integers(0, cfg.vocab_size, cfg.seq_len + 1)
+    return cfg, base, lora, toks[:-1].astype(np.int32), toks[1:].astype(np.int32)
+
+
+def _torch_grads(base, lora, x, y):
+    import torch
+    import torch_llama as torch_ref
+
+    class LoraLlama(torch_ref.TorchLlama):
+        def __init__(self) -> None:
+            super().__init__(base.cfg, base)
+            self.ab = {name: (torch.tensor(a.copy(), requires_grad=True),
+                              torch.tensor(b.copy(), requires_grad=True))
+                       for name, a, b in lora.pairs()}  # fmt: skip
+
+        def w(self, name: str) -> torch.Tensor:
+            w = super().w(name)
+            if name in self.ab:
+                a, b = self.ab[name]
+                w = w + lora.lc.scale * (b @ a)
+            return w
+
+    m = LoraLlama()
+    loss = m(torch.as_tensor(x, dtype=torch.long), torch.as_tensor(y, dtype=torch.long))
+    loss.backward()
+    return loss.item(), {n: (a.grad.numpy(), b.grad.numpy()) for n, (a, b) in m.ab.items()}
+
+
+@pytest.mark.parametrize("targets,layers,kw", [(("q", "v"), 0, {}), (ALL, 1, {"n_kv_heads": 2})])
+def test_adapter_grads_match_torch_autograd(rng, targets, layers, kw):
+    pytest.importorskip("torch")
+    lc = LoraConfig(rank=4, alpha=6.0, targets=targets, layers=layers)
+    cfg, base, lora, x, y = _setup(rng, lc, **kw)
+    work = base.copy()
+    stage(base, lora, work)
+    grads, dlora = work.zeros_like(), lora.zeros_like()
+    loss = micro_step(work, grads, CpuKernels(cfg, work), x, y, accumulate=False)
+    adapter_grads(lora, grads, dlora)
+    tloss, tg = _torch_grads(base, lora, x, y)
+    assert loss == pytest.approx(tloss, rel=1e-5)
+    assert len(tg) == len(targets) * (layers or cfg.n_layers)
+    for name, (ta, tb) in tg.items():
+        got_a, got_b = dlora.tensors[f"{name}.lora_A"], dlora.tensors[f"{name}.lora_B"]
+        for got, ref in ((got_a, ta), (got_b, tb)):
+            err = np.abs(got - ref).max() / (np.abs(ref).max() + 1e-12)
+            assert err < 1e-4, f"{name}: relative error {err:.2e}"
+
+
+def test_init_is_pefts_and_stage_leaves_untargeted_tensors(rng):
+    lc = LoraConfig(rank=8, targets=("q", "down"), layers=1)
+    cfg = tiny_cfg()
+    lora = init_lora(cfg, lc, rng)
+    assert lc.alpha == 16.0 and lc.scale == 2.0
+    last = f"layers.{cfg.n_layers - 1}"
+    assert [n for n, _, _ in lora.names][:2] == [f"{last}.wq.lora_A", f"{last}.wq.lora_B"]
+    for _, a, b in lora.pairs():
+        bound = 1.0 / np.sqrt(a.shape[1])
+        assert np.abs(a).max() <= bound and np.abs(a).max() > 0.8 * bound
+        assert not b.any()
+    base = init_params(cfg, rng)
+    work = base.copy()
+    for _, _, b in lora.pairs():
+        b[...] = 1.0
+    stage(base, lora, work)
+    changed = {n for n, t in work.tensors.items() if not np.array_equal(t, base.tensors[n])}
+    assert changed == {f"layers.{cfg.n_layers - 1}.wq", f"layers.{cfg.n_layers - 1}.w2"}
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"rank": 0}, "--lora-rank"), ({"rank": 4, "targets": ("x",)}, "--lora-targets"),
+    ({"rank": 4, "dropout": 0.1}, "--lora-dropout"), ({"rank": 4, "layers": -1}, "--lora-layers"),
+])  # fmt: skip
+def test_bad_lora_configs_are_refused(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        LoraConfig(**kw)
+
+
+def test_lora_config_round_trips_and_checks_its_dict():
+    lc = LoraConfig(rank=2, targets=("q", "k"), layers=1)
+    assert LoraConfig.from_dict(lc.to_dict()) == lc
+    with pytest.raises(ConfigError):
+        LoraConfig.from_dict({**lc.to_dict(), "rank": "2"})
+    with pytest.raises(ConfigError):
+        LoraConfig.from_dict({"rank": 2})
