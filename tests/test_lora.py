@@ -109,3 +109,49 @@ def test_lora_config_round_trips_and_checks_its_dict():
         LoraConfig.from_dict({**lc.to_dict(), "rank": "2"})
     with pytest.raises(ConfigError):
         LoraConfig.from_dict({"rank": 2})
+
+
+def _train(*argv) -> None:
+    from anetrain.train import main
+
+    assert main(["--backend", "cpu", "--quiet", "--threads", "1", *map(str, argv)]) == 0
+
+
+def test_lora_run_resumes_bit_identically_and_leaves_the_base_alone(tmp_path):
+    from anetrain.formats import checkpoint
+
+    _train("--steps", 2, "--out", tmp_path / "base")
+    base = checkpoint.load(checkpoint.resolve(tmp_path / "base")).params
+    lora = ["--init", tmp_path / "base", "--lora-rank", 4, "--lora-targets", "q,v,down",
+            "--lora-layers", 1, "--lr-decay-steps", 3]  # fmt: skip
+    _train(*lora, "--steps", 3, "--out", tmp_path / "once")
+    _train(*lora, "--steps", 2, "--out", tmp_path / "twice")
+    _train("--resume", tmp_path / "twice", "--steps", 3, "--lora-rank", 4,
+           "--lora-targets", "q,v,down", "--lora-layers", 1)  # fmt: skip
+    once, twice = (checkpoint.load(checkpoint.resolve(tmp_path / d)) for d in ("once", "twice"))
+    assert once.state.lora == LoraConfig(4, targets=("q", "v", "down"), layers=1)
+    assert once.lora is not None and twice.lora is not None and once.m is not None
+    assert len(once.m.flat) == len(once.lora.flat)  # moments of the adapters only
+    assert once.lora.tensors["layers.1.wq.lora_B"].any()  # the adapters trained
+    for a, b in ((once.lora, twice.lora), (once.m, twice.m), (once.v, twice.v)):
+        assert np.array_equal(a.flat, b.flat)
+    assert np.array_equal(once.params.flat, base.flat)  # frozen: bit-identical to --init
+    assert np.array_equal(twice.params.flat, base.flat)
+    losses = [(tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("once", "twice")]
+    key = [[line.split('"ms"')[0] for line in lines] for lines in losses]
+    assert key[0] == key[1]
+
+
+def test_lora_flags_on_resume_must_match_and_need_a_lora_run(tmp_path, capsys):
+    from anetrain.train import main
+
+    _train("--steps", 1, "--out", tmp_path / "full", "--steps", 2, "--ckpt-every", 1)
+    argv = ["--backend", "cpu", "--quiet", "--steps", 3]
+    assert main([*map(str, argv), "--resume", str(tmp_path / "full"), "--lora-rank", "2"]) == 2
+    assert "cannot be resumed with LoRA" in capsys.readouterr().err
+    _train("--init", tmp_path / "full", "--lora-rank", 2, "--steps", 1, "--out", tmp_path / "l")
+    assert main([*map(str, argv), "--resume", str(tmp_path / "l"), "--lora-rank", "3"]) == 2
+    assert "not the --lora-* flags'" in capsys.readouterr().err
+    assert main(["--backend", "sim", "--quiet", "--lora-rank", "2", "--steps", "1", "--out",
+                 str(tmp_path / "s")]) == 2  # fmt: skip
+    assert "only the cpu backend" in capsys.readouterr().err

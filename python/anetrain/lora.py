@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from anetrain.config import ConfigError, ModelConfig
+from anetrain.optim import WeightCopies
 from anetrain.params import Params
 from anetrain.params import layout as params_layout
 
@@ -151,3 +152,18 @@ def adapter_grads(lora: LoraParams, grads: Params, out: LoraParams) -> None:
         db *= s
         np.matmul(b.T, dw, out=da)  # [r, in]
         da *= s
+
+
+class Staged:
+    """optim.WeightCopies of a LoRA run: after each adapter update the effective weights are
+    re-staged into the working copy the kernels read, then the kernels' own copies refreshed."""
+
+    def __init__(self, kern: WeightCopies, base: Params, lora: LoraParams, work: Params) -> None:
+        self.kern, self.base, self.lora, self.work = kern, base, lora, work
+
+    def sync(self) -> None:
+        self.kern.sync()
+
+    def update_weights(self) -> None:
+        stage(self.base, self.lora, self.work)
+        self.kern.update_weights()

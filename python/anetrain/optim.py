@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from typing import Protocol
 
+import numpy as np
+
 from anetrain import native
-from anetrain.params import Params
 
 
 def get_lr(it: int, lr: float, min_lr: float, warmup: int, decay_steps: int) -> float:
@@ -23,7 +24,16 @@ def get_lr(it: int, lr: float, min_lr: float, warmup: int, decay_steps: int) -> 
     return min_lr + coeff * (lr - min_lr)
 
 
-def grad_norm(grads: Params, scale: float = 1.0, threads: int = 1) -> float:
+class FlatParams(Protocol):
+    """One flat fp32 buffer whose first n_decay values are weight-decayed (Params, LoraParams)."""
+
+    flat: np.ndarray  # [n]
+    n_decay: int
+
+    def zeros_like(self) -> FlatParams: ...
+
+
+def grad_norm(grads: FlatParams, scale: float = 1.0, threads: int = 1) -> float:
     """Global L2 norm of scale * grads (all parameters, as torch.nn.utils.clip_grad_norm_)."""
     return math.sqrt(native.sumsq(grads.flat, threads=threads)) * abs(scale)
 
@@ -39,12 +49,13 @@ class AdamW:
     """torch.optim.AdamW semantics: decoupled decay on every >= 2-D tensor (embedding included),
     none on norm weights; bias correction; eps added after the square root.
 
-    The moments are Params buffers (same flat layout), so checkpoints store them as-is.
+    The moments are buffers of the same flat layout (Params, or LoraParams: a LoRA run trains the
+    adapters alone), so checkpoints store them as-is.
     """
 
     def __init__(
         self,
-        params: Params,
+        params: FlatParams,
         beta1: float = 0.9,
         beta2: float = 0.95,
         eps: float = 1e-8,
@@ -58,7 +69,7 @@ class AdamW:
         self.t = 0  # optimizer steps taken (bias-correction clock)
         self.threads = threads
 
-    def step(self, grads: Params, lr: float, grad_scale: float = 1.0) -> None:
+    def step(self, grads: FlatParams, lr: float, grad_scale: float = 1.0) -> None:
         """One update with gradient grads * grad_scale (unscaling and clipping folded in)."""
         self.t += 1
         n = self.params.n_decay
@@ -149,7 +160,7 @@ class WeightCopies(Protocol):
         ...
 
 
-def optimizer_step(opt: AdamW, grads: Params, copies: WeightCopies, scaler: LossScaler,
+def optimizer_step(opt: AdamW, grads: FlatParams, copies: WeightCopies, scaler: LossScaler,
                    lr: float, norm: float, unscale: float, clip: float) -> bool:  # fmt: skip
     """The one optimizer step: skip it when the gradients overflowed (the scaler halves its scale),
     else AdamW with the unscaling and the clip factor folded into the gradient scale, between

@@ -20,6 +20,7 @@ from anetrain.formats.data import Dataset, check_length, open_dataset
 from anetrain.formats.hf import is_hf_dir
 from anetrain.formats.llama2c import is_llama2c
 from anetrain.formats.models import KINDS, load_model, model_file
+from anetrain.lora import LoraConfig, LoraParams, init_lora
 from anetrain.params import Params, init_params
 
 # Command-line flag -> TrainConfig field, for flags that override a resumed run's settings.
@@ -48,9 +49,11 @@ class Run:
     state: RunState  # model, settings, and the position to continue from (step 0 when fresh)
     data: Dataset
     params: Params  # fp32 masters
-    moments: tuple[Params, Params] | None  # saved AdamW m, v (resume only)
+    moments: tuple[Params, Params] | tuple[LoraParams, LoraParams] | None  # saved AdamW m, v
+    # (resume only; of the adapters in a LoRA run)
     out: Path  # the run directory
     same_run: bool  # resuming in its own directory: its metrics are kept up to the checkpoint
+    lora: LoraParams | None = None  # a LoRA run's adapters (params are then frozen)
 
     @property
     def cfg(self) -> ModelConfig:
@@ -187,11 +190,37 @@ def _resume(args: argparse.Namespace, path: Path, out: Path, same_run: bool) -> 
         ck.state, train=tc, data=_absolute(data_path), val_data=_absolute(val_path),
         data_dtype=_raw_dtype(data), tokenizer=_absolute(data.tokenizer),
     )  # fmt: skip
+    _check_lora_resume(args, path, ck.state.lora)
     moments = (ck.m, ck.v) if ck.m is not None and ck.v is not None else None
-    return Run(state, data, ck.params, moments, out, same_run)
+    return Run(state, data, ck.params, moments, out, same_run, ck.lora)
+
+
+def _lora_config(args: argparse.Namespace) -> LoraConfig | None:
+    """--lora-rank R [--lora-alpha A] [--lora-targets q,v] [--lora-layers N], or None."""
+    if args.lora_rank is None:
+        if any(v is not None for v in (args.lora_alpha, args.lora_targets, args.lora_layers)):
+            raise ConfigError("--lora-alpha, --lora-targets and --lora-layers need --lora-rank")
+        return None
+    targets = tuple(args.lora_targets.split(",")) if args.lora_targets is not None else ("q", "v")
+    return LoraConfig(args.lora_rank, args.lora_alpha or 0.0, 0.0, targets, args.lora_layers or 0)
+
+
+def _check_lora_resume(args: argparse.Namespace, path: Path, saved: LoraConfig | None) -> None:
+    """LoRA flags on --resume must describe the saved run's adapters (or be left out)."""
+    if args.lora_rank is None and args.lora_alpha is None and args.lora_targets is None and \
+            args.lora_layers is None:  # fmt: skip
+        return
+    given = _lora_config(args)
+    if saved is None:
+        raise CheckpointError(f"{path}: a full fine-tuning run cannot be resumed with LoRA; use "
+                              f"--init {path} to train adapters over its weights")  # fmt: skip
+    if given != saved:
+        raise CheckpointError(f"{path}: the run trains LoRA {saved.to_dict()}, not the "
+                              f"--lora-* flags' {given.to_dict()}")  # fmt: skip
 
 
 def _fresh(args: argparse.Namespace, out: Path) -> Run:
+    lc = _lora_config(args)
     init, init_tokenizer = _init_model(args.init, args.model, args.seq) \
         if args.init is not None else (None, None)  # fmt: skip
     model_name = args.model or (_preset_of(init.cfg) if init else "tiny") or "llama2c"
@@ -216,8 +245,10 @@ def _fresh(args: argparse.Namespace, out: Path) -> Run:
     # the data's tokenizer, else (raw token files) the one the --init model came with
     state = RunState(cfg, tc, data=_absolute(args.data), val_data=_absolute(args.val_data),
                      data_dtype=_raw_dtype(data),
-                     tokenizer=_absolute(data.tokenizer) or init_tokenizer)  # fmt: skip
-    return Run(state, data, params, None, out, same_run=False)
+                     tokenizer=_absolute(data.tokenizer) or init_tokenizer, lora=lc)  # fmt: skip
+    lora = None if lc is None else init_lora(cfg, lc, np.random.Generator(np.random.PCG64(
+        [tc.seed, 2])))  # fmt: skip
+    return Run(state, data, params, None, out, same_run=False, lora=lora)
 
 
 def _warn(message: str) -> None:

@@ -95,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--clip", type=float, default=None, help=f"global gradient-norm clip, 0 disables ({d.clip})"
     )
     g.add_argument("--seed", type=int, default=None, help=f"init and data-sampling seed ({d.seed})")
+    g = p.add_argument_group("LoRA (cpu backend): train low-rank adapters over frozen weights")
+    g.add_argument("--lora-rank", type=int, default=None, metavar="R",
+                   help="train adapters A [R, in], B [out, R] only (the --init weights stay "
+                   "as they are)")  # fmt: skip
+    g.add_argument("--lora-alpha", type=float, default=None, metavar="A",
+                   help="adapter scale A/R (default A = 2R)")  # fmt: skip
+    g.add_argument("--lora-targets", default=None, metavar="LIST",
+                   help="adapted matrices from q,k,v,o,gate,up,down (default q,v)")  # fmt: skip
+    g.add_argument("--lora-layers", type=int, default=None, metavar="N",
+                   help="adapt the last N layers (default all)")  # fmt: skip
     g = p.add_argument_group("run")
     g.add_argument(
         "--backend",
@@ -179,9 +189,10 @@ def _release(kern, dw_pool) -> None:
 
 
 @contextmanager
-def _open_backend(run, threads: int, blas_threads: int | None, quiet: bool, world: dist.World):
-    """Yield (kernels, backend name, DwPool or None, a note on the dW workers); the kernels and
-    worker threads are released on the way out, however the run ends."""
+def _open_backend(run, weights, threads: int, blas_threads: int | None, quiet: bool,
+                  world: dist.World):  # fmt: skip
+    """Yield (kernels over `weights`, backend name, DwPool or None, a note on the dW workers);
+    the kernels and worker threads are released on the way out, however the run ends."""
     from anetrain.backends import make_kernels, pick_backend
     from anetrain.backends.ane import AneError
     from anetrain.model import DwPool
@@ -189,15 +200,18 @@ def _open_backend(run, threads: int, blas_threads: int | None, quiet: bool, worl
     cfg, tc = run.cfg, run.tc
     backend = pick_backend(tc.backend, verbose=not quiet, cfg=cfg)
     world.check_backend(backend)
+    if run.lora is not None and backend != "cpu":
+        raise UserError(f"--lora-rank: only the cpu backend trains LoRA so far, not {backend}; "
+                        "pass --backend cpu")  # fmt: skip
     try:
-        kern = make_kernels(backend, cfg, run.params, threads)
+        kern = make_kernels(backend, cfg, weights, threads)
     except AneError as e:  # auto chose ane, which has never compiled on this machine: fall back
         if tc.backend != "auto":
             raise
         print(f"warning: backend auto: the ANE failed ({e}); using cpu (--backend ane makes "
               "this an error)", file=sys.stderr)  # fmt: skip
         backend = "cpu"
-        kern = make_kernels(backend, cfg, run.params, threads)
+        kern = make_kernels(backend, cfg, weights, threads)
     dw_pool, dw_note = None, ""
     try:
         if kern.overlap_dw:  # dW sgemms on worker threads, behind kernel evaluations
@@ -272,6 +286,7 @@ class _Saver:
 
     def __init__(self, run, params, opt, world: dist.World) -> None:
         self.run, self.params, self.opt, self.world = run, params, opt, world
+        self.trained = params if run.lora is None else run.lora  # what the ranks must agree on
         self.saved_step = run.state.step  # the step of the checkpoint on disk (if any)
         self.last = time.monotonic()
 
@@ -287,10 +302,11 @@ class _Saver:
 
         st = self.run.state
         if compare:
-            self.world.check_same(self.params.flat, st.step, str(self.run.out))
+            self.world.check_same(self.trained.flat, st.step, str(self.run.out))
         if self.world.writer:  # N ranks: a write error waits for the ranks' next meeting
             self.world.defer(checkpoint.save, self.run.ckpt_path,
-                             checkpoint.Checkpoint(st, self.params, self.opt.m, self.opt.v))
+                             checkpoint.Checkpoint(st, self.params, self.opt.m, self.opt.v,
+                                                   self.run.lora))  # fmt: skip
         self.saved_step, self.last = st.step, time.monotonic()
 
 
@@ -346,6 +362,18 @@ def _checkpoint_flags(args: argparse.Namespace) -> None:
         args.ckpt_every, args.ckpt_seconds = checkpoint_interval(args.ckpt_every)
 
 
+def _trained(run, grads):
+    """(the weights the kernels read, what AdamW trains, its gradients): the parameters
+    themselves, or in a LoRA run a working copy holding W + s·B·A, the adapters, and dA, dB."""
+    from anetrain.lora import stage
+
+    if run.lora is None:
+        return run.params, run.params, grads
+    weights = run.params.copy()
+    stage(run.params, run.lora, weights)
+    return weights, run.lora, run.lora.zeros_like()
+
+
 def train(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     _checkpoint_flags(args)
@@ -354,6 +382,7 @@ def train(argv: list[str] | None) -> int:
     import numpy as np
 
     from anetrain.formats.data import WindowSampler
+    from anetrain.lora import Staged, adapter_grads
     from anetrain.mil import MilOverflowWarning
     from anetrain.model import micro_step
     from anetrain.optim import AdamW, LossScaler, get_lr, grad_norm, optimizer_step
@@ -369,7 +398,8 @@ def train(argv: list[str] | None) -> int:
         print(f"note: --eval-every {tc.eval_every} is ignored: {run.data.source} has no "
               "validation data (pass --val-data FILE)")  # fmt: skip
     params, grads = run.params, run.params.zeros_like()
-    opt = AdamW(params, tc.beta1, tc.beta2, tc.eps, tc.weight_decay, threads=threads)
+    weights, trained, tgrads = _trained(run, grads)
+    opt = AdamW(trained, tc.beta1, tc.beta2, tc.eps, tc.weight_decay, threads=threads)
     if run.moments is not None:
         opt.m, opt.v = run.moments
     opt.t = st.adam_t
@@ -382,10 +412,11 @@ def train(argv: list[str] | None) -> int:
     step0, decay_steps, tokens_per_step = st.step, tc.lr_decay_steps or tc.steps, seqs * S
 
     # N ranks: a stop signal is recorded, and acted on where they meet (World.meet)
-    with _open_backend(run, threads, blas_threads, quiet, world) as \
+    with _open_backend(run, weights, threads, blas_threads, quiet, world) as \
             (kern, backend, dw_pool, dw_note), world.deferring_signals() as caught:  # fmt: skip
         # fp16 kernels need loss scaling; the fp32 cpu kernels do not (scale 1, never skips)
         scaler = LossScaler(2.0**12 if kern.fp16 else 1.0, dynamic=kern.fp16)
+        copies = kern if run.lora is None else Staged(kern, params, run.lora, weights)
         if st.scaler is not None:
             scaler.set_state(st.scaler)
         st.backend = backend
@@ -410,7 +441,7 @@ def train(argv: list[str] | None) -> int:
                     x, y = sampler.next()
                     with warnings.catch_warnings():  # sim: an fp16 overflow is reported as a skip
                         warnings.simplefilter("ignore", MilOverflowWarning)
-                        loss = micro_step(params, grads, kern, x, y, accumulate=micro > 0,
+                        loss = micro_step(weights, grads, kern, x, y, accumulate=micro > 0,
                                           loss_scale=scaler.scale, dw_pool=dw_pool,
                                           sync=micro == tc.accum - 1, times=times)  # fmt: skip
                     if not math.isfinite(loss):
@@ -422,14 +453,17 @@ def train(argv: list[str] | None) -> int:
                 # over the ranks, in place; they stop here together on a signal or an error
                 loss_sum = world.sum_grads(grads.flat, loss_sum, caught)
                 unscale = 1.0 / (seqs * scaler.scale)  # and average over the sequences
-                norm = grad_norm(grads, unscale, threads)
+                if run.lora is not None:  # dA, dB from the (summed) dW of W + s·B·A
+                    adapter_grads(run.lora, grads, tgrads)
+                norm = grad_norm(tgrads, unscale, threads)
                 if not math.isfinite(norm) and not scaler.can_skip():  # the same on every rank
                     at = f" even at loss scale {scaler.scale:g}" if scaler.dynamic else ""
                     problem = f"the gradient norm is {norm}{at}"
                     raise world.together(_diverged(run, st.step, problem))
                 old_scale = scaler.scale
                 with signals_held():  # the update, the counters and the record move together
-                    skipped = optimizer_step(opt, grads, kern, scaler, lr, norm, unscale, tc.clip)
+                    skipped = optimizer_step(opt, tgrads, copies, scaler, lr, norm, unscale,
+                                             tc.clip)  # fmt: skip
                     st.step, st.tokens, st.adam_t = st.step + 1, st.tokens + tokens_per_step, opt.t
                     st.sampler, st.scaler = sampler.state(), scaler.state()
                     ms = (time.perf_counter() - t0) * 1000.0
@@ -437,7 +471,7 @@ def train(argv: list[str] | None) -> int:
                 step_ms.append(ms)
                 if run.data.val is not None and \
                         ((tc.eval_every and st.step % tc.eval_every == 0) or st.step == tc.steps):
-                    rec["val_loss"] = _evaluate(params, kern, run.data.val, S, tc.eval_batches)
+                    rec["val_loss"] = _evaluate(weights, kern, run.data.val, S, tc.eval_batches)
                 if skipped:
                     progress.note(f"step {st.step}: gradients overflowed fp16 at loss scale "
                                   f"{old_scale:g}; step skipped, loss scale now {scaler.scale:g}")

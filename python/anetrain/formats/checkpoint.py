@@ -14,6 +14,8 @@ import numpy as np
 from anetrain.config import ModelConfig, TrainConfig
 from anetrain.errors import CheckpointError, UserError
 from anetrain.formats.files import atomic_write
+from anetrain.lora import LoraConfig, LoraParams
+from anetrain.lora import layout as lora_layout
 from anetrain.params import Params
 
 # File layout (little-endian):
@@ -25,7 +27,9 @@ from anetrain.params import Params
 #   28  4  u32 CRC32 of the JSON header
 #   32  H  JSON header: model config, train config, step, optimizer step, RNG/sampler state, layout
 #   ..     zero padding to a multiple of 64
-#   body   fp32 tensors, each [n_params] in Params.flat order: params, then (if present) adam m, v
+#   body   fp32 tensors: params [n_params] in Params.flat order, then for a LoRA run (header "lora")
+#          the adapters [n_lora] in LoraParams.flat order; then (if present) adam m, v of what the
+#          run trains ([n_params] each, or [n_lora] each for a LoRA run: the base is frozen)
 MAGIC = b"ANETCKPT"
 VERSION = 1
 _PREFIX = struct.Struct("<8sIIQII")  # 32 bytes
@@ -70,11 +74,13 @@ class RunState:
     tokenizer: str | None = None  # the dataset's tokenizer.bin, if known
     backend: str | None = None  # the backend that wrote it (cpu, sim, ane)
     ranks: int | None = None  # data-parallel processes (MPI) that trained it; None: one
+    lora: LoraConfig | None = None  # a LoRA run: the adapters it trains over frozen weights
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["model"] = self.model.to_dict()
         d["train"] = None if self.train is None else self.train.to_dict()
+        d["lora"] = None if self.lora is None else self.lora.to_dict()
         return {k: v for k, v in d.items() if v is not None}
 
     @classmethod
@@ -114,6 +120,12 @@ class RunState:
         if st.data_dtype not in (None, "uint16", "uint32"):
             raise CheckpointError(f"{source}: bad checkpoint header: data_dtype must be uint16 "
                                   f"or uint32, got {st.data_dtype!r}")  # fmt: skip
+        if d.get("lora") is not None:
+            try:
+                st.lora = LoraConfig.from_dict(d["lora"])
+                st.lora.layer_ids(model)
+            except UserError as e:
+                raise CheckpointError(f"{source}: bad checkpoint header: {e}") from None
         st.sampler = _sampler_state(source, d.get("sampler"))
         st.scaler = _scaler_state(source, d.get("scaler"))
         if train is not None and st.sampler is None:
@@ -164,8 +176,9 @@ def _scaler_state(source, state: object) -> dict | None:
 class Checkpoint:
     state: RunState
     params: Params
-    m: Params | None = None  # AdamW first moment
-    v: Params | None = None  # AdamW second moment
+    m: Params | LoraParams | None = None  # AdamW first moment (of the adapters in a LoRA run)
+    v: Params | LoraParams | None = None  # AdamW second moment
+    lora: LoraParams | None = None  # the adapters of a LoRA run (state.lora)
 
     @property
     def model(self) -> ModelConfig:
@@ -173,7 +186,7 @@ class Checkpoint:
 
 
 def _body_arrays(ck: Checkpoint) -> list[np.ndarray]:
-    arrays = [ck.params.flat]
+    arrays = [ck.params.flat] + ([ck.lora.flat] if ck.lora is not None else [])
     if ck.m is not None and ck.v is not None:
         arrays += [ck.m.flat, ck.v.flat]
     return arrays
@@ -257,13 +270,19 @@ def load(path: str | Path, with_optimizer: bool = True) -> Checkpoint:
     state = RunState.from_dict(header, path)
     cfg = state.model
     n = cfg.n_params()  # before allocating anything: the header may claim any size
-    if not isinstance(has_opt, bool) or n_saved != n or blen != 4 * n * (3 if has_opt else 1):
+    lc = state.lora
+    n_lora = 0 if lc is None else sum(int(np.prod(s)) for _, _, s in lora_layout(cfg, lc))
+    n_trained = n_lora or n  # what the moments cover
+    if not isinstance(has_opt, bool) or n_saved != n or \
+            blen != 4 * (n + n_lora + (2 * n_trained if has_opt else 0)):  # fmt: skip
         raise CheckpointError(f"{path}: body size does not match the model config")
     params = Params(cfg)
+    lora = None if lc is None else LoraParams(cfg, lc)
     m = v = None
-    arrays = [params.flat]
+    arrays = [params.flat] + ([lora.flat] if lora is not None else [])
     if has_opt and with_optimizer:
-        m, v = Params(cfg), Params(cfg)
+        m, v = (Params(cfg), Params(cfg)) if lora is None else \
+            (lora.zeros_like(), lora.zeros_like())  # fmt: skip
         arrays += [m.flat, v.flat]
     crc = 0
     with open(path, "rb") as f:
@@ -275,8 +294,8 @@ def load(path: str | Path, with_optimizer: bool = True) -> Checkpoint:
                 if f.readinto(piece) != len(piece):
                     raise CheckpointError(f"{path}: truncated checkpoint body")
                 crc = zlib.crc32(piece, crc)
-        if len(arrays) == 1 and has_opt:  # still checksum the moments we do not keep
-            rest = blen - 4 * n
+        rest = blen - 4 * sum(a.size for a in arrays)
+        if rest and has_opt:  # still checksum the moments we do not keep
             while rest > 0:
                 piece = f.read(min(_CHUNK, rest))
                 if not piece:
@@ -285,4 +304,4 @@ def load(path: str | Path, with_optimizer: bool = True) -> Checkpoint:
                 rest -= len(piece)
     if crc != bcrc:
         raise CheckpointError(f"{path}: checksum mismatch (corrupt checkpoint)")
-    return Checkpoint(state, params, m, v)
+    return Checkpoint(state, params, m, v, lora)
