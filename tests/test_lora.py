@@ -155,3 +155,28 @@ def test_lora_flags_on_resume_must_match_and_need_a_lora_run(tmp_path, capsys):
     assert main(["--backend", "sim", "--quiet", "--lora-rank", "2", "--steps", "1", "--out",
                  str(tmp_path / "s")]) == 2  # fmt: skip
     assert "only the cpu backend" in capsys.readouterr().err
+
+
+def test_every_reader_of_a_lora_run_gets_the_merged_model(tmp_path):
+    """sample, export and --init read a LoRA run as its effective model, W + scale * B A, never
+    the bare frozen weights (which would silently drop the training)."""
+    from anetrain.export import main as export_main
+    from anetrain.formats import checkpoint
+    from anetrain.formats.llama2c import read_llama2c
+    from anetrain.formats.models import load_model
+
+    _train("--steps", 2, "--out", tmp_path / "base")
+    _train("--init", tmp_path / "base", "--lora-rank", 4, "--steps", 3, "--out", tmp_path / "l")
+    ck = checkpoint.load(checkpoint.resolve(tmp_path / "l"))
+    want = ck.params.copy()
+    s = np.float32(ck.state.lora.scale)
+    for name, a, b in ck.lora.pairs():
+        want.tensors[name][...] = ck.params.tensors[name] + s * (b @ a)
+    kind, got = load_model(tmp_path / "l")
+    assert got.lora is None and got.state.lora is None
+    np.testing.assert_allclose(got.params.flat, want.flat, rtol=1e-6, atol=1e-7)
+    assert not np.array_equal(got.params.tensors["layers.0.wq"], ck.params.tensors["layers.0.wq"])
+    assert export_main([str(tmp_path / "l"), "--format", "llama2c", "-o",
+                        str(tmp_path / "m.bin")]) == 0  # fmt: skip
+    _, exported = read_llama2c(tmp_path / "m.bin")
+    np.testing.assert_array_equal(exported.flat, got.params.flat)

@@ -3,6 +3,7 @@ model directory or Hub id."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from anetrain.formats.checkpoint import Checkpoint, RunState
 from anetrain.formats.hf import is_hf_dir, read_hf
 from anetrain.formats.hub import is_hub_id, resolve_hub
 from anetrain.formats.llama2c import read_llama2c
+from anetrain.lora import stage
 
 ANETRAIN = "anetrain checkpoint"
 LLAMA2C = "llama2.c model"
@@ -71,4 +73,10 @@ def load_model(path: str | Path) -> tuple[str, Checkpoint]:
     if kind == LLAMA2C:
         cfg, params = read_llama2c(path)
         return LLAMA2C, Checkpoint(RunState(cfg), params)
-    return ANETRAIN, checkpoint.load(path, with_optimizer=False)
+    ck = checkpoint.load(path, with_optimizer=False)
+    if ck.lora is None:
+        return ANETRAIN, ck
+    # a LoRA run: its model is the frozen weights with the adapters merged, W + scale * B A
+    merged = ck.params.copy()
+    stage(ck.params, ck.lora, merged)
+    return ANETRAIN, Checkpoint(dataclasses.replace(ck.state, lora=None), merged)
