@@ -172,9 +172,11 @@ def head_rmsnorm_bwd(dy: np.ndarray, x: np.ndarray, w: np.ndarray, dw: np.ndarra
     """Backward of head_rmsnorm_fwd, in place: dy [n_heads·hd, S] at the norm's output -> at its
     input x (the pre-norm rows); dw [hd] accumulates every head's weight gradient."""
     hd = w.shape[0]
+    scratch = np.empty((hd, x.shape[1]), dtype=np.float32)  # the forward's output, unused
+    rrms = np.empty(x.shape[1], dtype=np.float32)  # [S]
     for h in range(n_heads):
         rows = slice(h * hd, (h + 1) * hd)
-        _, rrms = native.rmsnorm_fwd(x[rows], w, eps)  # [S] (recomputed: cheaper than kept)
+        native.rmsnorm_fwd(x[rows], w, eps, out=scratch, rrms=rrms)  # recomputed, not kept
         native.rmsnorm_bwd(dy[rows], x[rows], w, rrms, dw, out=dy[rows])
     return dy
 

@@ -362,6 +362,27 @@ def _checkpoint_flags(args: argparse.Namespace) -> None:
         args.ckpt_every, args.ckpt_seconds = checkpoint_interval(args.ckpt_every)
 
 
+def _restore(run, world: dist.World, threads: int, quiet: bool):
+    """The run's optimizer and training sampler, at the state its RunState holds: (weights the
+    kernels read, the gradient buffer of those, AdamW, the gradients AdamW reads, sampler)."""
+    from anetrain.formats.data import WindowSampler
+    from anetrain.optim import AdamW
+
+    tc, st = run.tc, run.state
+    grads = run.params.zeros_like()
+    weights, trained, tgrads = _trained(run, grads)
+    opt = AdamW(trained, tc.beta1, tc.beta2, tc.eps, tc.weight_decay, threads=threads)
+    if run.moments is not None:
+        opt.m, opt.v = run.moments
+    opt.t = st.adam_t
+    sampler = WindowSampler(run.data.train, run.cfg.seq_len, tc.seed + 1, name=run.data.source,
+                            rank=world.rank, ranks=world.size)  # fmt: skip
+    if st.sampler is not None:
+        sampler.set_state(st.sampler)
+    _record_ranks(run, world, quiet)
+    return weights, grads, opt, tgrads, sampler
+
+
 def _trained(run, grads):
     """(the weights the kernels read, what AdamW trains, its gradients): the parameters
     themselves, or in a LoRA run a working copy holding W + s·B·A, the adapters, and dA, dB."""
@@ -381,11 +402,10 @@ def train(argv: list[str] | None) -> int:
 
     import numpy as np
 
-    from anetrain.formats.data import WindowSampler
     from anetrain.lora import Staged, adapter_grads
     from anetrain.mil import MilOverflowWarning
     from anetrain.model import micro_step
-    from anetrain.optim import AdamW, LossScaler, get_lr, grad_norm, optimizer_step
+    from anetrain.optim import LossScaler, get_lr, grad_norm, optimizer_step
     from anetrain.phases import StepClock
     from anetrain.report import Progress, final_report
     from anetrain.run import setup_run
@@ -397,17 +417,8 @@ def train(argv: list[str] | None) -> int:
     if tc.eval_every and run.data.val is None and not quiet:
         print(f"note: --eval-every {tc.eval_every} is ignored: {run.data.source} has no "
               "validation data (pass --val-data FILE)")  # fmt: skip
-    params, grads = run.params, run.params.zeros_like()
-    weights, trained, tgrads = _trained(run, grads)
-    opt = AdamW(trained, tc.beta1, tc.beta2, tc.eps, tc.weight_decay, threads=threads)
-    if run.moments is not None:
-        opt.m, opt.v = run.moments
-    opt.t = st.adam_t
-    sampler = WindowSampler(run.data.train, S, tc.seed + 1, name=run.data.source,
-                            rank=world.rank, ranks=world.size)  # fmt: skip
-    if st.sampler is not None:
-        sampler.set_state(st.sampler)
-    _record_ranks(run, world, quiet)
+    params = run.params
+    weights, grads, opt, tgrads, sampler = _restore(run, world, threads, quiet)
     seqs = world.size * tc.accum  # sequences per optimizer step, over all ranks
     step0, decay_steps, tokens_per_step = st.step, tc.lr_decay_steps or tc.steps, seqs * S
 
