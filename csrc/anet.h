@@ -53,13 +53,18 @@ void anet_rmsnorm_fwd(float *y, float *rrms, const float *x, const float *w, int
 void anet_rmsnorm_bwd(float *dx, float *dw, const float *dy, const float *x, const float *w,
                       const float *rrms, int D, int S);
 
-/* Softmax cross-entropy over channel-first logits [V, S] with targets [S] (0 <= id < V), for the
- * positions t0 <= t < t1 (disjoint ranges may run on different threads): loss[t] = per-position
- * loss (mean over S = sum / S, left to the caller so the order is fixed), dlogits [V,S] =
- * (softmax - onehot) * (scale / S); dlogits may alias logits. Returns 0, or -1 (nothing written)
- * if a target in the range is out of [0, V). */
+/* A target id that carries no loss (a masked prompt token, padding). */
+enum { ANET_IGNORE = -1 };
+
+/* Softmax cross-entropy over channel-first logits [V, S] with targets [S] (0 <= id < V, or
+ * ANET_IGNORE), for the positions t0 <= t < t1 (disjoint ranges may run on different threads):
+ * loss[t] = per-position loss (0 where ignored; the mean over the `counted` positions whose
+ * target is not ignored = sum / counted, left to the caller so the order is fixed), dlogits
+ * [V,S] = (softmax - onehot) * (scale / counted), 0 in an ignored position's column; dlogits may
+ * alias logits. Returns 0, or -1 (nothing written) if a target in the range is out of [0, V)
+ * and not ANET_IGNORE, or counted < 1. */
 int anet_cross_entropy(float *dlogits, double *loss, const float *logits, const int32_t *targets,
-                       int V, int S, int t0, int t1, float scale);
+                       int V, int S, int t0, int t1, float scale, int counted);
 
 /* SwiGLU: gate = silu(h1) * h3, silu(x) = x * sigmoid(x). Elementwise over n values. */
 void anet_swiglu_fwd(float *gate, const float *h1, const float *h3, size_t n);

@@ -189,14 +189,21 @@ static int tokens_ok(const int32_t *tok, int V, int n) {
     return 1;
 }
 
+/* 1 if every target of tgt [n] is in [0, V) or ANET_IGNORE */
+static int targets_ok(const int32_t *tgt, int V, int n) {
+    for (int t = 0; t < n; t++)
+        if (tgt[t] < ANET_IGNORE || tgt[t] >= V) return 0;
+    return 1;
+}
+
 ANET_CLONES
 int anet_cross_entropy(float *dlogits, double *loss, const float *logits, const int32_t *targets,
-                       int V, int S, int t0, int t1, float scale) {
+                       int V, int S, int t0, int t1, float scale, int counted) {
     /* dlogits [V,S] (may alias logits), loss [S], logits [V,S], targets [S]; positions [t0, t1) */
-    if (!tokens_ok(targets + t0, V, t1 - t0)) return -1;
+    if (!targets_ok(targets + t0, V, t1 - t0) || counted < 1) return -1;
     float mx[TB], tgt[TB], inv[TB];
     double sum[TB];
-    const float g = scale / (float)S;
+    const float g = scale / (float)counted;
     const size_t ahead = (size_t)PF_ROWS * S;
     for (int b0 = t0; b0 < t1; b0 += TB) {
         int tn = t1 - b0 < TB ? t1 - b0 : TB;
@@ -204,7 +211,8 @@ int anet_cross_entropy(float *dlogits, double *loss, const float *logits, const 
         for (int t = 0; t < tn; t++) {
             mx[t] = -INFINITY;
             sum[t] = 0.0;
-            tgt[t] = logits[(size_t)targets[b0 + t] * S + b0 + t];
+            int id = targets[b0 + t] == ANET_IGNORE ? 0 : targets[b0 + t];
+            tgt[t] = logits[(size_t)id * S + b0 + t];
         }
         for (int v = 0; v < V; v++) {
             const float *row = logits + (size_t)v * S + b0;
@@ -226,17 +234,20 @@ int anet_cross_entropy(float *dlogits, double *loss, const float *logits, const 
                 sum[t] += e;
             }
         }
-        /* loss_t = log(sum) + max - x_target; pass 3 normalises: d = (e/sum - onehot) * scale/S */
+        /* loss_t = log(sum) + max - x_target; pass 3 normalises: d = (e/sum - onehot) * scale/n
+         * (an ignored position: loss 0, d 0) */
         for (int t = 0; t < tn; t++) {
-            loss[b0 + t] = log(sum[t]) + (double)mx[t] - (double)tgt[t];
-            inv[t] = (float)(1.0 / sum[t]) * g;
+            int skip = targets[b0 + t] == ANET_IGNORE;
+            loss[b0 + t] = skip ? 0.0 : log(sum[t]) + (double)mx[t] - (double)tgt[t];
+            inv[t] = skip ? 0.0f : (float)(1.0 / sum[t]) * g;
         }
         for (int v = 0; v < V; v++) {
             float *out = dlogits + (size_t)v * S + b0;
             if (v + PF_ROWS < V) PREFETCH_SEG(out + ahead, tn, 1);
             for (int t = 0; t < tn; t++) out[t] *= inv[t];
         }
-        for (int t = 0; t < tn; t++) dlogits[(size_t)targets[b0 + t] * S + b0 + t] -= g;
+        for (int t = 0; t < tn; t++)
+            if (targets[b0 + t] != ANET_IGNORE) dlogits[(size_t)targets[b0 + t] * S + b0 + t] -= g;
     }
     return 0;
 }

@@ -182,12 +182,39 @@ def test_cross_entropy_scale_and_alias():
     assert d2 is buf and loss2 == loss and (buf == d).all()
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_cross_entropy_ignores_minus_one_like_torch(threads):
+    """IGNORE targets carry no loss and no gradient; the mean is over the counted positions
+    (torch's ignore_index); the scale multiplies the gradient only."""
+    torch = pytest.importorskip("torch")
+    V, S = 200, 300
+    logits = rand((V, S), 21, 2.0)
+    t = np.random.default_rng(22).integers(0, V, S)
+    t[np.random.default_rng(23).random(S) < 0.4] = native.IGNORE
+    loss, d = native.cross_entropy(logits, t, scale=8.0, threads=threads)
+    lt = torch.tensor(logits.T.copy(), requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(lt.double(), torch.tensor(t), ignore_index=-1)
+    (ref * 8.0).backward()
+    assert loss == pytest.approx(ref.item(), rel=1e-6)
+    np.testing.assert_allclose(d, lt.grad.numpy().T, rtol=1e-4, atol=1e-8)
+    assert (d[:, t == native.IGNORE] == 0.0).all()
+    assert native.counted_targets(t) == int((t >= 0).sum())
+
+
+def test_cross_entropy_with_nothing_counted_is_zero():
+    logits = rand((10, 4), 24)
+    loss, d = native.cross_entropy(logits, np.full(4, native.IGNORE), scale=4.0)
+    assert loss == 0.0 and not d.any()
+
+
 def test_cross_entropy_errors():
     logits = rand((10, 4), 14)
     with pytest.raises(ValueError, match="id 10 at position 2"):
         native.cross_entropy(logits, np.array([0, 1, 10, 3]))
-    with pytest.raises(ValueError, match="id -1"):
-        native.cross_entropy(logits, np.array([-1, 1, 2, 3]))
+    with pytest.raises(ValueError, match="id -2"):  # -1 is IGNORE; nothing else below 0
+        native.cross_entropy(logits, np.array([-2, 1, 2, 3]))
+    with pytest.raises(ValueError, match="id 10"):  # checked beside ignored positions too
+        native.cross_entropy(logits, np.array([-1, 1, 10, 3]))
     with pytest.raises(ValueError, match="shape"):
         native.cross_entropy(logits, np.array([0, 1, 2]))
     with pytest.raises(ValueError, match="integer"):
@@ -199,12 +226,12 @@ def test_cross_entropy_errors():
     rc = native.lib.anet_cross_entropy(ffi.from_buffer("float[]", d),
                                        ffi.from_buffer("double[]", losses),
                                        ffi.from_buffer("float[]", logits),
-                                       ffi.from_buffer("int32_t[]", bad), 10, 4, 0, 4, 1.0)
+                                       ffi.from_buffer("int32_t[]", bad), 10, 4, 0, 4, 1.0, 4)
     assert rc == -1 and (d == 7.0).all() and (losses == 7.0).all()  # nothing written
     rc = native.lib.anet_cross_entropy(ffi.from_buffer("float[]", d),
                                        ffi.from_buffer("double[]", losses),
                                        ffi.from_buffer("float[]", logits),
-                                       ffi.from_buffer("int32_t[]", bad), 10, 4, 0, 2, 1.0)
+                                       ffi.from_buffer("int32_t[]", bad), 10, 4, 0, 2, 1.0, 4)
     assert rc == 0 and (losses[2:] == 7.0).all()  # the range [0, 2) has valid targets only
 
 

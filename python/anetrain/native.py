@@ -23,6 +23,8 @@ from anetrain.config import default_threads
 # anet.h's fp16 implementations by name
 IMPLS = {"scalar": lib.ANET_FP16_SCALAR, "f16c": lib.ANET_FP16_F16C, "neon": lib.ANET_FP16_NEON,
          "avx512": lib.ANET_FP16_AVX512}  # fmt: skip
+# A target id that carries no loss (masked prompt tokens, padding): cross_entropy skips it.
+IGNORE: int = lib.ANET_IGNORE
 _CHUNK_ALIGN = 4096  # elements; chunk boundaries stay cache-line and vector aligned
 _MIN_PARALLEL = 1 << 16  # below this many elements threads are not worth their overhead
 _PIECES = 8  # at most this many ranges per thread for large jobs (see _chunks)
@@ -352,7 +354,9 @@ def cross_entropy(
     out: np.ndarray | None = None,
     threads: int = 1,
 ) -> tuple[float, np.ndarray]:
-    """Mean softmax cross-entropy over logits [V,S] and targets [S]; dlogits = (p - onehot)*scale/S.
+    """Mean softmax cross-entropy over logits [V,S] and targets [S], over the n positions whose
+    target is not IGNORE; dlogits = (p - onehot)*scale/n, and 0 in an ignored position's column.
+    No counted position: loss 0 and dlogits 0.
 
     out may be logits itself (gradient written in place). threads > 1 splits the positions; the
     loss is the same for any thread count (per-position losses summed in one fixed order).
@@ -362,20 +366,32 @@ def cross_entropy(
     tgt = _tokens("targets", targets)
     if tgt.shape != (S,):
         raise ValueError(f"targets: expected shape ({S},), got {tgt.shape}")
-    _check_range("targets", tgt, V)
+    counted = counted_targets(tgt)
+    if counted < S:
+        _check_range("targets", tgt[tgt != IGNORE], V)
+    else:
+        _check_range("targets", tgt, V)
     out = _out("out", out, np.float32, (V, S))
+    if counted == 0:
+        out[...] = 0.0
+        return 0.0, out
     losses = np.empty(S, dtype=np.float64)  # [S] per-position loss
     pd, pl, px, pt = _f32(out), ffi.from_buffer("double[]", losses), _f32(logits), _i32(tgt)
 
     def run(lo: int, hi: int) -> int:
-        return lib.anet_cross_entropy(pd, pl, px, pt, V, S, lo, hi, scale)
+        return lib.anet_cross_entropy(pd, pl, px, pt, V, S, lo, hi, scale, counted)
 
     # Split positions at 64-byte lines of `out` (numpy's large arrays start 16 bytes into one),
     # so two threads never write the same cache line of a row.
     phase = (out.ctypes.data % 64) // 4
     if any(_run_chunks(run, S, threads, align=16, phase=phase, unit=V)):
         raise ValueError("cross_entropy: target id out of range")
-    return (float(losses.sum()) / S if S else 0.0), out
+    return float(losses.sum()) / counted, out
+
+
+def counted_targets(targets: np.ndarray) -> int:
+    """How many positions of targets [S] carry loss (their id is not IGNORE)."""
+    return int(np.count_nonzero(np.asarray(targets) != IGNORE))
 
 
 # ---- SwiGLU --------------------------------------------------------------------------------------
