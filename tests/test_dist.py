@@ -128,16 +128,16 @@ def test_an_error_on_another_rank_stops_this_one_with_it():
 
 
 def test_the_ranks_meet_on_a_peer_error_or_stop_signal():
-    world = dist.World(_FakeComm([(1.5, 0, None)]))
-    assert world.meet([], 2.0) == 3.5  # the global loss sum
-    world = dist.World(_FakeComm([(1.5, 0, "x.bin: disk full")]))
+    world = dist.World(_FakeComm([((1.5, 1.0), 0, None)]))
+    assert world.meet([], (2.0, 1.0)) == (3.5, 2.0)  # the global loss sum and weight
+    world = dist.World(_FakeComm([((1.5, 1.0), 0, "x.bin: disk full")]))
     world.fail(dist.DistError("/y: loss is nan"))  # waits for the meeting, where rank 0's wins
     with pytest.raises(dist.DistError, match=r"^/y: loss is nan$"):
         world.meet([])
-    world = dist.World(_FakeComm([(0.0, 0, "x.bin: disk full")]))
+    world = dist.World(_FakeComm([((), 0, "x.bin: disk full")]))
     with pytest.raises(dist.DistError, match=r"^rank 1 of 2: x.bin: disk full$"):
         world.meet([])
-    world = dist.World(_FakeComm([(0.0, 15, None)]))
+    world = dist.World(_FakeComm([((), 15, None)]))
     with pytest.raises(Stopped) as stop:
         world.meet([2])  # the highest signal number: every rank exits with the same code
     assert stop.value.signum == 15 and world.stopping_together

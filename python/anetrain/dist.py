@@ -132,28 +132,29 @@ class World:
             with signals_deferred() as caught:
                 yield caught
 
-    def meet(self, caught: list[int], loss_sum: float = 0.0) -> float:
-        """Where the ranks meet once a step: the global loss sum, or every rank stops together
-        if any rank has a pending user error (the lowest rank's) or caught a stop signal (the
-        highest signal number)."""
+    def meet(self, caught: list[int], totals: tuple[float, ...] = ()) -> tuple[float, ...]:
+        """Where the ranks meet once a step: the global sums of `totals` (the step's loss sum
+        and weight), or every rank stops together if any rank has a pending user error (the
+        lowest rank's) or caught a stop signal (the highest signal number)."""
         if self.comm is None:
-            return loss_sum
-        votes = self.comm.allgather((loss_sum, caught[0] if caught else 0, self.pending))
+            return totals
+        votes = self.comm.allgather((totals, caught[0] if caught else 0, self.pending))
         self._first_problem([problem for _, _, problem in votes])
         signum = max(s for _, s, _ in votes)
         if signum:
             raise self.together(Stopped(signum))
-        return sum(loss for loss, _, _ in votes)
+        return tuple(sum(t[i] for t, _, _ in votes) for i in range(len(totals)))
 
-    def sum_grads(self, flat: Any, loss_sum: float, caught: list[int]) -> float:
-        """Sum the gradient buffer (fp32 [n_params], in place, no copy) over the ranks, then
-        meet (the loss, stops, errors); returns the global loss sum."""
+    def sum_grads(self, flat: Any, totals: tuple[float, ...], caught: list[int]
+                  ) -> tuple[float, ...]:  # fmt: skip
+        """Sum the gradient buffer (fp32, in place, no copy) over the ranks, then meet (the
+        totals, stops, errors); returns the global totals."""
         if self.comm is None:
-            return loss_sum
+            return totals
         from mpi4py import MPI
 
         self.comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
-        return self.meet(caught, loss_sum)
+        return self.meet(caught, totals)
 
     def barrier(self) -> None:
         """Wait for every rank (before a stop's exit: mpirun kills the others when one exits

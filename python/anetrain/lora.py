@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,39 +133,116 @@ def init_lora(cfg: ModelConfig, lc: LoraConfig, rng: np.random.Generator) -> Lor
     return lp
 
 
-def stage(base: Params, lora: LoraParams, work: Params) -> None:
-    """work's adapted matrices = base + scale * B A (the effective weights the kernels read);
-    work's other tensors must already equal base's (copied once, never changed)."""
+def stage(base: Mapping[str, np.ndarray], lora: LoraParams, work: Params) -> None:
+    """work's adapted matrices = base + scale * B A (the effective weights the kernels read).
+
+    base maps each adapted matrix's name to its frozen value (a Params' `tensors`, or the copies
+    Staged keeps); work's other tensors are left as they are. work may be the Params base's
+    arrays come from only if base holds copies (Staged stages in place)."""
     s = np.float32(lora.lc.scale)
     for name, a, b in lora.pairs():
         w = work.tensors[name]  # [out, in]
         np.matmul(b, a, out=w)
         w *= s
-        w += base.tensors[name]
+        w += base[name]
 
 
-def adapter_grads(lora: LoraParams, grads: Params, out: LoraParams) -> None:
-    """dA, dB from the full dW (the gradient of W_eff = W + s B A): dB = s dW Aᵀ, dA = s Bᵀ dW."""
-    s = np.float32(lora.lc.scale)
-    for name, a, b in lora.pairs():
-        dw = grads.tensors[name]  # [out, in]
-        da, db = out.tensors[f"{name}.lora_A"], out.tensors[f"{name}.lora_B"]
-        np.matmul(dw, a.T, out=db)  # [out, r]
-        db *= s
-        np.matmul(b.T, dw, out=da)  # [r, in]
-        da *= s
+class LoraGrads:
+    """model.Gradients of a LoRA run: dA, dB of every adapter into `out`, nothing else.
+
+    For Y = (W + s B A) X the gradient of the effective weight is dW = dY Xᵀ, so
+    dB = s dW Aᵀ = dY (s A X)ᵀ and dA = s Bᵀ dW = (s Bᵀ dY) Xᵀ: rank-r products from the dY and
+    X micro_step already has, never the full dW. The frozen weights get no gradient: norm-weight
+    gradients go to a scratch buffer nobody reads, the classifier and embedding to nowhere.
+    """
+
+    def __init__(self, lora: LoraParams, out: LoraParams) -> None:
+        self.lora, self.out = lora, out
+        self.flat = out.flat  # [n_lora], what the ranks all-reduce
+        self._adapted = {(int(base.split(".")[1]), base.split(".")[2]): (a, b)
+                         for base, a, b in lora.pairs()}  # (layer, "wq") -> A, B  # fmt: skip
+        self._scratch: dict[int, np.ndarray] = {}  # size -> a discarded norm-weight gradient
+        self._rows = {name.split(".")[-1]: shape[0] for name, shape in params_layout(lora.cfg)
+                      if name.startswith("layers.0.")}  # "wq" -> its rows  # fmt: skip
+
+    def start(self) -> None:
+        pass  # every adapter's gradient is overwritten by its first matrix() (accumulate=False)
+
+    def matrix(self, dw, layer: int | None, names: tuple[str, ...], dy: np.ndarray,
+               x: np.ndarray, accumulate: bool) -> None:  # fmt: skip
+        if layer is None:
+            return  # the classifier is frozen
+        row = 0
+        for name in names:
+            rows = self._rows[name]
+            if (layer, name) in self._adapted:
+                a, b = self._adapted[(layer, name)]
+                base = f"layers.{layer}.{name}"
+                da, db = self.out.tensors[f"{base}.lora_A"], self.out.tensors[f"{base}.lora_B"]
+                dw.add((layer, name, "lora"), [(_adapter_grads, da, db, a, b, dy[row : row + rows],
+                                                x, self.lora.lc.scale, accumulate)])  # fmt: skip
+            row += rows
+
+    def vector(self, layer: int | None, name: str) -> np.ndarray:
+        size = self.lora.cfg.head_dim if name in ("q_norm", "k_norm") else self.lora.cfg.dim
+        if size not in self._scratch:
+            self._scratch[size] = np.zeros(size, dtype=np.float32)
+        return self._scratch[size]
+
+    def embedding(self, dw, dy: np.ndarray, tokens: np.ndarray) -> None:
+        pass  # the embedding is frozen
+
+
+def _adapter_grads(da: np.ndarray, db: np.ndarray, a: np.ndarray, b: np.ndarray, dy: np.ndarray,
+                   x: np.ndarray, scale: float, accumulate: bool) -> None:  # fmt: skip
+    """da [r, in], db [out, r] (+)= the gradients of A, B from dy [out, S] and x [in, S]."""
+    s = np.float32(scale)
+    ax = a @ x  # [r, S]
+    ax *= s
+    btdy = b.T @ dy  # [r, S]
+    btdy *= s
+    if accumulate:
+        db += dy @ ax.T
+        da += btdy @ x.T
+    else:
+        np.matmul(dy, ax.T, out=db)
+        np.matmul(btdy, x.T, out=da)
+
+
+def keep_frozen(params: Params, lora: LoraParams) -> dict[str, np.ndarray]:
+    """Copies of the frozen values of the adapted matrices; params' adapted matrices are then
+    staged to W + s·B·A in place (what the kernels read from now on)."""
+    frozen = {base: params.tensors[base].copy() for base, _, _ in lora.pairs()}
+    stage(frozen, lora, params)
+    return frozen
 
 
 class Staged:
-    """optim.WeightCopies of a LoRA run: after each adapter update the effective weights are
-    re-staged into the working copy the kernels read, then the kernels' own copies refreshed."""
+    """optim.WeightCopies of a LoRA run: the kernels read `params` itself, whose adapted matrices
+    hold W + s·B·A (staged in place; only those matrices' frozen values are kept aside, so a LoRA
+    run holds one copy of the model). After each adapter update the effective weights are
+    re-staged, then the kernels' own copies refreshed (sim/ane: the fp16 weight surfaces re-packed;
+    nothing recompiles)."""
 
-    def __init__(self, kern: WeightCopies, base: Params, lora: LoraParams, work: Params) -> None:
-        self.kern, self.base, self.lora, self.work = kern, base, lora, work
+    def __init__(self, kern: WeightCopies, params: Params, lora: LoraParams,
+                 frozen: dict[str, np.ndarray]) -> None:  # fmt: skip
+        self.kern, self.params, self.lora, self.frozen = kern, params, lora, frozen
 
     def sync(self) -> None:
         self.kern.sync()
 
     def update_weights(self) -> None:
-        stage(self.base, self.lora, self.work)
+        stage(self.frozen, self.lora, self.params)
         self.kern.update_weights()
+
+    @contextmanager
+    def unstaged(self) -> Iterator[Params]:
+        """params with the frozen weights back in place (to save them), re-staged afterwards;
+        the kernels' copies are not touched (they keep the same effective weights)."""
+        self.kern.sync()
+        for name, w in self.frozen.items():
+            self.params.tensors[name][...] = w
+        try:
+            yield self.params
+        finally:
+            stage(self.frozen, self.lora, self.params)

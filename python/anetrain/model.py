@@ -281,6 +281,69 @@ class _Inline:
         pass
 
 
+class DwJobs(Protocol):
+    """What Gradients queue their sgemms on: a DwPool, or _Inline (run at once)."""
+
+    def add(self, key: object, parts: list[tuple]) -> None: ...
+
+    def matmul(self, key: object, g: np.ndarray, a: np.ndarray, b: np.ndarray,
+               accumulate: bool) -> None: ...  # fmt: skip
+
+
+@runtime_checkable
+class Gradients(Protocol):
+    """Where micro_step's weight gradients go (all scaled by the loss scale).
+
+    FullGrads: every parameter's gradient, into a Params buffer (full training). lora.LoraGrads:
+    only the adapters' dA, dB, from the same dY and X (a LoRA run: frozen weights get none).
+    """
+
+    def start(self) -> None:
+        """Before the first micro-step of an optimizer step (accumulate=False)."""
+        ...
+
+    def matrix(self, dw: DwJobs, layer: int | None, names: tuple[str, ...], dy: np.ndarray,
+               x: np.ndarray, accumulate: bool) -> None:  # fmt: skip
+        """The weight rows `names` of `layer` stacked (e.g. ("wq", "wk", "wv"); the classifier
+        ("wcls",) with layer None) have gradient dy [rows, S] @ x [in, S]^T."""
+        ...
+
+    def vector(self, layer: int | None, name: str) -> np.ndarray:
+        """The buffer the backward adds a norm weight's gradient into (layer None: rms_final)."""
+        ...
+
+    def embedding(self, dw: DwJobs, dy: np.ndarray, tokens: np.ndarray) -> None:
+        """dy [D, S] at the embedding output of tokens [S]."""
+        ...
+
+
+class FullGrads:
+    """Gradients of every parameter, into a Params buffer of the model's layout."""
+
+    def __init__(self, grads: Params) -> None:
+        self.grads = grads
+        self.flat = grads.flat  # [n_params], what the ranks all-reduce
+
+    def start(self) -> None:  # the C backward of RMSNorm and the embedding scatter only add
+        g = self.grads
+        g.flat[g.n_decay :] = 0.0
+        if not g.cfg.shared_classifier:
+            g.embed[...] = 0.0
+
+    def matrix(self, dw: DwJobs, layer: int | None, names: tuple[str, ...], dy: np.ndarray,
+               x: np.ndarray, accumulate: bool) -> None:  # fmt: skip
+        g = self.grads.wcls if layer is None else self.grads.block(layer, names[0], names[-1])
+        dw.matmul("wcls" if layer is None else (layer, names), g, dy, x.T, accumulate)
+
+    def vector(self, layer: int | None, name: str) -> np.ndarray:
+        return self.grads.tensors[name if layer is None else f"layers.{layer}.{name}"]
+
+    def embedding(self, dw: DwJobs, dy: np.ndarray, tokens: np.ndarray) -> None:
+        # after the classifier dW when the table is tied (same buffer, same key)
+        key = "wcls" if self.grads.cfg.shared_classifier else "embed"
+        dw.add(key, [(native.embed_bwd, self.grads.embed, dy, tokens)])
+
+
 def forward(params: Params, kern: Kernels, tokens: np.ndarray, keep: bool = True):
     """Forward pass to the final hidden state. Returns (x_pre_final [D,S], acts list or None)."""
     cfg = params.cfg
@@ -308,26 +371,27 @@ def loss_only(params: Params, kern: Kernels, tokens: np.ndarray, targets: np.nda
     return loss
 
 
-def _layer_bwd(params: Params, grads: Params, kern: Kernels, dw: DwPool | _Inline, layer: int,
+def _layer_bwd(params: Params, grads: Gradients, kern: Kernels, dw: DwJobs, layer: int,
                a: LayerActs, dy: np.ndarray, accumulate: bool,
                rope: tuple[np.ndarray, np.ndarray]) -> np.ndarray:  # fmt: skip
     """Backward of one layer: dy [D, S] at its output -> at its input; queues its dW jobs."""
-    cfg, lp, gp = params.cfg, params.layers[layer], grads.layers[layer]
+    cfg, lp = params.cfg, params.layers[layer]
     # FFN branch: x_out = x2 + W2 (silu(W1 x2n) * W3 x2n)
     dgate = kern.ffn_bwd_w2t(layer, dy)  # [F, S]
-    dw.matmul((layer, "w2"), gp.w2, dy, a.gate.T, accumulate)
+    grads.matrix(dw, layer, ("w2",), dy, a.gate, accumulate)
     F = cfg.hidden_dim
     dh13 = np.empty((2 * F, dy.shape[1]), dtype=np.float32)  # [dh1; dh3] [2F, S]
     dh1, dh3 = native.swiglu_bwd(
         dgate, a.h1, a.h3, dh1=dh13[:F], dh3=dh13[F:], threads=kern.threads
     )
-    dw.matmul((layer, "w13"), grads.block(layer, "w1", "w3"), dh13, a.x2n.T, accumulate)
+    grads.matrix(dw, layer, ("w1", "w3"), dh13, a.x2n, accumulate)
     dx2n = kern.ffn_bwd_w13t(layer, dh1, dh3)  # [D, S]
-    dx2 = native.rmsnorm_bwd(dx2n, a.x2, lp.rms_ffn, a.r_ffn, gp.rms_ffn, out=dx2n)
+    dx2 = native.rmsnorm_bwd(dx2n, a.x2, lp.rms_ffn, a.r_ffn, grads.vector(layer, "rms_ffn"),
+                             out=dx2n)  # fmt: skip
     dx2 += dy
     # attention branch: x2 = x + Wo attn(RoPE(Wq xn), RoPE(Wk xn), Wv xn)
     dattn = kern.wot_bwd(layer, dx2)  # [Q, S]
-    dw.matmul((layer, "wo"), gp.wo, dx2, a.attn.T, accumulate)
+    grads.matrix(dw, layer, ("wo",), dx2, a.attn, accumulate)
     k_t, v_t = tile_kv(a.k, cfg), tile_kv(a.v, cfg)  # [Q, S]
     dq, dk_full, dv_full = kern.sdpa_bwd(layer, a.q, k_t, v_t, dattn)
     Q, KV = cfg.q_dim, cfg.kv_dim
@@ -339,19 +403,22 @@ def _layer_bwd(params: Params, grads: Params, kern: Kernels, dw: DwPool | _Inlin
     native.rope_bwd(dq, *rope, cfg.n_heads)
     native.rope_bwd(dk, *rope, cfg.n_kv_heads)
     if cfg.qk_norm:  # through Qwen3's q/k norm to the projections
-        head_rmsnorm_bwd(dq, a.q_pre, lp.q_norm, gp.q_norm, cfg.n_heads, cfg.norm_eps)
-        head_rmsnorm_bwd(dk, a.k_pre, lp.k_norm, gp.k_norm, cfg.n_kv_heads, cfg.norm_eps)
-    dw.matmul((layer, "wqkv"), grads.block(layer, "wq", "wv"), dqkv, a.xn.T, accumulate)
+        head_rmsnorm_bwd(dq, a.q_pre, lp.q_norm, grads.vector(layer, "q_norm"), cfg.n_heads,
+                         cfg.norm_eps)  # fmt: skip
+        head_rmsnorm_bwd(dk, a.k_pre, lp.k_norm, grads.vector(layer, "k_norm"), cfg.n_kv_heads,
+                         cfg.norm_eps)  # fmt: skip
+    grads.matrix(dw, layer, ("wq", "wk", "wv"), dqkv, a.xn, accumulate)
     dxn = kern.q_bwd(layer, dq)  # [D, S]
     dxn += kern.kv_bwd(layer, dk, dv)
-    dy = native.rmsnorm_bwd(dxn, a.x, lp.rms_att, a.r_att, gp.rms_att, out=dxn)
+    dy = native.rmsnorm_bwd(dxn, a.x, lp.rms_att, a.r_att, grads.vector(layer, "rms_att"),
+                            out=dxn)  # fmt: skip
     dy += dx2
     return dy
 
 
 def micro_step(
     params: Params,
-    grads: Params,
+    grads: Params | Gradients,
     kern: Kernels,
     tokens: np.ndarray,
     targets: np.ndarray,
@@ -361,7 +428,8 @@ def micro_step(
     sync: bool = True,
     times: dict[str, float] | None = None,
 ) -> float:
-    """Forward + backward of one sequence; adds loss_scale * dLoss/dparams into `grads`.
+    """Forward + backward of one sequence; adds loss_scale * dLoss/dparams into `grads` (a
+    Gradients, or a Params buffer: FullGrads over it).
 
     tokens, targets: int32 [S]. accumulate=False overwrites `grads` (first micro-step of an
     optimizer step), True adds to them. dw_pool: a DwPool to overlap the dW sgemms with kernel
@@ -370,15 +438,16 @@ def micro_step(
     same optimizer step; `grads` is then complete only after dw_pool.wait() (or a later
     micro_step with sync=True). The jobs hold their inputs, so the kernels must return fresh
     arrays (both kernel sets do). times: adds this micro-step's wall seconds to its "forward"
-    (through the loss) and "backward" keys. Returns the (unscaled) mean cross-entropy loss.
+    (through the loss) and "backward" keys. Targets of native.IGNORE carry no loss. Returns the
+    (unscaled) mean cross-entropy over the counted targets.
     """
     t0 = time.perf_counter()
     cfg = params.cfg
-    dw = dw_pool if dw_pool is not None else _Inline()
-    if not accumulate:  # the C backward of RMSNorm and the embedding scatter only add
-        grads.flat[grads.n_decay :] = 0.0
-        if not cfg.shared_classifier:
-            grads.embed[...] = 0.0
+    dw: DwJobs = dw_pool if dw_pool is not None else _Inline()
+    if isinstance(grads, Params):
+        grads = FullGrads(grads)
+    if not accumulate:
+        grads.start()
 
     # ---- forward
     x, acts = forward(params, kern, tokens)
@@ -390,10 +459,11 @@ def micro_step(
     t1 = time.perf_counter()
 
     # ---- classifier and final norm (the tied classifier gradient lands in grads.embed first)
-    dw.matmul("wcls", grads.wcls, dlogits, xf.T, accumulate)  # [V, D]
+    grads.matrix(dw, None, ("wcls",), dlogits, xf, accumulate)  # [V, D]
     dxf = params.wcls.T @ dlogits  # [D, S]
     del logits, dlogits
-    dy = native.rmsnorm_bwd(dxf, x, params.rms_final, r_fin, grads.rms_final, out=dxf)
+    dy = native.rmsnorm_bwd(dxf, x, params.rms_final, r_fin, grads.vector(None, "rms_final"),
+                            out=dxf)  # fmt: skip
 
     # ---- layers, last to first; dy is dLoss/d(residual stream) at the layer output
     rope = rope_for(cfg, len(tokens))  # cos, sin [S, hd/2] each
@@ -401,10 +471,7 @@ def micro_step(
         dy = _layer_bwd(params, grads, kern, dw, layer, acts[layer], dy, accumulate, rope)
         acts[layer] = None  # free this layer's activations early (peak memory)
 
-    # embedding scatter: after the classifier dW when the table is tied (same buffer, same key)
-    dw.add(
-        "wcls" if cfg.shared_classifier else "embed", [(native.embed_bwd, grads.embed, dy, tokens)]
-    )
+    grads.embedding(dw, dy, tokens)
     if sync:
         dw.wait()
     if times is not None:

@@ -53,14 +53,8 @@ def _executor() -> ThreadPoolExecutor:
 # ---- argument checks -----------------------------------------------------------------------------
 
 
-def _arr(
-    name: str,
-    a: object,
-    dtype: type,
-    ndim: int | None = None,
-    shape: tuple[int, ...] | None = None,
-    writable: bool = False,
-) -> np.ndarray:
+def _arr(name: str, a: object, dtype: type, ndim: int | None = None,
+         shape: tuple[int, ...] | None = None, writable: bool = False) -> np.ndarray:  # fmt: skip
     if not isinstance(a, np.ndarray):
         raise ValueError(f"{name}: expected a numpy array, got {type(a).__name__}")
     if a.dtype != dtype:
@@ -94,11 +88,11 @@ def _tokens(name: str, tok: object, ndim: int = 1) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.int32)
 
 
-def _check_range(name: str, ids: np.ndarray, hi: int) -> None:
-    bad = np.flatnonzero((ids < 0) | (ids >= hi))
+def _check_range(name: str, ids: np.ndarray, hi: int, lo: int = 0) -> None:
+    bad = np.flatnonzero((ids < lo) | (ids >= hi))
     if bad.size:
         i = int(bad[0])
-        raise ValueError(f"{name}: id {int(ids[i])} at position {i} is outside [0, {hi})")
+        raise ValueError(f"{name}: id {int(ids[i])} at position {i} is outside [{lo}, {hi})")
 
 
 def _f32(a: np.ndarray) -> object:
@@ -366,11 +360,8 @@ def cross_entropy(
     tgt = _tokens("targets", targets)
     if tgt.shape != (S,):
         raise ValueError(f"targets: expected shape ({S},), got {tgt.shape}")
+    _check_range("targets", tgt, V, lo=IGNORE)
     counted = counted_targets(tgt)
-    if counted < S:
-        _check_range("targets", tgt[tgt != IGNORE], V)
-    else:
-        _check_range("targets", tgt, V)
     out = _out("out", out, np.float32, (V, S))
     if counted == 0:
         out[...] = 0.0

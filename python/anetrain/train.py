@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--clip", type=float, default=None, help=f"global gradient-norm clip, 0 disables ({d.clip})"
     )
     g.add_argument("--seed", type=int, default=None, help=f"init and data-sampling seed ({d.seed})")
-    g = p.add_argument_group("LoRA (cpu backend): train low-rank adapters over frozen weights")
+    g = p.add_argument_group("LoRA: train low-rank adapters over frozen weights")
     g.add_argument("--lora-rank", type=int, default=None, metavar="R",
                    help="train adapters A [R, in], B [out, R] only (the --init weights stay "
                    "as they are)")  # fmt: skip
@@ -200,9 +200,6 @@ def _open_backend(run, weights, threads: int, blas_threads: int | None, quiet: b
     cfg, tc = run.cfg, run.tc
     backend = pick_backend(tc.backend, verbose=not quiet, cfg=cfg)
     world.check_backend(backend)
-    if run.lora is not None and backend != "cpu":
-        raise UserError(f"--lora-rank: only the cpu backend trains LoRA so far, not {backend}; "
-                        "pass --backend cpu")  # fmt: skip
     try:
         kern = make_kernels(backend, cfg, weights, threads)
     except AneError as e:  # auto chose ane, which has never compiled on this machine: fall back
@@ -284,8 +281,9 @@ class _Saver:
     ckpt_seconds of training since the last one (rank 0's clock decides for every rank), and at
     the last step. Data-parallel: every rank compares its parameters first, rank 0 writes."""
 
-    def __init__(self, run, params, opt, world: dist.World) -> None:
+    def __init__(self, run, params, opt, world: dist.World, staged) -> None:
         self.run, self.params, self.opt, self.world = run, params, opt, world
+        self.staged = staged  # a LoRA run's lora.Staged: params hold W + s·B·A, not W
         self.trained = params if run.lora is None else run.lora  # what the ranks must agree on
         self.saved_step = run.state.step  # the step of the checkpoint on disk (if any)
         self.last = time.monotonic()
@@ -298,16 +296,24 @@ class _Saver:
 
     def save(self, compare: bool = True) -> None:
         """compare: check that the ranks agree first (a collective: every rank must call it)."""
-        from anetrain.formats import checkpoint
 
         st = self.run.state
         if compare:
             self.world.check_same(self.trained.flat, st.step, str(self.run.out))
         if self.world.writer:  # N ranks: a write error waits for the ranks' next meeting
-            self.world.defer(checkpoint.save, self.run.ckpt_path,
-                             checkpoint.Checkpoint(st, self.params, self.opt.m, self.opt.v,
-                                                   self.run.lora))  # fmt: skip
+            self.world.defer(self._write)
         self.saved_step, self.last = st.step, time.monotonic()
+
+    def _write(self) -> None:
+        from anetrain.formats import checkpoint
+
+        ck = checkpoint.Checkpoint(self.run.state, self.params, self.opt.m, self.opt.v,
+                                   self.run.lora)  # fmt: skip
+        if self.staged is None:
+            checkpoint.save(self.run.ckpt_path, ck)
+            return
+        with self.staged.unstaged():  # the frozen weights, not W + s·B·A
+            checkpoint.save(self.run.ckpt_path, ck)
 
 
 class _NoMetrics:
@@ -363,14 +369,14 @@ def _checkpoint_flags(args: argparse.Namespace) -> None:
 
 
 def _restore(run, world: dist.World, threads: int, quiet: bool):
-    """The run's optimizer and training sampler, at the state its RunState holds: (weights the
-    kernels read, the gradient buffer of those, AdamW, the gradients AdamW reads, sampler)."""
+    """The run's optimizer and training sampler, at the state its RunState holds: (what
+    micro_step writes the gradients into, AdamW, the gradients AdamW reads, sampler, a LoRA
+    run's frozen weights)."""
     from anetrain.formats.data import WindowSampler
     from anetrain.optim import AdamW
 
     tc, st = run.tc, run.state
-    grads = run.params.zeros_like()
-    weights, trained, tgrads = _trained(run, grads)
+    grads, trained, tgrads, frozen = _trained(run)
     opt = AdamW(trained, tc.beta1, tc.beta2, tc.eps, tc.weight_decay, threads=threads)
     if run.moments is not None:
         opt.m, opt.v = run.moments
@@ -380,19 +386,21 @@ def _restore(run, world: dist.World, threads: int, quiet: bool):
     if st.sampler is not None:
         sampler.set_state(st.sampler)
     _record_ranks(run, world, quiet)
-    return weights, grads, opt, tgrads, sampler
+    return grads, opt, tgrads, sampler, frozen
 
 
-def _trained(run, grads):
-    """(the weights the kernels read, what AdamW trains, its gradients): the parameters
-    themselves, or in a LoRA run a working copy holding W + s·B·A, the adapters, and dA, dB."""
-    from anetrain.lora import stage
+def _trained(run):
+    """(micro_step's Gradients, what AdamW trains, the gradients it reads, a LoRA run's frozen
+    weights): every parameter; or in a LoRA run the adapters alone (no gradient buffer for the
+    frozen weights), with the adapted matrices of run.params staged to W + s·B·A in place."""
+    from anetrain.lora import LoraGrads, keep_frozen
+    from anetrain.model import FullGrads
 
     if run.lora is None:
-        return run.params, run.params, grads
-    weights = run.params.copy()
-    stage(run.params, run.lora, weights)
-    return weights, run.lora, run.lora.zeros_like()
+        grads = run.params.zeros_like()
+        return FullGrads(grads), run.params, grads, None
+    dlora = run.lora.zeros_like()
+    return LoraGrads(run.lora, dlora), run.lora, dlora, keep_frozen(run.params, run.lora)
 
 
 def train(argv: list[str] | None) -> int:
@@ -402,9 +410,10 @@ def train(argv: list[str] | None) -> int:
 
     import numpy as np
 
-    from anetrain.lora import Staged, adapter_grads
+    from anetrain.lora import Staged
     from anetrain.mil import MilOverflowWarning
     from anetrain.model import micro_step
+    from anetrain.native import counted_targets
     from anetrain.optim import LossScaler, get_lr, grad_norm, optimizer_step
     from anetrain.phases import StepClock
     from anetrain.report import Progress, final_report
@@ -417,17 +426,17 @@ def train(argv: list[str] | None) -> int:
     if tc.eval_every and run.data.val is None and not quiet:
         print(f"note: --eval-every {tc.eval_every} is ignored: {run.data.source} has no "
               "validation data (pass --val-data FILE)")  # fmt: skip
-    params = run.params
-    weights, grads, opt, tgrads, sampler = _restore(run, world, threads, quiet)
+    params = run.params  # a LoRA run: W + s·B·A in the adapted matrices, the frozen W aside
+    grads, opt, tgrads, sampler, frozen = _restore(run, world, threads, quiet)
     seqs = world.size * tc.accum  # sequences per optimizer step, over all ranks
     step0, decay_steps, tokens_per_step = st.step, tc.lr_decay_steps or tc.steps, seqs * S
 
     # N ranks: a stop signal is recorded, and acted on where they meet (World.meet)
-    with _open_backend(run, weights, threads, blas_threads, quiet, world) as \
+    with _open_backend(run, params, threads, blas_threads, quiet, world) as \
             (kern, backend, dw_pool, dw_note), world.deferring_signals() as caught:  # fmt: skip
         # fp16 kernels need loss scaling; the fp32 cpu kernels do not (scale 1, never skips)
         scaler = LossScaler(2.0**12 if kern.fp16 else 1.0, dynamic=kern.fp16)
-        copies = kern if run.lora is None else Staged(kern, params, run.lora, weights)
+        copies = kern if run.lora is None else Staged(kern, params, run.lora, frozen)
         if st.scaler is not None:
             scaler.set_state(st.scaler)
         st.backend = backend
@@ -435,7 +444,8 @@ def train(argv: list[str] | None) -> int:
         if not quiet:
             _banner(run, backend, threads, dw_note, world)
         progress = Progress(step0, tc.steps, tokens_per_step, quiet)
-        saver, rec, step_ms = _Saver(run, params, opt, world), None, []
+        saver = _Saver(run, params, opt, world, None if run.lora is None else copies)
+        rec, step_ms = None, []
         t_start = time.perf_counter()
         clock = StepClock(kern, dw_pool, tokens_per_step)  # per-phase timings of every step
         # a diverging run is caught by the loss / gradient-norm checks with one line, not by
@@ -445,27 +455,27 @@ def train(argv: list[str] | None) -> int:
             while st.step < tc.steps:
                 t0, times = clock.start()
                 lr = get_lr(st.step, tc.lr, tc.min_lr, tc.warmup, decay_steps)
-                loss_sum = 0.0
+                loss_sum = weight = 0.0  # weight: counted targets, in whole windows
                 for micro in range(tc.accum):
                     if caught or world.pending:  # N ranks: on to the all-reduce, where they meet
                         break
                     x, y = sampler.next()
+                    w = counted_targets(y) / S  # 1.0 for a window without masked targets
                     with warnings.catch_warnings():  # sim: an fp16 overflow is reported as a skip
                         warnings.simplefilter("ignore", MilOverflowWarning)
-                        loss = micro_step(weights, grads, kern, x, y, accumulate=micro > 0,
-                                          loss_scale=scaler.scale, dw_pool=dw_pool,
+                        loss = micro_step(params, grads, kern, x, y, accumulate=micro > 0,
+                                          loss_scale=scaler.scale * w, dw_pool=dw_pool,
                                           sync=micro == tc.accum - 1, times=times)  # fmt: skip
                     if not math.isfinite(loss):
                         world.fail(_diverged(run, st.step, f"loss is {loss} (micro-step "
                                              f"{micro + 1} of {tc.accum})"))  # fmt: skip
-                    loss_sum += loss
+                    loss_sum, weight = loss_sum + loss * w, weight + w
                     progress.inside_step(micro + 1, tc.accum, time.perf_counter() - t0)
                 clock.optim_start()
                 # over the ranks, in place; they stop here together on a signal or an error
-                loss_sum = world.sum_grads(grads.flat, loss_sum, caught)
-                unscale = 1.0 / (seqs * scaler.scale)  # and average over the sequences
-                if run.lora is not None:  # dA, dB from the (summed) dW of W + s·B·A
-                    adapter_grads(run.lora, grads, tgrads)
+                loss_sum, weight = world.sum_grads(grads.flat, (loss_sum, weight), caught)
+                weight = weight or 1.0  # (no counted target at all: zero gradients)
+                unscale = 1.0 / (weight * scaler.scale)  # and average over the counted targets
                 norm = grad_norm(tgrads, unscale, threads)
                 if not math.isfinite(norm) and not scaler.can_skip():  # the same on every rank
                     at = f" even at loss scale {scaler.scale:g}" if scaler.dynamic else ""
@@ -478,11 +488,11 @@ def train(argv: list[str] | None) -> int:
                     st.step, st.tokens, st.adam_t = st.step + 1, st.tokens + tokens_per_step, opt.t
                     st.sampler, st.scaler = sampler.state(), scaler.state()
                     ms = (time.perf_counter() - t0) * 1000.0
-                    rec = clock.fill(_record(st, loss_sum / seqs, lr, ms, norm, scaler), ms)
+                    rec = clock.fill(_record(st, loss_sum / weight, lr, ms, norm, scaler), ms)
                 step_ms.append(ms)
                 if run.data.val is not None and \
                         ((tc.eval_every and st.step % tc.eval_every == 0) or st.step == tc.steps):
-                    rec["val_loss"] = _evaluate(weights, kern, run.data.val, S, tc.eval_batches)
+                    rec["val_loss"] = _evaluate(params, kern, run.data.val, S, tc.eval_batches)
                 if skipped:
                     progress.note(f"step {st.step}: gradients overflowed fp16 at loss scale "
                                   f"{old_scale:g}; step skipped, loss scale now {scaler.scale:g}")

@@ -61,8 +61,8 @@ def _allreduce_table(world: dist.World, models: list[str], reps: int) -> None:
     print(f"all-reduce of the fp32 gradient buffer over {n} ranks (in place, median of {reps}):")
     for name in models:
         flat = np.ones(preset(name).n_params(), dtype=np.float32)  # [n_params]
-        world.sum_grads(flat, 0.0, [])  # warm-up: connections, pinned pages
-        s = _slowest_median(world, lambda f=flat: world.sum_grads(f, 0.0, []), reps)
+        world.sum_grads(flat, (), [])  # warm-up: connections, pinned pages
+        s = _slowest_median(world, lambda f=flat: world.sum_grads(f, (), []), reps)
         bus = 2 * (n - 1) / n * flat.nbytes / s
         print(f"  {name:12s} {flat.nbytes / 1e6:8.1f} MB  {s * 1e3:8.2f} ms  "
               f"{flat.nbytes / s / 1e9:6.2f} GB/s algorithm, {bus / 1e9:6.2f} GB/s bus")
@@ -95,7 +95,7 @@ class _Stepper:
         for i in range(accum):
             self.micro(i)
         if together:
-            self.world.sum_grads(self.grads.flat, 0.0, [])
+            self.world.sum_grads(self.grads.flat, (), [])
         self.update()
 
 

@@ -78,5 +78,5 @@ def load_model(path: str | Path) -> tuple[str, Checkpoint]:
         return ANETRAIN, ck
     # a LoRA run: its model is the frozen weights with the adapters merged, W + scale * B A
     merged = ck.params.copy()
-    stage(ck.params, ck.lora, merged)
+    stage(ck.params.tensors, ck.lora, merged)
     return ANETRAIN, Checkpoint(dataclasses.replace(ck.state, lora=None), merged)
