@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -363,12 +364,25 @@ def forward(params: Params, kern: Kernels, tokens: np.ndarray, keep: bool = True
 
 
 def loss_only(params: Params, kern: Kernels, tokens: np.ndarray, targets: np.ndarray) -> float:
-    """Mean cross-entropy of one sequence, no backward (evaluation)."""
+    """Mean cross-entropy of one sequence over its counted targets, no backward (evaluation)."""
     x, _ = forward(params, kern, tokens, keep=False)
     xf, _ = native.rmsnorm_fwd(x, params.rms_final, params.cfg.norm_eps)
     logits = params.wcls @ xf  # [V, S]
     loss, _ = native.cross_entropy(logits, targets, out=logits)
     return loss
+
+
+def evaluate(params: Params, kern: Kernels, windows: Iterable[tuple[np.ndarray, np.ndarray]]
+             ) -> tuple[float, int]:  # fmt: skip
+    """(mean cross-entropy over every counted target of the windows, their number): each window
+    (x, y int32 [S]) weighs by its targets that are not native.IGNORE. NaN when none counts."""
+    total, counted = 0.0, 0
+    for x, y in windows:
+        n = native.counted_targets(y)
+        if n:
+            total += loss_only(params, kern, x, y) * n
+            counted += n
+    return (total / counted if counted else float("nan")), counted
 
 
 def _layer_bwd(params: Params, grads: Gradients, kern: Kernels, dw: DwJobs, layer: int,

@@ -230,6 +230,12 @@ def _banner(run, backend: str, threads: int, dw_note: str, world: dist.World) ->
           f"{'s' if threads > 1 else ''}{dw_note}")  # fmt: skip
     print(f"data: {data.source} ({data.train.size:,} train tokens"
           + (f", {data.val.size:,} val tokens)" if data.val is not None else ")"))  # fmt: skip
+    if run.lora is not None:
+        lc, n = run.lora.lc, len(run.lora)
+        layers = f"the last {lc.layers} layers" if lc.layers else "every layer"
+        print(f"LoRA: rank {lc.rank}, alpha {lc.alpha:g} (scale {lc.scale:g}) on "
+              f"{','.join(lc.targets)} of {layers}: {n:,} trainable parameters "
+              f"({100 * n / cfg.n_params():.2f}% of the model; the rest frozen)")  # fmt: skip
     if world.size > 1:
         print(f"data parallel: {world.size} ranks (MPI), {world.size} x {run.tc.accum} sequences "
               "per optimizer step")  # fmt: skip
