@@ -40,7 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from the weights of an anetrain checkpoint or run directory, a llama2.c "
         "model.bin (v0/v1/v2), a Hugging Face model directory or Hub id (e.g. "
         "HuggingFaceTB/SmolLM2-135M): a new run (step 0, fresh optimizer); the model sets the "
-        "architecture, --seq may only lower its seq_len",
+        "architecture, --seq may only lower its seq_len. A PEFT adapter directory "
+        "(adapter_config.json) continues training its LoRA adapters over its base model",
+    )
+    g.add_argument(
+        "--base",
+        default=None,
+        metavar="MODEL",
+        help="the base model of --init PEFT_ADAPTER_DIR (default: its adapter_config.json's "
+        "base_model_name_or_path)",
     )
     g.add_argument(
         "--data",
@@ -304,10 +312,20 @@ class _Saver:
         if compare:
             self.world.check_same(self.trained.flat, st.step, str(self.run.out))
         if self.world.writer:  # N ranks: a write error waits for the ranks' next meeting
-            self.world.defer(checkpoint.save, self.run.ckpt_path,
-                             checkpoint.Checkpoint(st, self.params, self.opt.m, self.opt.v,
-                                                   self.run.lora))  # fmt: skip
+            self.world.defer(_write, self.run, checkpoint.Checkpoint(
+                st, self.params, self.opt.m, self.opt.v, self.run.lora))  # fmt: skip
         self.saved_step, self.last = st.step, time.monotonic()
+
+
+def _write(run, ck) -> None:
+    """The checkpoint, and in a LoRA run its adapters in PEFT's format beside it (over the base
+    the run was --init'ed from)."""
+    from anetrain.formats import checkpoint
+    from anetrain.formats.peft import write_adapter
+
+    checkpoint.save(run.ckpt_path, ck)
+    if ck.lora is not None:
+        write_adapter(run.out, ck.lora, ck.state.init)
 
 
 class _NoMetrics:

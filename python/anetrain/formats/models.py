@@ -64,6 +64,13 @@ def _download_hint(path: Path) -> str:
     return f"; download llama2.c's released models with bash scripts/download_stories.sh{size}"
 
 
+def has_adapters(path: str | Path) -> bool:
+    """Whether a model (model_file's result) is a LoRA run or a PEFT adapter directory."""
+    kind = model_kind(path)
+    return kind == PEFT or (kind == ANETRAIN and checkpoint.read_header(path)[0].get("lora")
+                            is not None)  # fmt: skip
+
+
 def load_adapter(path: str | Path, base: str | None = None) -> tuple[Checkpoint, Adapter]:
     """(the base model, the adapter) of a PEFT adapter directory: the base is `base` if given,
     else the one adapter_config.json names (a local model of any kind, or a Hub id). The base's
