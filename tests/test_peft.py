@@ -275,3 +275,21 @@ def test_missing_weights_and_a_base_flag_on_another_model_are_refused(bases, tmp
         load_model(bases / "llama", str(bases / "qwen3"))
     shutil.rmtree(d)
     assert train_main(["--quiet", "--base", str(bases / "llama")]) == 2
+
+
+def test_an_adapter_write_error_stops_the_run_like_a_checkpoint_write_error(bases, tmp_path,
+                                                                            capsys):  # fmt: skip
+    run = tmp_path / "run"
+    (run / WEIGHTS).mkdir(parents=True)  # the rename over it fails
+    args = ["--quiet", "--threads", "1", "--backend", "cpu", "--data", str(bases / "tokens.bin"),
+            "--seq", "16", "--init", str(bases / "llama"), "--lora-rank", "2", "--steps", "1",
+            "--out", str(run)]  # fmt: skip
+    assert train_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"anetrain.train: error: {run / WEIGHTS}: cannot write adapter weights")
+    assert not (run / CONFIG).exists()
+    ad = _adapter(bases, tmp_path / "ad")
+    assert train_main(["--quiet", "--resume", str(ad)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"anetrain.train: error: {ad}: this is a PEFT adapter, not a training checkpoint: use "
+        f"--init {ad} to continue training it")  # fmt: skip

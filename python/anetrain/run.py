@@ -21,7 +21,7 @@ from anetrain.formats.hf import is_hf_dir
 from anetrain.formats.hub import is_hub_id
 from anetrain.formats.llama2c import is_llama2c
 from anetrain.formats.models import KINDS, PEFT, load_adapter, load_model, model_file, model_kind
-from anetrain.formats.peft import Adapter, adapter_base
+from anetrain.formats.peft import Adapter, adapter_base, is_adapter_dir
 from anetrain.lora import LoraConfig, LoraParams, init_lora
 from anetrain.params import Params, init_params
 
@@ -156,6 +156,9 @@ def _load_resumable(path: Path) -> Checkpoint:
     if not checkpoint.is_checkpoint(path) and is_llama2c(path):
         raise CheckpointError(f"{path}: this is a llama2.c model, not a training checkpoint: "
                               f"use --init {path} to fine-tune it")  # fmt: skip
+    if path.name == checkpoint.FILE_NAME and not path.exists() and is_adapter_dir(path.parent):
+        raise CheckpointError(f"{path.parent}: this is a PEFT adapter, not a training checkpoint: "
+                              f"use --init {path.parent} to continue training it")  # fmt: skip
     if path.name == checkpoint.FILE_NAME and not path.exists() and is_hf_dir(path.parent):
         raise CheckpointError(f"{path.parent}: this is a Hugging Face model, not a training "
                               f"checkpoint: use --init {path.parent} to fine-tune it")  # fmt: skip
