@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -75,3 +78,18 @@ def state(model) -> dict[str, np.ndarray]:
     if model.config.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
     return {k: v.detach().float().numpy() for k, v in sd.items()}
+
+
+def word_tokenizer(d: Path, vocab: int = 96) -> Path:
+    """A real tokenizer.json (word level, built in memory) with its tokenizer_config.json."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    d.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(WordLevel({f"w{i}": i for i in range(vocab)}, unk_token="w0"))
+    tok.pre_tokenizer = Whitespace()
+    tok.save(str(d / "tokenizer.json"))
+    (d / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "w0"}))  # fmt: skip
+    return d

@@ -362,9 +362,10 @@ def test_headers_are_checked_before_anything_is_allocated(llama, tmp_path, monke
 def test_a_directory_without_a_model_names_every_kind(tmp_path):
     with pytest.raises(CheckpointError) as e:
         model_file(tmp_path)
-    assert str(e.value) == (f"{tmp_path}: a directory without checkpoint.bin or config.json; a "
-                            "model is an anetrain checkpoint or run directory, a llama2.c "
-                            "model.bin, or a Hugging Face model directory or Hub id")  # fmt: skip
+    assert str(e.value) == (f"{tmp_path}: a directory without checkpoint.bin, config.json or "
+                            "adapter_config.json; a model is an anetrain checkpoint or run "
+                            "directory, a llama2.c model.bin, a Hugging Face model directory or "
+                            "Hub id, or a PEFT adapter directory")  # fmt: skip
 
 
 def _hub_cache(cache: Path, repo: str, src: Path) -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hf_util import hf_loss, state, tiny_llama, tiny_qwen3, tokens, torch, transformers
+from hf_util import word_tokenizer as _tokenizer_dir
 
 from anetrain.backends.cpu import CpuKernels
 from anetrain.export import main as export_main
@@ -115,21 +116,6 @@ def test_one_adamw_step_then_export_equals_a_torch_adamw_step(models, tmp_path):
         sure = np.abs(g[k]) >= 1e-4 * np.abs(g[k]).max()
         np.testing.assert_allclose(got[k][sure], want[k][sure], rtol=2e-6, atol=1e-7, err_msg=k)
         assert np.abs(got[k] - want[k]).max() <= 0.05 * hp["lr"], k
-
-
-def _tokenizer_dir(d: Path, vocab: int = 96) -> Path:
-    """A real tokenizer.json (word level, built in memory) with its tokenizer_config.json."""
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import Whitespace
-
-    d.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(WordLevel({f"w{i}": i for i in range(vocab)}, unk_token="w0"))
-    tok.pre_tokenizer = Whitespace()
-    tok.save(str(d / "tokenizer.json"))
-    (d / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "w0"}))  # fmt: skip
-    return d
 
 
 def test_export_copies_the_runs_hugging_face_tokenizer(models, tmp_path):

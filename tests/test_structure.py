@@ -17,7 +17,7 @@ LAYERS = [
     ["anetrain.model"],
     ["anetrain.backends"],
     ["anetrain.run", "anetrain.report", "anetrain.phases", "anetrain.dist"],
-    ["anetrain.train", "anetrain.sample", "anetrain.export", "anetrain.bench",
+    ["anetrain.train", "anetrain.sample", "anetrain.export", "anetrain.fuse", "anetrain.bench",
      "anetrain.__main__", "anetrain.dashboard", "anetrain.plot", "anetrain.probe",
      "anetrain.probe_report"],
 ]  # fmt: skip

@@ -1,4 +1,5 @@
-"""python -m anetrain.export: write a model as a llama2.c model.bin or a Hugging Face directory."""
+"""python -m anetrain.export (and fuse): write a model as a llama2.c model.bin or a Hugging Face
+directory."""
 
 from __future__ import annotations
 
@@ -15,17 +16,32 @@ if TYPE_CHECKING:
     from anetrain.formats.checkpoint import Checkpoint
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m anetrain.export",
-        description="Export a model to another format: a llama2.c model.bin (version 0 is the "
-        "file llama2.c's run.c reads: `./run model.bin -z tokenizer.bin`), or a Hugging Face "
-        "model directory that transformers' AutoModelForCausalLM.from_pretrained loads.",
-    )
+EXPORT = ("Export a model to another format: a llama2.c model.bin (version 0 is the file "
+          "llama2.c's run.c reads: `./run model.bin -z tokenizer.bin`), or a Hugging Face model "
+          "directory that transformers' AutoModelForCausalLM.from_pretrained loads. A LoRA run "
+          "or a PEFT adapter directory is written as its merged model, W + scale·B·A.")
+FUSE = ("Merge LoRA adapters into their base model, W + scale·B·A, and write it as a Hugging "
+        "Face model directory or a llama2.c model.bin (the same as export, which also merges, "
+        "but refusing a model without adapters).")
+
+
+def build_parser(fuse: bool = False) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m anetrain.{'fuse' if fuse else 'export'}",
+                                description=FUSE if fuse else EXPORT)  # fmt: skip
     p.add_argument(
         "checkpoint",
-        help="the model: an anetrain checkpoint (a file, or a run directory with "
-        "checkpoint.bin), a llama2.c model.bin, or a Hugging Face model directory or Hub id",
+        metavar="RUN_DIR" if fuse else "checkpoint",
+        help="a LoRA run (its directory or checkpoint.bin) or a PEFT adapter directory" if fuse
+        else "the model: an anetrain checkpoint (a file, or a run directory with checkpoint.bin), "
+        "a llama2.c model.bin, a Hugging Face model directory or Hub id, or a PEFT adapter "
+        "directory",
+    )
+    p.add_argument(
+        "--base",
+        default=None,
+        metavar="MODEL",
+        help="the base model of a PEFT adapter directory (default: its adapter_config.json's "
+        "base_model_name_or_path)",
     )
     p.add_argument(
         "--format",
@@ -128,16 +144,20 @@ def _export_llama2c(args: argparse.Namespace, src: Path, ck: Checkpoint) -> None
         print(f"tokenizer: {ck.state.tokenizer}")
 
 
-def export(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+def export(argv: list[str] | None, fuse: bool = False) -> int:
+    """export, or fuse (`fuse`: the input must hold adapters)."""
+    args = build_parser(fuse).parse_args(argv)
     if args.format == "hf" and args.version is not None:
         raise UserError("--version is for --format llama2c; --format hf writes safetensors")
     if args.format == "llama2c" and args.dtype not in (None, "fp32"):
         raise UserError(f"--dtype {args.dtype} is for --format hf; llama2.c files are fp32")
-    from anetrain.formats.models import load_model, model_file
+    from anetrain.formats.models import has_adapters, load_model, model_file
 
     src = model_file(args.checkpoint)
-    _, ck = load_model(src)
+    if fuse and not has_adapters(src):
+        raise UserError(f"{src}: holds no LoRA adapters to fuse (neither a LoRA run nor a PEFT "
+                        "adapter directory); python -m anetrain.export writes it as it is")
+    _, ck = load_model(src, args.base)
     if args.format == "hf":
         _export_hf(args, src, ck)
     else:

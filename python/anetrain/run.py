@@ -18,8 +18,10 @@ from anetrain.formats import checkpoint, metrics
 from anetrain.formats.checkpoint import Checkpoint, RunState
 from anetrain.formats.data import Dataset, check_length, open_dataset
 from anetrain.formats.hf import is_hf_dir
+from anetrain.formats.hub import is_hub_id
 from anetrain.formats.llama2c import is_llama2c
-from anetrain.formats.models import KINDS, load_model, model_file
+from anetrain.formats.models import KINDS, PEFT, load_adapter, load_model, model_file, model_kind
+from anetrain.formats.peft import Adapter, adapter_base, is_adapter_dir
 from anetrain.lora import LoraConfig, LoraParams, init_lora
 from anetrain.params import Params, init_params
 
@@ -127,6 +129,8 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise UserError(f"--init is empty: pass {KINDS}")
     if args.out == "":
         raise UserError("--out is empty: pass a run directory")
+    if args.base is not None and args.init is None:
+        raise UserError("--base is the base model of --init PEFT_ADAPTER_DIR; it needs --init")
     if args.model is not None and args.model not in PRESETS:
         raise ConfigError(f"--model {args.model}: unknown model preset (choose from "
                           f"{', '.join(PRESETS)})")  # fmt: skip
@@ -152,6 +156,9 @@ def _load_resumable(path: Path) -> Checkpoint:
     if not checkpoint.is_checkpoint(path) and is_llama2c(path):
         raise CheckpointError(f"{path}: this is a llama2.c model, not a training checkpoint: "
                               f"use --init {path} to fine-tune it")  # fmt: skip
+    if path.name == checkpoint.FILE_NAME and not path.exists() and is_adapter_dir(path.parent):
+        raise CheckpointError(f"{path.parent}: this is a PEFT adapter, not a training checkpoint: "
+                              f"use --init {path.parent} to continue training it")  # fmt: skip
     if path.name == checkpoint.FILE_NAME and not path.exists() and is_hf_dir(path.parent):
         raise CheckpointError(f"{path.parent}: this is a Hugging Face model, not a training "
                               f"checkpoint: use --init {path.parent} to fine-tune it")  # fmt: skip
@@ -220,9 +227,10 @@ def _check_lora_resume(args: argparse.Namespace, path: Path, saved: LoraConfig |
 
 
 def _fresh(args: argparse.Namespace, out: Path) -> Run:
-    lc = _lora_config(args)
-    init, init_tokenizer = _init_model(args.init, args.model, args.seq) \
-        if args.init is not None else (None, None)  # fmt: skip
+    init_from = _init_model(args) if args.init is not None else None
+    init = init_from.params if init_from is not None else None
+    adapter = init_from.adapter if init_from is not None else None
+    lc = _lora_config(args) if adapter is None else _adapter_lora_config(args, adapter)
     model_name = args.model or (_preset_of(init.cfg) if init else "tiny") or "llama2c"
     flags = _flags(args)
     flags.setdefault("lr", DEFAULT_LR.get(model_name, TrainConfig.lr))
@@ -245,9 +253,13 @@ def _fresh(args: argparse.Namespace, out: Path) -> Run:
     # the data's tokenizer, else (raw token files) the one the --init model came with
     state = RunState(cfg, tc, data=_absolute(args.data), val_data=_absolute(args.val_data),
                      data_dtype=_raw_dtype(data),
-                     tokenizer=_absolute(data.tokenizer) or init_tokenizer, lora=lc)  # fmt: skip
-    lora = None if lc is None else init_lora(cfg, lc, np.random.Generator(np.random.PCG64(
-        [tc.seed, 2])))  # fmt: skip
+                     tokenizer=_absolute(data.tokenizer) or (init_from and init_from.tokenizer),
+                     lora=lc, init=init_from and init_from.source)  # fmt: skip
+    if adapter is not None:  # the adapter directory's own adapters, over the (lowered) cfg
+        lora: LoraParams | None = LoraParams(cfg, adapter.lc, adapter.lora.flat)
+    else:
+        lora = None if lc is None else init_lora(cfg, lc, np.random.Generator(np.random.PCG64(
+            [tc.seed, 2])))  # fmt: skip
     return Run(state, data, params, None, out, same_run=False, lora=lora)
 
 
@@ -291,29 +303,73 @@ def _preset_of(cfg: ModelConfig) -> str | None:
     return next((n for n, p in PRESETS.items() if p.architecture() == cfg.architecture()), None)
 
 
-def _init_model(path_arg: str, model: str | None, seq: int | None) -> tuple[Params, str | None]:
-    """The weights of a model to fine-tune (an anetrain checkpoint or run directory, a llama2.c
-    model.bin, or a Hugging Face model directory or Hub id): the architecture comes from the
-    file; its optimizer state, step and settings, if any, are not used.
+@dataclass
+class _Init:
+    """What --init gives a fresh run."""
 
-    `model` (a --model preset) must agree with the header's architecture; its seq_len and vocab
-    are ignored. `seq` may lower the training context below the file's seq_len (RoPE has no
+    params: Params  # the weights to fine-tune (a PEFT adapter's base, unmerged)
+    tokenizer: str | None  # the tokenizer the model records, if any
+    source: str  # RunState.init: a Hub id as given, else an absolute path
+    adapter: Adapter | None = None  # --init PEFT_ADAPTER_DIR: the adapters to continue
+
+
+def _source(name: str) -> str:
+    return name if is_hub_id(name) else str(Path(name).resolve())
+
+
+def _init_model(args: argparse.Namespace) -> _Init:
+    """The weights of a model to fine-tune (an anetrain checkpoint or run directory, a llama2.c
+    model.bin, a Hugging Face model directory or Hub id, or a PEFT adapter directory over its
+    base or --base): the architecture comes from the file; its optimizer state, step and
+    settings, if any, are not used.
+
+    --model (a preset) must agree with the header's architecture; its seq_len and vocab are
+    ignored. --seq may lower the training context below the file's seq_len (RoPE has no
     learned positions, so the weights do not depend on it); the run's checkpoints and exports then
     record the lower seq_len (a Hugging Face model's seq_len is its max_position_embeddings). A
     longer context than the file's is refused: run.c sizes its KV cache by the header, and the
-    model never saw those positions. Also returns the tokenizer the model records, if any.
+    model never saw those positions.
     """
-    path = model_file(path_arg)
-    _, ck = load_model(path)
+    path = model_file(args.init)
+    adapter = None
+    if model_kind(path) == PEFT:
+        ck, adapter = load_adapter(path, args.base)
+        base = args.base if args.base is not None else adapter_base(path)
+        assert base is not None  # load_adapter has refused an adapter without a base
+        source = _source(base)
+    else:
+        _, ck = load_model(path, args.base)
+        source = _source(args.init)
     cfg, params = ck.model, ck.params
-    if model is not None:
-        check_architecture(path, cfg, model)
-    if seq is not None:
-        if not 0 < seq <= cfg.seq_len:
-            raise CheckpointError(f"{path}: --seq {seq} must be in 1..{cfg.seq_len} (the file's "
-                                  "seq_len)")  # fmt: skip
-        params = Params(cfg.replace(seq_len=seq), params.flat)
-    return params, ck.state.tokenizer
+    if args.model is not None:
+        check_architecture(path, cfg, args.model)
+    if args.seq is not None:
+        if not 0 < args.seq <= cfg.seq_len:
+            raise CheckpointError(f"{path}: --seq {args.seq} must be in 1..{cfg.seq_len} (the "
+                                  "file's seq_len)")  # fmt: skip
+        params = Params(cfg.replace(seq_len=args.seq), params.flat)
+    return _Init(params, ck.state.tokenizer, source, adapter)
+
+
+def _adapter_lora_config(args: argparse.Namespace, adapter: Adapter) -> LoraConfig:
+    """--init PEFT_ADAPTER_DIR continues its adapters: --lora-* flags may restate them, never
+    contradict them."""
+    lc, n = adapter.lc, adapter.lora.cfg.n_layers
+    targets = None if args.lora_targets is None else set(args.lora_targets.split(","))
+    checks = [("--lora-rank", args.lora_rank, args.lora_rank, lc.rank, lc.rank),
+              ("--lora-alpha", args.lora_alpha, args.lora_alpha, lc.alpha, lc.alpha),
+              ("--lora-targets", args.lora_targets, targets, ",".join(lc.targets),
+               set(lc.targets)),
+              ("--lora-layers", args.lora_layers, args.lora_layers or n, lc.layers or "all",
+               lc.layers or n)]  # (flag, given, compared, shown, saved)
+    for flag, given, value, shown, saved in checks:
+        if given is not None and value != saved:
+            raise ConfigError(f"{flag} {given} contradicts the adapter of --init {args.init} "
+                              f"({flag[7:]} {shown}); drop the flag or make it agree")  # fmt: skip
+    if adapter.dropout:
+        _warn(f"--init {args.init}: the adapter was trained with lora_dropout {adapter.dropout}; "
+              "anetrain trains without dropout")  # fmt: skip
+    return lc
 
 
 def _raw_dtype(data: Dataset) -> str | None:

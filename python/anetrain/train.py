@@ -40,7 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from the weights of an anetrain checkpoint or run directory, a llama2.c "
         "model.bin (v0/v1/v2), a Hugging Face model directory or Hub id (e.g. "
         "HuggingFaceTB/SmolLM2-135M): a new run (step 0, fresh optimizer); the model sets the "
-        "architecture, --seq may only lower its seq_len",
+        "architecture, --seq may only lower its seq_len. A PEFT adapter directory "
+        "(adapter_config.json) continues training its LoRA adapters over its base model",
+    )
+    g.add_argument(
+        "--base",
+        default=None,
+        metavar="MODEL",
+        help="the base model of --init PEFT_ADAPTER_DIR (default: its adapter_config.json's "
+        "base_model_name_or_path)",
     )
     g.add_argument(
         "--data",
@@ -311,15 +319,19 @@ class _Saver:
         self.saved_step, self.last = st.step, time.monotonic()
 
     def _write(self) -> None:
+        """The checkpoint, and in a LoRA run its adapters in PEFT's format beside it (over the
+        base the run was --init'ed from)."""
         from anetrain.formats import checkpoint
+        from anetrain.formats.peft import write_adapter
 
-        ck = checkpoint.Checkpoint(self.run.state, self.params, self.opt.m, self.opt.v,
-                                   self.run.lora)  # fmt: skip
+        run = self.run
+        ck = checkpoint.Checkpoint(run.state, self.params, self.opt.m, self.opt.v, run.lora)
         if self.staged is None:
-            checkpoint.save(self.run.ckpt_path, ck)
+            checkpoint.save(run.ckpt_path, ck)
             return
         with self.staged.unstaged():  # the frozen weights, not W + s·B·A
-            checkpoint.save(self.run.ckpt_path, ck)
+            checkpoint.save(run.ckpt_path, ck)
+        write_adapter(run.out, run.lora, run.state.init)
 
 
 class _NoMetrics:

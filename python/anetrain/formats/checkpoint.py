@@ -75,6 +75,7 @@ class RunState:
     backend: str | None = None  # the backend that wrote it (cpu, sim, ane)
     ranks: int | None = None  # data-parallel processes (MPI) that trained it; None: one
     lora: LoraConfig | None = None  # a LoRA run: the adapters it trains over frozen weights
+    init: str | None = None  # the --init model: a Hub id as given, or an absolute path
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -111,7 +112,7 @@ class RunState:
         if st.adam_t > st.step or (train is not None and st.step > train.steps):
             raise CheckpointError(f"{source}: bad checkpoint header: adam_t {st.adam_t}, step "
                                   f"{st.step} and train.steps do not fit together")  # fmt: skip
-        for name in ("data", "val_data", "data_dtype", "tokenizer", "backend"):
+        for name in ("data", "val_data", "data_dtype", "tokenizer", "backend", "init"):
             value = d.get(name)
             if value is not None and not isinstance(value, str):
                 raise CheckpointError(f"{source}: bad checkpoint header: {name} must be a "
