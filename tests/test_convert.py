@@ -457,7 +457,7 @@ def test_init_continues_with_the_original_loss(tmp_path, trained):
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     # the same first batch (seed + 1 is the sampler's seed), scored by the original model
     data = open_dataset(None)
-    x, y = WindowSampler(data.train, ck.model.seq_len, 11 + 1).next()
+    x, y = WindowSampler(data.train.tokens, ck.model.seq_len, 11 + 1).next()
     expect = loss_only(ck.params, CpuKernels(ck.model, ck.params), x, y)
     assert first["loss"] == expect
     assert checkpoint.load(out / "checkpoint.bin").model == ck.model

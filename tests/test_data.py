@@ -10,6 +10,8 @@ from conftest import write_tokens
 
 from anetrain.errors import DataError
 from anetrain.formats.data import (
+    IGNORE,
+    TokenSplit,
     WindowSampler,
     embedded_dataset,
     eval_windows,
@@ -22,7 +24,7 @@ def test_embedded_dataset_opens():
     ds = open_dataset(None)
     meta = json.loads((embedded_dataset() / "meta.json").read_text())
     assert ds.vocab_size == meta["vocab_size"]
-    assert ds.train.size == meta["train_tokens"] and ds.val.size == meta["val_tokens"]
+    assert ds.train.tokens.size == meta["train_tokens"] and ds.val.tokens.size == meta["val_tokens"]
     assert ds.tokenizer is not None and ds.tokenizer.is_file()
 
 
@@ -30,7 +32,7 @@ def test_raw_bin_and_vocab_check(tmp_path):
     f = tmp_path / "t.bin"
     write_tokens(f, [0, 5, 31999, 7])
     ds = open_dataset(f)
-    assert ds.vocab_size == 32000 and ds.val is None and list(ds.train) == [0, 5, 31999, 7]
+    assert ds.vocab_size == 32000 and ds.val is None and list(ds.train.tokens) == [0, 5, 31999, 7]
     with pytest.raises(DataError, match="31999 at position 2 is >= vocab size 1000"):
         load_tokens(f, 1000)
     with pytest.raises(DataError, match="not --vocab-size"):
@@ -55,10 +57,23 @@ def test_sampler_windows_and_resume():
     assert exact.next()[0][0] == 0
 
 
-def test_eval_windows_deterministic():
-    toks = np.arange(500, dtype=np.uint16)
-    a = [x[0] for x, _ in eval_windows(toks, 32, 4)]
-    assert a == [x[0] for x, _ in eval_windows(toks, 32, 4)] and a[0] == 0 and a[-1] == 500 - 33
+@pytest.mark.parametrize("n", [33, 500, 481])
+def test_eval_windows_hold_every_target_once(n):
+    """Consecutive windows: every token after the first is a target exactly once, in order; the
+    last window is padded (x 0, y IGNORE); a cap takes the first windows."""
+    toks = np.arange(1, n + 1, dtype=np.uint16)
+    windows = list(eval_windows(TokenSplit(toks, "v.bin"), 32))
+    assert len(windows) == -(-(n - 1) // 32)
+    ys = np.concatenate([y for _, y in windows])
+    assert ys.tolist() == list(range(2, n + 1)) + [IGNORE] * (ys.size - (n - 1))
+    for x, y in windows:
+        assert x.dtype == y.dtype == np.int32 and x.shape == y.shape == (32,)
+        counted = y != IGNORE
+        assert np.array_equal(y[counted], x[counted] + 1) and not x[~counted].any()
+    capped = list(eval_windows(toks, 32, cap=1))  # a token array is a TokenSplit
+    assert len(capped) == 1 and np.array_equal(capped[0][0], windows[0][0])
+    with pytest.raises(DataError, match="v.bin: 16 tokens is shorter"):
+        list(eval_windows(TokenSplit(toks[:16], "v.bin"), 32))
 
 
 def test_text_and_directories_are_not_token_files(tmp_path):
@@ -86,7 +101,7 @@ def test_dataset_without_a_validation_split(tmp_path):
     meta = {"vocab_size": 50, "train_tokens": 100, "val_tokens": 0}
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     ds = open_dataset(tmp_path)
-    assert ds.val is None and ds.train.size == 100
+    assert ds.val is None and ds.train.tokens.size == 100
     meta["val_tokens"] = 10
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="val.bin: token file is empty"):

@@ -43,9 +43,9 @@ def test_uint32_files_load_check_and_sample_like_uint16(tmp_path):
     ids = np.random.default_rng(0).integers(0, 60000, 4000)
     a = open_dataset(_write(tmp_path / "a.bin", ids, "uint16"), vocab_size=60000)
     b = open_dataset(_write(tmp_path / "b.bin", ids, "uint32"), vocab_size=60000, dtype="uint32")
-    assert a.train.dtype == np.dtype("<u2") and b.train.dtype == np.dtype("<u4")
+    assert a.train.tokens.dtype == np.dtype("<u2") and b.train.tokens.dtype == np.dtype("<u4")
     assert (a.dtype, b.dtype) == ("uint16", "uint32") and a.max_id == b.max_id == ids.max()
-    sa, sb = WindowSampler(a.train, 32, seed=5), WindowSampler(b.train, 32, seed=5)
+    sa, sb = WindowSampler(a.train.tokens, 32, seed=5), WindowSampler(b.train.tokens, 32, seed=5)
     for _ in range(20):  # the same windows from the same seed, int32 either way
         (xa, ya), (xb, yb) = sa.next(), sb.next()
         assert xa.dtype == xb.dtype == ya.dtype == yb.dtype == np.int32
@@ -59,8 +59,8 @@ def test_uint32_ids_above_uint16(tmp_path):
     ids = [0, 70000, BIG_VOCAB - 1, 5] * 30
     f = _write(tmp_path / "q.bin", ids, "uint32")
     ds = open_dataset(f, vocab_size=BIG_VOCAB, dtype="uint32")
-    assert ds.max_id == BIG_VOCAB - 1 and ds.train[1] == 70000
-    x, y = WindowSampler(ds.train, 8, seed=0).next()
+    assert ds.max_id == BIG_VOCAB - 1 and ds.train.tokens[1] == 70000
+    x, y = WindowSampler(ds.train.tokens, 8, seed=0).next()
     assert x.dtype == y.dtype == np.int32 and set(x.tolist()) == set(ids)  # 8 spans the period
     with pytest.raises(DataError, match=f"{f}: token id 70000 at position 1 is >= vocab size 1000"):
         load_tokens(f, 1000, "uint32")
@@ -75,10 +75,10 @@ def test_uint32_ids_above_uint16(tmp_path):
 def test_dataset_directories_state_their_dtype(tmp_path):
     ids = [3, 70000, 151000, 9] * 40
     ds = open_dataset(_dataset(tmp_path / "q", ids, BIG_VOCAB, "uint32"))
-    assert ds.dtype == "uint32" and ds.vocab_size == BIG_VOCAB and ds.train[2] == 151000
+    assert ds.dtype == "uint32" and ds.vocab_size == BIG_VOCAB and ds.train.tokens[2] == 151000
     assert not ds.raw
     old = open_dataset(_dataset(tmp_path / "old", [1, 2, 3] * 40, 100, None))  # no dtype: uint16
-    assert old.dtype == "uint16" and old.train.tolist()[:3] == [1, 2, 3]
+    assert old.dtype == "uint16" and old.train.tokens.tolist()[:3] == [1, 2, 3]
     bad = _dataset(tmp_path / "bad", [1] * 40, 100, "int8")
     with pytest.raises(DataError) as e:
         open_dataset(bad)

@@ -247,7 +247,8 @@ def test_train_init_from_a_hugging_face_directory(models, tmp_path, capsys):
     assert ck.model == read_hf(src)[0].replace(seq_len=16)
     assert ck.state.tokenizer == str(src / "tokenizer.json")  # raw tokens: the model's tokenizer
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
-    x, y = WindowSampler(open_dataset(str(data), 96).train, 16, 11 + 1).next()  # the first batch
+    ids = open_dataset(str(data), 96).train.tokens
+    x, y = WindowSampler(ids, 16, 11 + 1).next()  # the first batch
     assert first["loss"] == pytest.approx(hf_loss(model, np.append(x, y[-1])), rel=1e-5)
     _export(out, tmp_path / "hf")
     loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")

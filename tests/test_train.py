@@ -135,7 +135,7 @@ def test_bad_flags(tmp_path, capsys):
 
 @pytest.mark.parametrize("flag, value", [("--eval-every", "-3"), ("--ckpt-every", "-1"),
                                          ("--wd", "-0.1"), ("--min-lr", "nan"), ("--clip", "nan"),
-                                         ("--lr", "inf"), ("--eval-batches", "0"),
+                                         ("--lr", "inf"), ("--eval-batches", "-1"),
                                          ("--warmup", "-1"), ("--steps", "0"),
                                          ("--seed", "-1"), ("--min-lr", "1")])  # fmt: skip
 def test_out_of_range_settings_are_refused_before_anything_runs(tmp_path, capsys, flag, value):

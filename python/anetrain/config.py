@@ -240,7 +240,7 @@ class TrainConfig:
     clip: float = 1.0  # global gradient-norm clip; 0 disables
     seed: int = 1337
     eval_every: int = 0  # 0: only at the end (when validation data exists)
-    eval_batches: int = 8
+    eval_batches: int = 0  # validation windows (the first N); 0: every window of the split
     ckpt_every: int = 0  # checkpoint every N steps; 0: by time only
     ckpt_seconds: float = 600.0  # and whenever this much training time passed since the last one
     backend: str = "auto"
@@ -264,8 +264,8 @@ class TrainConfig:
             raise ConfigError(f"--seed must be in [0, 2^63), got {self.seed}")
         if self.accum < 1:
             raise ConfigError(f"--accum must be >= 1, got {self.accum}")
-        if self.eval_batches < 1:
-            raise ConfigError(f"--eval-batches must be >= 1, got {self.eval_batches}")
+        if self.eval_batches < 0:
+            raise ConfigError(f"--eval-batches must be >= 0, got {self.eval_batches}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and self.eps > 0):
             raise ConfigError(f"AdamW betas must be in [0, 1) and eps > 0, got {self.beta1}, "
                               f"{self.beta2}, {self.eps}")  # fmt: skip

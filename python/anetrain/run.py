@@ -16,9 +16,10 @@ from anetrain.config import DEFAULT_LR, PRESETS, ConfigError, ModelConfig, Train
 from anetrain.errors import CheckpointError, DataError, UserError
 from anetrain.formats import checkpoint, metrics
 from anetrain.formats.checkpoint import Checkpoint, RunState
-from anetrain.formats.data import Dataset, check_length, open_dataset
+from anetrain.formats.data import Dataset, open_dataset
 from anetrain.formats.hf import is_hf_dir
 from anetrain.formats.hub import is_hub_id
+from anetrain.formats.instruct import is_jsonl, open_jsonl
 from anetrain.formats.llama2c import is_llama2c
 from anetrain.formats.models import KINDS, PEFT, load_adapter, load_model, model_file, model_kind
 from anetrain.formats.peft import Adapter, adapter_base, is_adapter_dir
@@ -98,9 +99,9 @@ def setup_run(args: argparse.Namespace) -> Run:
         run = _resume(args, resume_file, out, same_run)
     else:
         run = _fresh(args, out)
-    check_length(run.data.train, run.cfg.seq_len, run.data.source)
+    run.data.train.check(run.cfg.seq_len)
     if run.data.val is not None:
-        check_length(run.data.val, run.cfg.seq_len, f"{run.data.source} (validation)")
+        run.data.val.check(run.cfg.seq_len)
     if (out / checkpoint.FILE_NAME).exists() and not same_run and not args.overwrite:
         raise UserError(
             f"{out / checkpoint.FILE_NAME}: a checkpoint already exists; use --resume {out} to "
@@ -125,6 +126,9 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise DataError("--data is empty: pass a dataset directory or a token .bin")
     if args.val_data == "":
         raise DataError("--val-data is empty: pass a token .bin")
+    if args.tokenizer == "":
+        raise DataError("--tokenizer is empty: pass a tokenizer.json, a model directory or a "
+                        "tokenizer.bin")  # fmt: skip
     if args.init == "":
         raise UserError(f"--init is empty: pass {KINDS}")
     if args.out == "":
@@ -187,15 +191,28 @@ def _resume(args: argparse.Namespace, path: Path, out: Path, same_run: bool) -> 
     if args.seq is not None and args.seq != cfg.seq_len:
         raise CheckpointError(f"{path}: checkpoint seq_len is {cfg.seq_len}, not --seq {args.seq}")
     data_path, val_path = args.data or ck.state.data, args.val_data or ck.state.val_data
-    saved_dtype = ck.state.data_dtype if args.data is None else None  # the saved raw file's
-    data = open_dataset(data_path, args.vocab_size, val_path, default_vocab=cfg.vocab_size,
-                        dtype=args.data_dtype or saved_dtype)  # fmt: skip
-    if data.vocab_size != cfg.vocab_size:
-        raise CheckpointError(f"{data.source}: data vocab {data.vocab_size} does not match the "
-                              f"checkpoint's {cfg.vocab_size}")  # fmt: skip
+    if is_jsonl(data_path):
+        for flag, saved_value in (("mask_prompt", ck.state.mask_prompt),
+                                  ("skip_bad_records", ck.state.skip_bad_records)):  # fmt: skip
+            if getattr(args, flag) and not saved_value:
+                raise CheckpointError(f"{path}: the run was trained without --"
+                                      f"{flag.replace('_', '-')}; resume it without it, or "
+                                      f"start a new run (--init {path})")  # fmt: skip
+            setattr(args, flag, saved_value)
+        data = _open_jsonl(args, data_path, args.tokenizer or ck.state.tokenizer)
+        _check_ids(data, cfg, str(path))
+    else:
+        _no_jsonl_flags(args, data_path)
+        saved_dtype = ck.state.data_dtype if args.data is None else None  # the saved raw file's
+        data = open_dataset(data_path, args.vocab_size, val_path, default_vocab=cfg.vocab_size,
+                            dtype=args.data_dtype or saved_dtype)  # fmt: skip
+        if data.vocab_size != cfg.vocab_size:
+            raise CheckpointError(f"{data.source}: data vocab {data.vocab_size} does not match "
+                                  f"the checkpoint's {cfg.vocab_size}")  # fmt: skip
     state = dataclasses.replace(
         ck.state, train=tc, data=_absolute(data_path), val_data=_absolute(val_path),
         data_dtype=_raw_dtype(data), tokenizer=_absolute(data.tokenizer),
+        mask_prompt=args.mask_prompt or None, skip_bad_records=args.skip_bad_records or None,
     )  # fmt: skip
     _check_lora_resume(args, path, ck.state.lora)
     moments = (ck.m, ck.v) if ck.m is not None and ck.v is not None else None
@@ -230,6 +247,7 @@ def _fresh(args: argparse.Namespace, out: Path) -> Run:
     init_from = _init_model(args) if args.init is not None else None
     init = init_from.params if init_from is not None else None
     adapter = init_from.adapter if init_from is not None else None
+    init_tokenizer = init_from.tokenizer if init_from is not None else None
     lc = _lora_config(args) if adapter is None else _adapter_lora_config(args, adapter)
     model_name = args.model or (_preset_of(init.cfg) if init else "tiny") or "llama2c"
     flags = _flags(args)
@@ -238,29 +256,67 @@ def _fresh(args: argparse.Namespace, out: Path) -> Run:
     tc = TrainConfig(**{f: flags[a] for a, f in TRAIN_FLAGS.items() if a in flags})
     if "warmup" not in flags:  # 10% of the schedule, at most 100 steps
         tc.warmup = min(100, (tc.lr_decay_steps or tc.steps) // 10)
+    jsonl = is_jsonl(args.data)
+    if jsonl:
+        data = _open_jsonl(args, args.data, args.tokenizer or init_tokenizer)
+    else:
+        _no_jsonl_flags(args, args.data)
     if init is not None:
         # a raw .bin is read with the model's vocabulary; a dataset states its own
-        data = open_dataset(args.data, args.vocab_size, args.val_data,
-                            default_vocab=init.cfg.vocab_size, dtype=args.data_dtype)  # fmt: skip
+        if not jsonl:
+            data = open_dataset(args.data, args.vocab_size, args.val_data,
+                                default_vocab=init.cfg.vocab_size,
+                                dtype=args.data_dtype)  # fmt: skip
         params, cfg = init, init.cfg
-        if data.vocab_size != cfg.vocab_size:
+        if jsonl:
+            _check_ids(data, cfg, f"--init {args.init}")
+        elif data.vocab_size != cfg.vocab_size:
             raise UserError(f"{data.source}: data vocab {data.vocab_size} does not match the "
                             f"vocab {cfg.vocab_size} of --init {args.init}")  # fmt: skip
     else:
-        data = open_dataset(args.data, args.vocab_size, args.val_data, dtype=args.data_dtype)
+        if not jsonl:
+            data = open_dataset(args.data, args.vocab_size, args.val_data, dtype=args.data_dtype)
         cfg = preset(model_name, vocab_size=data.vocab_size, seq_len=args.seq)
         params = init_params(cfg, np.random.Generator(np.random.PCG64(tc.seed)))
     # the data's tokenizer, else (raw token files) the one the --init model came with
     state = RunState(cfg, tc, data=_absolute(args.data), val_data=_absolute(args.val_data),
                      data_dtype=_raw_dtype(data),
-                     tokenizer=_absolute(data.tokenizer) or (init_from and init_from.tokenizer),
-                     lora=lc, init=init_from and init_from.source)  # fmt: skip
+                     tokenizer=_absolute(data.tokenizer) or init_tokenizer, lora=lc,
+                     init=init_from and init_from.source, mask_prompt=args.mask_prompt or None,
+                     skip_bad_records=args.skip_bad_records or None)  # fmt: skip
     if adapter is not None:  # the adapter directory's own adapters, over the (lowered) cfg
         lora: LoraParams | None = LoraParams(cfg, adapter.lc, adapter.lora.flat)
     else:
         lora = None if lc is None else init_lora(cfg, lc, np.random.Generator(np.random.PCG64(
             [tc.seed, 2])))  # fmt: skip
     return Run(state, data, params, None, out, same_run=False, lora=lora)
+
+
+def _open_jsonl(args: argparse.Namespace, path: str, tokenizer: str | None) -> Dataset:
+    """JSONL instruction data (formats/instruct.py); the token-file flags do not apply to it."""
+    for flag, value in (("--val-data", args.val_data), ("--vocab-size", args.vocab_size),
+                        ("--data-dtype", args.data_dtype)):  # fmt: skip
+        if value is not None:
+            raise DataError(f"{flag}: applies to token files, not to the JSONL data {path} "
+                            "(its directory's valid.jsonl is the validation split; the "
+                            "tokenizer sets the vocabulary)")  # fmt: skip
+    return open_jsonl(path, tokenizer, bool(args.mask_prompt), bool(args.skip_bad_records))
+
+
+def _no_jsonl_flags(args: argparse.Namespace, path: str | None) -> None:
+    """--tokenizer, --mask-prompt and --skip-bad-records are for JSONL data only."""
+    for flag, value in (("--tokenizer", args.tokenizer), ("--mask-prompt", args.mask_prompt),
+                        ("--skip-bad-records", args.skip_bad_records)):  # fmt: skip
+        if value:
+            raise DataError(f"{flag}: applies to JSONL data (a .jsonl file, or a directory with "
+                            f"train.jsonl), not to {path or 'the embedded dataset'}")  # fmt: skip
+
+
+def _check_ids(data: Dataset, cfg: ModelConfig, model: str) -> None:
+    """The model has an embedding row for every id the tokenizer gave the JSONL data."""
+    if data.max_id >= cfg.vocab_size:
+        raise DataError(f"{data.source}: token id {data.max_id} of the tokenizer {data.tokenizer} "
+                        f"is outside the vocabulary of {cfg.vocab_size} of {model}")  # fmt: skip
 
 
 def _warn(message: str) -> None:

@@ -53,9 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--data",
         default=None,
-        help="dataset directory with meta.json, or a raw token .bin (uint16 unless --data-dtype) "
+        help="dataset directory with meta.json, a raw token .bin (uint16 unless --data-dtype), "
+        "or JSONL instruction data: a directory with train.jsonl (valid.jsonl, test.jsonl) or "
+        "one .jsonl file of text, prompt/completion or chat messages records "
         "(default: the embedded story dataset)",
     )
+    g.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="JSONL data: the tokenizer (tokenizer.json or model directory, whose "
+                   "chat template renders messages; or a tokenizer.bin) (default: --init's)")
+    g.add_argument("--mask-prompt", action="store_true", default=None,
+                   help="JSONL data: loss on completions and assistant turns only")
+    g.add_argument("--skip-bad-records", action="store_true", default=None,
+                   help="JSONL data: leave out bad records (counted) instead of stopping")
     g.add_argument("--val-data", default=None, help="raw token .bin used for validation")
     g.add_argument(
         "--vocab-size",
@@ -137,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="validation every N steps (end only; needs validation data)",
     )
-    g.add_argument("--eval-batches", type=int, default=None, help="sequences per validation (8)")
+    g.add_argument("--eval-batches", type=int, default=None,
+                   help="validation windows: the first N of the split (default 0: all of them, every "
+                   "target once)")
     g.add_argument(
         "--resume",
         nargs="?",
@@ -236,8 +247,9 @@ def _banner(run, backend: str, threads: int, dw_note: str, world: dist.World) ->
     print(f"model: {cfg.describe()}, vocab {cfg.vocab_size}, seq {cfg.seq_len}: "
           f"{cfg.n_params() / 1e6:.2f}M parameters; backend {backend}, {threads} thread"
           f"{'s' if threads > 1 else ''}{dw_note}")  # fmt: skip
-    print(f"data: {data.source} ({data.train.size:,} train tokens"
-          + (f", {data.val.size:,} val tokens)" if data.val is not None else ")"))  # fmt: skip
+    S = cfg.seq_len
+    print(f"data: {data.source} (train: {data.train.summary(S)}"
+          + (f"; valid: {data.val.summary(S)})" if data.val is not None else ")"))  # fmt: skip
     if run.lora is not None:
         lc, n = run.lora.lc, len(run.lora)
         layers = f"the last {lc.layers} layers" if lc.layers else "every layer"
@@ -269,15 +281,13 @@ def _diverged(run, step: int, problem: str) -> UserError:
     return UserError(f"{run.out}: {problem} at step {step + 1}; stopping, {kept}")
 
 
-def _evaluate(params, kern, tokens, seq_len: int, n: int) -> float:
-    """Mean loss over n evenly spaced validation windows."""
-    import numpy as np
-
+def _evaluate(params, kern, split, seq_len: int, cap: int) -> float:
+    """Mean loss over every target with loss of the split (its first `cap` windows; 0: all):
+    what `python -m anetrain.eval` reports for the same model and split."""
     from anetrain.formats.data import eval_windows
-    from anetrain.model import loss_only
+    from anetrain.model import evaluate
 
-    losses = [loss_only(params, kern, x, y) for x, y in eval_windows(tokens, seq_len, n)]
-    return float(np.mean(losses))
+    return evaluate(params, kern, eval_windows(split, seq_len, cap))[0]
 
 
 def _record(st, loss: float, lr: float, ms: float, norm: float, scaler) -> dict:
@@ -390,7 +400,6 @@ def _restore(run, world: dist.World, threads: int, quiet: bool):
     """The run's optimizer and training sampler, at the state its RunState holds: (what
     micro_step writes the gradients into, AdamW, the gradients AdamW reads, sampler, a LoRA
     run's frozen weights)."""
-    from anetrain.formats.data import WindowSampler
     from anetrain.optim import AdamW
 
     tc, st = run.tc, run.state
@@ -399,8 +408,7 @@ def _restore(run, world: dist.World, threads: int, quiet: bool):
     if run.moments is not None:
         opt.m, opt.v = run.moments
     opt.t = st.adam_t
-    sampler = WindowSampler(run.data.train, run.cfg.seq_len, tc.seed + 1, name=run.data.source,
-                            rank=world.rank, ranks=world.size)  # fmt: skip
+    sampler = run.data.train.sampler(run.cfg.seq_len, tc.seed + 1, world.rank, world.size)
     if st.sampler is not None:
         sampler.set_state(st.sampler)
     _record_ranks(run, world, quiet)

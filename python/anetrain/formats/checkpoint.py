@@ -66,12 +66,15 @@ class RunState:
     step: int = 0  # optimizer steps completed
     adam_t: int = 0  # AdamW bias-correction clock (steps actually applied; skips excluded)
     tokens: int = 0  # tokens trained on, across resumes with any --accum
-    sampler: dict | None = None  # the training sampler's PCG64 bit_generator.state
+    sampler: dict | None = None  # the training sampler's state (Sampler.state(): a token
+    # stream's PCG64 bit_generator.state, or packed windows' {"kind": "packed", ...})
     scaler: dict | None = None  # LossScaler.state(): scale, clean, skipped, dynamic
     data: str | None = None  # absolute dataset path; None = the embedded dataset
     val_data: str | None = None  # absolute validation .bin, if one was given
     data_dtype: str | None = None  # raw token files' type when not uint16 (--data-dtype uint32)
-    tokenizer: str | None = None  # the dataset's tokenizer.bin, if known
+    tokenizer: str | None = None  # the dataset's tokenizer.bin, if known (JSONL: the run's)
+    mask_prompt: bool | None = None  # JSONL data: --mask-prompt (None: not given)
+    skip_bad_records: bool | None = None  # JSONL data: --skip-bad-records (None: not given)
     backend: str | None = None  # the backend that wrote it (cpu, sim, ane)
     ranks: int | None = None  # data-parallel processes (MPI) that trained it; None: one
     lora: LoraConfig | None = None  # a LoRA run: the adapters it trains over frozen weights
@@ -118,6 +121,12 @@ class RunState:
                 raise CheckpointError(f"{source}: bad checkpoint header: {name} must be a "
                                       f"string, got {value!r}")  # fmt: skip
             setattr(st, name, value)
+        for name in ("mask_prompt", "skip_bad_records"):
+            value = d.get(name)
+            if value is not None and not isinstance(value, bool):
+                raise CheckpointError(f"{source}: bad checkpoint header: {name} must be true or "
+                                      f"false, got {value!r}")  # fmt: skip
+            setattr(st, name, value)
         if st.data_dtype not in (None, "uint16", "uint32"):
             raise CheckpointError(f"{source}: bad checkpoint header: data_dtype must be uint16 "
                                   f"or uint32, got {st.data_dtype!r}")  # fmt: skip
@@ -144,16 +153,34 @@ def _header_int(source, d: dict, name: str, default: int) -> int:
 
 
 def _sampler_state(source, state: object) -> dict | None:
-    """A PCG64 bit_generator state numpy accepts, or None."""
+    """A PCG64 bit_generator state numpy accepts (a token stream's sampler), packed windows'
+    {"kind": "packed", "windows", "epoch", "pos", "rng": a PCG64 state}, or None."""
     if state is None:
         return None
     try:
-        if not isinstance(state, dict) or state.get("bit_generator") != "PCG64":
+        if isinstance(state, dict) and state.get("kind") == "packed":
+            _packed_state(state)
+        elif not isinstance(state, dict) or state.get("bit_generator") != "PCG64":
             raise ValueError("not a PCG64 state")
-        np.random.PCG64().state = state  # numpy checks every part
+        else:
+            np.random.PCG64().state = state  # numpy checks every part
     except (TypeError, ValueError, KeyError, OverflowError) as e:
         raise CheckpointError(f"{source}: bad checkpoint header: sampler ({e})") from None
     return state
+
+
+def _packed_state(state: dict) -> None:
+    """PackedSampler.state(): 0 <= pos <= windows, epoch >= -1, a PCG64 state (ValueError)."""
+    if set(state) != {"kind", "windows", "epoch", "pos", "rng"}:
+        raise ValueError(f"packed sampler fields {sorted(state)}")
+    n, epoch, pos = state["windows"], state["epoch"], state["pos"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n, epoch, pos)) or \
+            not (n >= 1 and epoch >= -1 and 0 <= pos <= n):  # fmt: skip
+        raise ValueError(f"packed sampler position {epoch}, {pos} of {n} windows")
+    rng = state["rng"]
+    if not isinstance(rng, dict) or rng.get("bit_generator") != "PCG64":
+        raise ValueError("not a PCG64 state")
+    np.random.PCG64().state = rng
 
 
 def _scaler_state(source, state: object) -> dict | None:

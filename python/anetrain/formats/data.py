@@ -1,10 +1,12 @@
-"""Token data: uint16/uint32 .bin files, dataset directories with meta.json, window sampling."""
+"""Token data: uint16/uint32 .bin files, datasets, the Split a loop samples and evaluates."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -17,6 +19,8 @@ TOKEN_DTYPES = {"uint16": "<u2", "uint32": "<u4"}
 DEFAULT_DTYPE = "uint16"
 UINT16_VOCAB = 65535  # the largest vocabulary stored as uint16
 _SCAN_CHUNK = 1 << 24  # tokens per chunk when checking ids against the vocabulary
+IGNORE = -1  # a target id without loss (masked prompt, padding, the start of the next example)
+Window = tuple[np.ndarray, np.ndarray]  # (x, y): int32 [S] each; y[t] follows x[t], or IGNORE
 
 
 def embedded_dataset() -> Path:
@@ -89,18 +93,103 @@ def _looks_like_text(path: Path, n: int = 4096) -> bool:
     return len(text) >= 16 and all(c.isprintable() or c in "\t\n\r" for c in text)
 
 
+class Sampler(Protocol):
+    """A split's training windows, drawn from a seeded stream that resumes bit-identically.
+
+    Data-parallel: every rank draws the same global sequence; rank r takes item r of each group
+    of `ranks` (rank r trains on items r, r + ranks, ...)."""
+
+    def next(self) -> Window:
+        """The next (x, y) of this rank."""
+        ...
+
+    def state(self) -> dict:
+        """What set_state needs to continue the stream (JSON, kept in the checkpoint)."""
+        ...
+
+    def set_state(self, state: dict) -> None: ...
+
+
+class Split(Protocol):
+    """One split of a dataset (train, valid or test) as the loop reads it: a token stream
+    (TokenSplit) or examples packed into windows (formats.packing.PackedSplit)."""
+
+    @property
+    def name(self) -> str:
+        """The file, for messages."""
+        ...
+
+    def check(self, seq_len: int) -> None:
+        """A DataError when the split cannot give one window of seq_len."""
+        ...
+
+    def sampler(self, seq_len: int, seed: int, rank: int = 0, ranks: int = 1) -> Sampler: ...
+
+    def eval_windows(self, seq_len: int, cap: int = 0) -> Iterator[Window]:
+        """Windows holding every target of the split exactly once, in order (cap > 0: the first
+        cap of them); positions past the data are x = 0, y = IGNORE."""
+        ...
+
+    def summary(self, seq_len: int) -> str:
+        """What the run's banner says of it."""
+        ...
+
+
+class TokenSplit:
+    """A stream of token ids (a memmap of a .bin file): windows anywhere in it."""
+
+    def __init__(self, tokens: np.ndarray, name: str) -> None:
+        self.tokens = tokens  # uint16 or uint32 [n_tokens] (memmap)
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def check(self, seq_len: int) -> None:
+        check_length(self.tokens, seq_len, self.name)
+
+    def sampler(self, seq_len: int, seed: int, rank: int = 0, ranks: int = 1) -> WindowSampler:
+        return WindowSampler(self.tokens, seq_len, seed, self.name, rank, ranks)
+
+    def eval_windows(self, seq_len: int, cap: int = 0) -> Iterator[Window]:
+        """Consecutive windows [i S, i S + S + 1): every token after the first is a target once;
+        the last window is padded."""
+        self.check(seq_len)
+        S, n = seq_len, self.tokens.size
+        count = -(-(n - 1) // S)  # ceil((n - 1) / S)
+        for i in range(min(count, cap) if cap > 0 else count):
+            w = np.asarray(self.tokens[i * S : i * S + S + 1], dtype=np.int32)  # [<= S + 1]
+            x, y = np.zeros(S, np.int32), np.full(S, IGNORE, np.int32)  # [S] each
+            x[: w.size - 1], y[: w.size - 1] = w[:-1], w[1:]
+            yield x, y
+
+    def summary(self, seq_len: int) -> str:
+        return f"{self.tokens.size:,} tokens"
+
+
+def eval_windows(split: Split | np.ndarray, seq_len: int, cap: int = 0) -> Iterator[Window]:
+    """Every target of a split (or of a token array) exactly once, in windows of seq_len: what a
+    validation or `eval` averages over (cap > 0: the first cap windows). Deterministic; touches
+    no training RNG."""
+    if isinstance(split, np.ndarray):
+        split = TokenSplit(split, "validation data")
+    return split.eval_windows(seq_len, cap)
+
+
 @dataclass
 class Dataset:
-    """Training (and optional validation) tokens plus what is known of their vocabulary."""
+    """Training (and optional validation and test) splits plus what is known of the vocabulary."""
 
-    train: np.ndarray  # uint16 or uint32 [n_train] (memmap)
-    val: np.ndarray | None  # [n_val], the same dtype, or None
+    train: Split
+    val: Split | None
     vocab_size: int
     source: str  # path as given, for messages and checkpoints
     tokenizer: Path | None  # this dataset's tokenizer.bin or tokenizer.json, if known
     max_id: int  # the largest token id in train and val
     raw: bool  # a single token file (its vocab_size was given or defaulted, not stated by meta)
     dtype: str = DEFAULT_DTYPE  # of its token files: uint16 or uint32
+    test: Split | None = None  # JSONL data's test.jsonl
 
 
 def open_dataset(
@@ -119,7 +208,7 @@ def open_dataset(
     path = embedded_dataset() if path is None else Path(path)
     tokenizer = None
     val: np.ndarray | None = None
-    val_max = 0
+    val_max, val_name = 0, ""
     if path.is_dir():
         meta_path = path / "meta.json"
         meta = _read_meta(path, meta_path)
@@ -137,6 +226,7 @@ def open_dataset(
         val_file = path / meta.get("val", "val.bin")
         if meta.get("val_tokens") != 0 and val_file.is_file():  # none: --val-fraction 0
             val, val_max = _load_tokens(val_file, vocab_size, dtype)
+            val_name = str(val_file)
         tok = path / meta.get("tokenizer", "tokenizer.bin")
         tokenizer = tok if tok.is_file() else None
     elif path.exists():
@@ -147,8 +237,10 @@ def open_dataset(
         raise DataError(f"{path}: no such file or dataset directory")
     if val_path is not None:
         val, val_max = _load_tokens(val_path, vocab_size, dtype)
-    return Dataset(train, val, vocab_size, str(path), tokenizer, max(train_max, val_max),
-                   raw=not path.is_dir(), dtype=dtype)  # fmt: skip
+        val_name = str(val_path)
+    val_split = None if val is None else TokenSplit(val, val_name)
+    return Dataset(TokenSplit(train, str(path)), val_split, vocab_size, str(path), tokenizer,
+                   max(train_max, val_max), raw=not path.is_dir(), dtype=dtype)  # fmt: skip
 
 
 def _read_meta(path: Path, meta_path: Path) -> dict:
@@ -189,6 +281,7 @@ class WindowSampler:
                  rank: int = 0, ranks: int = 1):  # fmt: skip
         check_length(tokens, seq_len, name)
         self.tokens, self.seq_len, self.rank, self.ranks = tokens, seq_len, rank, ranks
+        self.name = name
         self.rng = np.random.Generator(np.random.PCG64(seed))
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
@@ -203,13 +296,7 @@ class WindowSampler:
         return self.rng.bit_generator.state
 
     def set_state(self, state: dict) -> None:
+        if state.get("bit_generator") != "PCG64":
+            raise DataError(f"{self.name}: the run was trained on packed examples (JSONL), not "
+                            "on a token stream; pass its --data")  # fmt: skip
         self.rng.bit_generator.state = state
-
-
-def eval_windows(tokens: np.ndarray, seq_len: int, n: int):
-    """n evenly spaced windows over a split (deterministic; does not touch the training RNG)."""
-    check_length(tokens, seq_len, "validation data")
-    last = tokens.size - seq_len - 1
-    for pos in np.linspace(0, last, num=max(1, n), dtype=np.int64):
-        w = np.asarray(tokens[pos : pos + seq_len + 1], dtype=np.int32)
-        yield w[:-1], w[1:]
