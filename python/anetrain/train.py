@@ -147,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="validation every N steps (end only; needs validation data)",
     )
     g.add_argument("--eval-batches", type=int, default=None,
-                   help="validation windows: the first N of the split (default 0: all of them, every "
-                   "target once)")
+                   help="validation windows: the first N of the split (default 0: all of "
+                   "them, every target once)")  # fmt: skip
     g.add_argument(
         "--resume",
         nargs="?",
