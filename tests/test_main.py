@@ -22,7 +22,7 @@ def test_no_command_lists_them_and_an_unknown_one_is_one_line(capsys):
     assert main(["trian"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["anetrain: error: unknown command 'trian' (choose from train, sample, export, "
-                   "fuse, bench, dashboard, plot, probe)"]  # fmt: skip
+                   "eval, fuse, bench, dashboard, plot, probe)"]  # fmt: skip
 
 
 def test_a_command_runs_with_its_arguments(tmp_path, capsys):

@@ -17,8 +17,8 @@ LAYERS = [
     ["anetrain.model"],
     ["anetrain.backends"],
     ["anetrain.run", "anetrain.report", "anetrain.phases", "anetrain.dist"],
-    ["anetrain.train", "anetrain.sample", "anetrain.export", "anetrain.fuse", "anetrain.bench",
-     "anetrain.__main__", "anetrain.dashboard", "anetrain.plot", "anetrain.probe",
+    ["anetrain.train", "anetrain.sample", "anetrain.export", "anetrain.fuse", "anetrain.eval",
+     "anetrain.bench", "anetrain.__main__", "anetrain.dashboard", "anetrain.plot", "anetrain.probe",
      "anetrain.probe_report"],
 ]  # fmt: skip
 

@@ -10,6 +10,7 @@ COMMANDS = {
     "train": ("anetrain.train", "train or fine-tune a model (cpu, sim or the ANE)"),
     "sample": ("anetrain.sample", "generate text from an anetrain, llama2.c or Hugging Face model"),
     "export": ("anetrain.export", "write a model as llama2.c model.bin or Hugging Face directory"),
+    "eval": ("anetrain.eval", "loss and perplexity of a model over every token of a data split"),
     "fuse": ("anetrain.fuse", "merge LoRA adapters (a run or a PEFT directory) into their base"),
     "bench": ("anetrain.bench.__main__", "benchmarks: cpu, sim, overlap, hf, dist (mpirun)"),
     "dashboard": ("anetrain.dashboard", "watch a run: loss, throughput, phases, memory, power"),
