@@ -85,12 +85,15 @@ def host_gflops(cfg, repeat: int = 3) -> float:
     return 2 * 9200 * cfg.dim * cfg.seq_len / best / 1e9
 
 
-def timed_pool(workers: int):
-    """A DwPool whose jobs_log gets (perf_counter at submit, worker CPU seconds) of every job.
+def timed_pool(workers: int, lora=None, lora_grads=None):
+    """A DwPool whose jobs_log gets (perf_counter at submit, worker CPU seconds) of every job;
+    given LoraParams `lora`, it queues a LoRA step's jobs instead (lora_dw.AdapterJobs: dA, dB
+    into `lora_grads`, no dW of frozen weights).
 
     (Built here, not at import: anetrain.model loads numpy, which must wait for main() to pin the
     BLAS threads.)
     """
+    from anetrain.bench.lora_dw import AdapterJobs
     from anetrain.model import DwPool
 
     class TimedDwPool(DwPool):
@@ -110,7 +113,15 @@ def timed_pool(workers: int):
 
             return super().submit(timed)
 
-    return TimedDwPool(workers)
+    if lora is None:
+        return TimedDwPool(workers)
+
+    class TimedLoraPool(AdapterJobs, TimedDwPool):
+        pass
+
+    pool = TimedLoraPool(workers)
+    pool.adapt(lora, lora_grads)
+    return pool
 
 
 def dependency_floor(log: list, jobs: list[tuple[float, float]], kernel: float, crit: float,
@@ -134,25 +145,46 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _setup(cfg, rng, kern_of, workers: int, lora):
+    """(weights the kernels read, their gradient buffer, what AdamW trains, its gradients, the
+    weight copies the optimizer refreshes, kernels, dW pool), as train.py sets them up; with a
+    LoraConfig the adapters are trained over frozen weights holding W + s·B·A (lora.Staged)."""
+    from anetrain.lora import Staged, init_lora, stage
+    from anetrain.optim import AdamW
+    from anetrain.params import init_params
+
+    params = init_params(cfg, rng)
+    if lora is None:
+        weights, trained = params, params
+    else:
+        trained = init_lora(cfg, lora, rng)
+        weights = params.copy()
+        stage(params, trained, weights)
+    grads = weights.zeros_like()  # LoRA: only the RMSNorm backward still writes it (discarded)
+    tgrads = grads if lora is None else trained.zeros_like()
+    opt = AdamW(trained, 0.9, 0.95, 1e-8, 0.1)
+    kern = kern_of(weights)
+    copies = kern if lora is None else Staged(kern, params, trained, weights)
+    pool = timed_pool(workers, None if lora is None else trained, tgrads)
+    return weights, grads, opt, tgrads, copies, kern, pool
+
+
 def run(cfg, seconds: dict[str, float], steps: int, accum: int, workers: int = 0,
-        seed: int = 0) -> dict:  # fmt: skip
-    """Warm-up step + `steps` measured steps; per-step figures and the gap breakdown."""
+        seed: int = 0, lora=None) -> dict:  # fmt: skip
+    """Warm-up step + `steps` measured steps; per-step figures and the gap breakdown.
+    lora: a lora.LoraConfig to model a LoRA step (adapters over frozen weights) instead."""
     import numpy as np
 
     from anetrain.backends.mil import MilKernels
     from anetrain.bench.latency import LatencyRuntime
     from anetrain.model import micro_step
-    from anetrain.optim import AdamW, LossScaler, grad_norm, optimizer_step
-    from anetrain.params import init_params
+    from anetrain.optim import LossScaler, grad_norm, optimizer_step
 
     rng = np.random.default_rng(seed)
-    params = init_params(cfg, rng)
-    grads = params.zeros_like()
-    opt = AdamW(params, 0.9, 0.95, 1e-8, 0.1)
-    scaler = LossScaler(4096.0)  # as train.py on sim/ane
     rt = LatencyRuntime(seconds)
-    kern = MilKernels(cfg, params, rt)
-    pool = timed_pool(workers)
+    params, grads, opt, tgrads, copies, kern, pool = _setup(
+        cfg, rng, lambda w: MilKernels(cfg, w, rt), workers, lora)  # fmt: skip
+    scaler = LossScaler(4096.0)  # as train.py on sim/ane
     rows, gaps = [], {}
     try:
         for step in range(steps + 1):
@@ -166,8 +198,8 @@ def run(cfg, seconds: dict[str, float], steps: int, accum: int, workers: int = 0
                 micro_step(params, grads, kern, tok[:-1], tok[1:], m > 0, scaler.scale, pool,
                            last)  # fmt: skip
             unscale = 1.0 / (accum * scaler.scale)  # as train.py (1 thread): norm, clip, AdamW
-            norm = grad_norm(grads, unscale)
-            optimizer_step(opt, grads, kern, scaler, 1e-4, norm, unscale, 1.0)
+            norm = grad_norm(tgrads, unscale)
+            optimizer_step(opt, tgrads, copies, scaler, 1e-4, norm, unscale, 1.0)
             c_main1, t_end = time.thread_time(), time.perf_counter()
             # gaps: (previous evaluation or step start) -> (next evaluation or step end)
             marks = [("start", c_main0, c_main0, t_start, t_start)] + rt.log + \
@@ -216,6 +248,11 @@ def bench(argv: list[str] | None) -> int:
     p.add_argument("--threads", type=positive_int, default=1,
                    help="BLAS threads per thread (1, as training on sim/ane uses; also makes "
                         "per-thread CPU times exact)")
+    p.add_argument("--lora-rank", type=positive_int, default=None, metavar="R",
+                   help="model a LoRA step: rank-R adapters over frozen weights (no dW sgemms "
+                        "but the rank-R dA, dB products)")
+    p.add_argument("--lora-targets", default="q,v", metavar="LIST",
+                   help="adapted matrices with --lora-rank (q,v)")
     args = p.parse_args(argv)
     if "numpy" in sys.modules:
         print("note: numpy was imported before the bench; BLAS thread count not pinned")
@@ -243,11 +280,17 @@ def bench(argv: list[str] | None) -> int:
     else:
         seconds = m4_seconds(cfg, scale)
     workers = args.dw_workers or default_threads()  # as train.py sizes its DwPool
+    lora = None
+    if args.lora_rank is not None:
+        from anetrain.lora import LoraConfig
+
+        lora = LoraConfig(args.lora_rank, targets=tuple(args.lora_targets.split(",")))
+        print(f"LoRA: rank {lora.rank} on {','.join(lora.targets)} (frozen weights: no dW)")
     print(f"{args.model}: {cfg.n_layers} layers, dim {cfg.dim}, vocab {cfg.vocab_size}, seq "
           f"{cfg.seq_len}; accum {args.accum}; BLAS threads {args.threads}; {workers} dW workers; "
           f"{CORES} cores")
     print("modelled evaluation ms: " + ", ".join(f"{n} {1e3 * s:.3f}" for n, s in seconds.items()))
-    res = run(cfg, seconds, args.steps, args.accum, workers)
+    res = run(cfg, seconds, args.steps, args.accum, workers, lora=lora)
     rows = res["rows"]
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     print(f"\nmedian of {len(rows)} steps ({int(med['evals'])} evaluations each):")
