@@ -1,4 +1,4 @@
-"""python -m anetrain.bench lora: LoRA vs full fine-tuning vs PEFT on cpu; the latency-model ratio."""
+"""python -m anetrain.bench lora: LoRA vs full fine-tuning vs PEFT on cpu; latency-model ratio."""
 
 from __future__ import annotations
 
@@ -38,8 +38,12 @@ SHAPE_NOTE = "smollm2-360m and the other `bench hf` shapes, or a preset (tiny, s
 def model_config(name: str, seq: int, vocab: int | None) -> ModelConfig:
     """A `bench hf` shape or a preset, at sequence length `seq` (and vocabulary `vocab`)."""
     from anetrain.bench.hf import SHAPES
+    from anetrain.config import PRESETS
 
-    cfg = SHAPES[name] if name in SHAPES else preset(name)  # an unknown name: ConfigError
+    if name not in SHAPES and name not in PRESETS:
+        raise UserError(f"--shape {name!r}: not a shape ({', '.join(SHAPES)}) nor a preset "
+                        f"({', '.join(PRESETS)})")  # fmt: skip
+    cfg = SHAPES[name] if name in SHAPES else preset(name)
     if cfg.qk_norm:
         raise UserError(f"--shape {name}: the PEFT side builds a Llama model, which has no q/k "
                         "norm; pick a Llama-shaped model")  # fmt: skip

@@ -1,4 +1,4 @@
-"""One measurement of `bench lora`, in its own process: our training loop, PEFT, or the latency model.
+"""One `bench lora` measurement in its own process: our training loop, PEFT, or the latency model.
 
 python -m anetrain.bench.lora_child {ours,peft,latency} SPEC_JSON prints, as its last stdout
 line, `RESULT ` + one JSON object. Started by bench lora only: each measurement is a fresh

@@ -25,7 +25,8 @@ def _blocks(cfg: ModelConfig) -> dict[str, tuple[str, int]]:
 
 
 def adapter_products(dy: np.ndarray, xt: np.ndarray, a: np.ndarray, b: np.ndarray,
-                     da: np.ndarray, db: np.ndarray, scale: float, accumulate: bool) -> None:  # fmt: skip
+                     da: np.ndarray, db: np.ndarray, scale: float,
+                     accumulate: bool) -> None:  # fmt: skip
     """dB (+)= s dY (A X)ᵀ, dA (+)= s (Bᵀ dY) Xᵀ: the gradients of W + s B A without dW.
 
     dy [out, S] (dLoss/d of the matrix's output), xt [S, in] (its input, transposed),
