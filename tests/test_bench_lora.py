@@ -62,7 +62,7 @@ def test_each_side_runs_the_training_it_names(tmp_path) -> None:
     for rank in (8, 0):
         spec = {"threads": 1, "steps": 2, "lora_rank": rank, "targets": "q,v", "seed": 0,
                 "ckpt": str(ckpt), "data": str(data), "vocab": 97,
-                "out": str(tmp_path / f"r{rank}")}  # fmt: skip
+                "run_dir": str(tmp_path / f"r{rank}")}  # fmt: skip
         res = bench_lora.run_child("ours", spec, tmp_path / f"r{rank}.log")
         assert len(res["ms"]) == 2 and res["hwm_train_mb"] > 0 and res["maxrss_mb"] > 0
         losses[rank] = res["loss"]

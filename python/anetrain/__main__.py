@@ -10,7 +10,7 @@ COMMANDS = {
     "train": ("anetrain.train", "train or fine-tune a model (cpu, sim or the ANE)"),
     "sample": ("anetrain.sample", "generate text from an anetrain, llama2.c or Hugging Face model"),
     "export": ("anetrain.export", "write a model as llama2.c model.bin or Hugging Face directory"),
-    "bench": ("anetrain.bench.__main__", "benchmarks: cpu, sim, overlap, hf, dist (mpirun)"),
+    "bench": ("anetrain.bench.__main__", "benchmarks: cpu, sim, overlap, hf, dist (mpirun), lora"),
     "dashboard": ("anetrain.dashboard", "watch a run: loss, throughput, phases, memory, power"),
     "plot": ("anetrain.plot", "plot runs' loss and learning-rate curves to a PNG or SVG"),
     "probe": ("anetrain.probe", "measure this ANE: kernel times, conv TFLOPS, compile ceiling"),

@@ -112,7 +112,7 @@ def measure(cfg: ModelConfig, args: argparse.Namespace, tmp: Path) -> dict[str, 
             else:
                 out = tmp / f"{side}-{r}"
                 spec = dict(common, ckpt=str(ckpt), data=str(data), vocab=cfg.vocab_size,
-                            out=str(out))  # fmt: skip
+                            run_dir=str(out))  # fmt: skip
                 if side == "ours-full":
                     spec["lora_rank"] = 0
                 kind = "ours"

@@ -49,7 +49,7 @@ def ours(spec: dict) -> dict:
     from anetrain.formats import checkpoint
     from anetrain.train import main as train_main
 
-    out = Path(spec["out"])
+    out = Path(spec["run_dir"])
     argv = ["--init", spec["ckpt"], "--data", spec["data"], "--vocab-size", str(spec["vocab"]),
             "--backend", "cpu", "--steps", str(spec["steps"]), "--threads", str(spec["threads"]),
             "--ckpt-every", "1000000", "--out", str(out), "--quiet"]  # fmt: skip

@@ -227,6 +227,24 @@ def run(cfg, seconds: dict[str, float], steps: int, accum: int, workers: int = 0
     return {"rows": rows, "gaps": gaps, "stage_each": kern.stage_seconds / kern.stagings}
 
 
+def _kernel_seconds(args: argparse.Namespace, cfg) -> dict[str, float]:
+    """Evaluation seconds per kernel: --kernel-times or the M4 defaults, times --kernel-scale."""
+    if args.kernel_scale == "host":
+        g = host_gflops(cfg)
+        scale = M4_CPU_GFLOPS / g
+        print(f"host sgemm {g:.1f} GFLOP/s vs M4 {M4_CPU_GFLOPS:.0f}: kernel times x{scale:.2f}")
+    else:
+        scale = float(args.kernel_scale)  # validated by kernel_scale
+    if not args.kernel_times:
+        return m4_seconds(cfg, scale)
+    from anetrain import probe_report
+
+    doc = probe_report.load(args.kernel_times)
+    measured = probe_report.kernel_seconds(doc, cfg.to_dict(), args.kernel_times)
+    print(f"kernel times: {args.kernel_times} ({doc['runtime']}, {doc['chip']})")
+    return {n: scale * s for n, s in measured.items()}
+
+
 def bench(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(prog="python -m anetrain.bench overlap", description=__doc__)
     p.add_argument("--model", default="stories110m")
@@ -264,21 +282,7 @@ def bench(argv: list[str] | None) -> int:
     from anetrain.config import preset
 
     cfg = preset(args.model, vocab_size=args.vocab_size)  # None = the preset's
-    if args.kernel_scale == "host":
-        g = host_gflops(cfg)
-        scale = M4_CPU_GFLOPS / g
-        print(f"host sgemm {g:.1f} GFLOP/s vs M4 {M4_CPU_GFLOPS:.0f}: kernel times x{scale:.2f}")
-    else:
-        scale = float(args.kernel_scale)  # validated by kernel_scale
-    if args.kernel_times:
-        from anetrain import probe_report
-
-        doc = probe_report.load(args.kernel_times)
-        measured = probe_report.kernel_seconds(doc, cfg.to_dict(), args.kernel_times)
-        seconds = {n: scale * s for n, s in measured.items()}
-        print(f"kernel times: {args.kernel_times} ({doc['runtime']}, {doc['chip']})")
-    else:
-        seconds = m4_seconds(cfg, scale)
+    seconds = _kernel_seconds(args, cfg)
     workers = args.dw_workers or default_threads()  # as train.py sizes its DwPool
     lora = None
     if args.lora_rank is not None:
