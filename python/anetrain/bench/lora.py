@@ -82,7 +82,12 @@ def run_child(kind: str, spec: dict, log: Path) -> dict:
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=_child_env(),
                                 text=True)  # fmt: skip
-        out = proc.stdout.read()
+        try:
+            out = proc.stdout.read()
+        except BaseException:  # a stop signal (Ctrl-C): the child goes too, not on by itself
+            proc.kill()
+            proc.wait()
+            raise
         proc.stdout.close()
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = code = os.waitstatus_to_exitcode(status)
