@@ -36,7 +36,7 @@ def test_unknown_benchmark_is_named_with_the_valid_ones(capsys: pytest.CaptureFi
     out, err = capsys.readouterr()
     assert out == ""
     assert (
-        err == "anetrain.bench: error: unknown benchmark 'bogus' (choose from cpu, dist, hf, "
+        err == "anetrain.bench: error: unknown benchmark 'bogus' (choose from cpu, dist, hf, lora, "
         "overlap, sim)\n"
     )
 

@@ -12,7 +12,7 @@ COMMANDS = {
     "export": ("anetrain.export", "write a model as llama2.c model.bin or Hugging Face directory"),
     "eval": ("anetrain.eval", "loss and perplexity of a model over every token of a data split"),
     "fuse": ("anetrain.fuse", "merge LoRA adapters (a run or a PEFT directory) into their base"),
-    "bench": ("anetrain.bench.__main__", "benchmarks: cpu, sim, overlap, hf, dist (mpirun)"),
+    "bench": ("anetrain.bench.__main__", "benchmarks: cpu, sim, overlap, hf, dist (mpirun), lora"),
     "dashboard": ("anetrain.dashboard", "watch a run: loss, throughput, phases, memory, power"),
     "plot": ("anetrain.plot", "plot runs' loss and learning-rate curves to a PNG or SVG"),
     "probe": ("anetrain.probe", "measure this ANE: kernel times, conv TFLOPS, compile ceiling"),

@@ -1,4 +1,4 @@
-"""python -m anetrain.bench {cpu,sim,overlap,hf,dist} [options]: dispatch to one benchmark."""
+"""python -m anetrain.bench {cpu,sim,overlap,hf,dist,lora} [options]: dispatch to one benchmark."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ BENCHES = {
     "overlap": "anetrain.bench.overlap",  # latency-model runtime: kernel time vs CPU critical path
     "hf": "anetrain.bench.hf",  # Hugging Face shapes: cpu vs PyTorch, simulator, latency model
     "dist": "anetrain.bench.dist",  # under mpirun: gradient all-reduce, N ranks vs 1, scaling
+    "lora": "anetrain.bench.lora",  # LoRA vs full fine-tuning vs PEFT (cpu, RSS); latency model
 }
 
 

@@ -134,25 +134,48 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _setup(cfg, rng, kern_of, workers: int, lora):
+    """(micro_step's Gradients, what AdamW trains, its gradients, the weight copies the optimizer
+    refreshes, kernels, dW pool, the weights the kernels read), as train.py sets them up; with a
+    LoraConfig the adapters are trained over frozen weights holding W + s·B·A (lora.Staged,
+    lora.LoraGrads: no dW of frozen weights, rank-r dA, dB instead)."""
+    from anetrain.lora import LoraGrads, Staged, init_lora, keep_frozen
+    from anetrain.model import FullGrads
+    from anetrain.optim import AdamW
+    from anetrain.params import init_params
+
+    params = init_params(cfg, rng)
+    if lora is None:
+        trained = params
+        tgrads = params.zeros_like()
+        grads = FullGrads(tgrads)
+    else:
+        trained = init_lora(cfg, lora, rng)
+        frozen = keep_frozen(params, trained)
+        tgrads = trained.zeros_like()
+        grads = LoraGrads(trained, tgrads)
+    opt = AdamW(trained, 0.9, 0.95, 1e-8, 0.1)
+    kern = kern_of(params)
+    copies = kern if lora is None else Staged(kern, params, trained, frozen)
+    return grads, opt, tgrads, copies, kern, timed_pool(workers), params
+
+
 def run(cfg, seconds: dict[str, float], steps: int, accum: int, workers: int = 0,
-        seed: int = 0) -> dict:  # fmt: skip
-    """Warm-up step + `steps` measured steps; per-step figures and the gap breakdown."""
+        seed: int = 0, lora=None) -> dict:  # fmt: skip
+    """Warm-up step + `steps` measured steps; per-step figures and the gap breakdown.
+    lora: a lora.LoraConfig to model a LoRA step (adapters over frozen weights) instead."""
     import numpy as np
 
     from anetrain.backends.mil import MilKernels
     from anetrain.bench.latency import LatencyRuntime
     from anetrain.model import micro_step
-    from anetrain.optim import AdamW, LossScaler, grad_norm, optimizer_step
-    from anetrain.params import init_params
+    from anetrain.optim import LossScaler, grad_norm, optimizer_step
 
     rng = np.random.default_rng(seed)
-    params = init_params(cfg, rng)
-    grads = params.zeros_like()
-    opt = AdamW(params, 0.9, 0.95, 1e-8, 0.1)
-    scaler = LossScaler(4096.0)  # as train.py on sim/ane
     rt = LatencyRuntime(seconds)
-    kern = MilKernels(cfg, params, rt)
-    pool = timed_pool(workers)
+    grads, opt, tgrads, copies, kern, pool, params = _setup(
+        cfg, rng, lambda w: MilKernels(cfg, w, rt), workers, lora)  # fmt: skip
+    scaler = LossScaler(4096.0)  # as train.py on sim/ane
     rows, gaps = [], {}
     try:
         for step in range(steps + 1):
@@ -166,8 +189,8 @@ def run(cfg, seconds: dict[str, float], steps: int, accum: int, workers: int = 0
                 micro_step(params, grads, kern, tok[:-1], tok[1:], m > 0, scaler.scale, pool,
                            last)  # fmt: skip
             unscale = 1.0 / (accum * scaler.scale)  # as train.py (1 thread): norm, clip, AdamW
-            norm = grad_norm(grads, unscale)
-            optimizer_step(opt, grads, kern, scaler, 1e-4, norm, unscale, 1.0)
+            norm = grad_norm(tgrads, unscale)
+            optimizer_step(opt, tgrads, copies, scaler, 1e-4, norm, unscale, 1.0)
             c_main1, t_end = time.thread_time(), time.perf_counter()
             # gaps: (previous evaluation or step start) -> (next evaluation or step end)
             marks = [("start", c_main0, c_main0, t_start, t_start)] + rt.log + \
@@ -195,6 +218,24 @@ def run(cfg, seconds: dict[str, float], steps: int, accum: int, workers: int = 0
     return {"rows": rows, "gaps": gaps, "stage_each": kern.stage_seconds / kern.stagings}
 
 
+def _kernel_seconds(args: argparse.Namespace, cfg) -> dict[str, float]:
+    """Evaluation seconds per kernel: --kernel-times or the M4 defaults, times --kernel-scale."""
+    if args.kernel_scale == "host":
+        g = host_gflops(cfg)
+        scale = M4_CPU_GFLOPS / g
+        print(f"host sgemm {g:.1f} GFLOP/s vs M4 {M4_CPU_GFLOPS:.0f}: kernel times x{scale:.2f}")
+    else:
+        scale = float(args.kernel_scale)  # validated by kernel_scale
+    if not args.kernel_times:
+        return m4_seconds(cfg, scale)
+    from anetrain import probe_report
+
+    doc = probe_report.load(args.kernel_times)
+    measured = probe_report.kernel_seconds(doc, cfg.to_dict(), args.kernel_times)
+    print(f"kernel times: {args.kernel_times} ({doc['runtime']}, {doc['chip']})")
+    return {n: scale * s for n, s in measured.items()}
+
+
 def bench(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(prog="python -m anetrain.bench overlap", description=__doc__)
     p.add_argument("--model", default="stories110m")
@@ -216,6 +257,11 @@ def bench(argv: list[str] | None) -> int:
     p.add_argument("--threads", type=positive_int, default=1,
                    help="BLAS threads per thread (1, as training on sim/ane uses; also makes "
                         "per-thread CPU times exact)")
+    p.add_argument("--lora-rank", type=positive_int, default=None, metavar="R",
+                   help="model a LoRA step: rank-R adapters over frozen weights (no dW sgemms "
+                        "but the rank-R dA, dB products)")
+    p.add_argument("--lora-targets", default="q,v", metavar="LIST",
+                   help="adapted matrices with --lora-rank (q,v)")
     args = p.parse_args(argv)
     if "numpy" in sys.modules:
         print("note: numpy was imported before the bench; BLAS thread count not pinned")
@@ -227,27 +273,19 @@ def bench(argv: list[str] | None) -> int:
     from anetrain.config import preset
 
     cfg = preset(args.model, vocab_size=args.vocab_size)  # None = the preset's
-    if args.kernel_scale == "host":
-        g = host_gflops(cfg)
-        scale = M4_CPU_GFLOPS / g
-        print(f"host sgemm {g:.1f} GFLOP/s vs M4 {M4_CPU_GFLOPS:.0f}: kernel times x{scale:.2f}")
-    else:
-        scale = float(args.kernel_scale)  # validated by kernel_scale
-    if args.kernel_times:
-        from anetrain import probe_report
-
-        doc = probe_report.load(args.kernel_times)
-        measured = probe_report.kernel_seconds(doc, cfg.to_dict(), args.kernel_times)
-        seconds = {n: scale * s for n, s in measured.items()}
-        print(f"kernel times: {args.kernel_times} ({doc['runtime']}, {doc['chip']})")
-    else:
-        seconds = m4_seconds(cfg, scale)
+    seconds = _kernel_seconds(args, cfg)
     workers = args.dw_workers or default_threads()  # as train.py sizes its DwPool
+    lora = None
+    if args.lora_rank is not None:
+        from anetrain.lora import LoraConfig
+
+        lora = LoraConfig(args.lora_rank, targets=tuple(args.lora_targets.split(",")))
+        print(f"LoRA: rank {lora.rank} on {','.join(lora.targets)} (frozen weights: no dW)")
     print(f"{args.model}: {cfg.n_layers} layers, dim {cfg.dim}, vocab {cfg.vocab_size}, seq "
           f"{cfg.seq_len}; accum {args.accum}; BLAS threads {args.threads}; {workers} dW workers; "
           f"{CORES} cores")
     print("modelled evaluation ms: " + ", ".join(f"{n} {1e3 * s:.3f}" for n, s in seconds.items()))
-    res = run(cfg, seconds, args.steps, args.accum, workers)
+    res = run(cfg, seconds, args.steps, args.accum, workers, lora=lora)
     rows = res["rows"]
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     print(f"\nmedian of {len(rows)} steps ({int(med['evals'])} evaluations each):")
