@@ -23,7 +23,7 @@ class LoraConfig:
 
     rank: int
     alpha: float = 0.0  # 0: 2 * rank
-    dropout: float = 0.0  # only 0 for now
+    dropout: float = 0.0  # of each adapter's input, as PEFT's lora_dropout (cpu backend)
     targets: tuple[str, ...] = ("q", "v")
     layers: int = 0  # the last N layers; 0 = all
 
@@ -34,8 +34,8 @@ class LoraConfig:
             object.__setattr__(self, "alpha", float(2 * self.rank))
         if self.alpha <= 0:
             raise ConfigError(f"--lora-alpha must be > 0, got {self.alpha}")
-        if self.dropout != 0.0:
-            raise ConfigError(f"--lora-dropout {self.dropout}: only 0 is supported so far")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--lora-dropout must be in [0, 1), got {self.dropout}")
         bad = [t for t in self.targets if t not in TARGETS]
         if bad or not self.targets or len(set(self.targets)) != len(self.targets):
             raise ConfigError(f"--lora-targets {','.join(self.targets)}: pick distinct names "
@@ -83,6 +83,12 @@ def layout(cfg: ModelConfig, lc: LoraConfig) -> list[tuple[str, str, tuple[int, 
             out += [(f"{base}.lora_A", base, (lc.rank, cols)),
                     (f"{base}.lora_B", base, (rows, lc.rank))]  # fmt: skip
     return out
+
+
+def matrix_rows(cfg: ModelConfig) -> dict[str, int]:
+    """The rows (outputs) of every layer matrix: "wq" -> q_dim, ..., "w2" -> dim."""
+    return {name.split(".")[-1]: shape[0] for name, shape in params_layout(cfg)
+            if name.startswith("layers.0.") and len(shape) == 2}  # fmt: skip
 
 
 class LoraParams:
@@ -152,18 +158,19 @@ class LoraGrads:
 
     For Y = (W + s B A) X the gradient of the effective weight is dW = dY Xᵀ, so
     dB = s dW Aᵀ = dY (s A X)ᵀ and dA = s Bᵀ dW = (s Bᵀ dY) Xᵀ: rank-r products from the dY and
-    X micro_step already has, never the full dW. The frozen weights get no gradient: norm-weight
-    gradients go to a scratch buffer nobody reads, the classifier and embedding to nowhere.
+    X micro_step already has, never the full dW (with dropout, the adapter's input is the dropped
+    X). The frozen weights get no gradient: norm-weight gradients go to a scratch buffer nobody
+    reads, the classifier and embedding to nowhere.
     """
 
-    def __init__(self, lora: LoraParams, out: LoraParams) -> None:
-        self.lora, self.out = lora, out
+    def __init__(self, lora: LoraParams, out: LoraParams, dropout: LoraDropout | None = None
+                 ) -> None:  # fmt: skip
+        self.lora, self.out, self.dropout = lora, out, dropout
         self.flat = out.flat  # [n_lora], what the ranks all-reduce
         self._adapted = {(int(base.split(".")[1]), base.split(".")[2]): (a, b)
                          for base, a, b in lora.pairs()}  # (layer, "wq") -> A, B  # fmt: skip
         self._scratch: dict[int, np.ndarray] = {}  # size -> a discarded norm-weight gradient
-        self._rows = {name.split(".")[-1]: shape[0] for name, shape in params_layout(lora.cfg)
-                      if name.startswith("layers.0.")}  # "wq" -> its rows  # fmt: skip
+        self._rows = matrix_rows(lora.cfg)
 
     def start(self) -> None:
         pass  # every adapter's gradient is overwritten by its first matrix() (accumulate=False)
@@ -178,9 +185,10 @@ class LoraGrads:
             if (layer, name) in self._adapted:
                 a, b = self._adapted[(layer, name)]
                 base = f"layers.{layer}.{name}"
+                xd = x if self.dropout is None else self.dropout.dropped(layer, name, x)
                 da, db = self.out.tensors[f"{base}.lora_A"], self.out.tensors[f"{base}.lora_B"]
                 dw.add((layer, name, "lora"), [(_adapter_grads, da, db, a, b, dy[row : row + rows],
-                                                x, self.lora.lc.scale, accumulate)])  # fmt: skip
+                                                xd, self.lora.lc.scale, accumulate)])  # fmt: skip
             row += rows
 
     def vector(self, layer: int | None, name: str) -> np.ndarray:
@@ -246,3 +254,77 @@ class Staged:
             yield self.params
         finally:
             stage(self.frozen, self.lora, self.params)
+
+
+class LoraDropout:
+    """PEFT's lora_dropout on the cpu backend: Y = W X + s B A drop(X), drop(X) = X ⊙ mask / (1-p)
+    with an independent mask per adapter, drawn afresh every micro-step.
+
+    The kernels read W + s B A, so this adds the difference s B A (drop(X) - X) to each adapted
+    projection's output and s (mask / (1-p) - 1) ⊙ Aᵀ Bᵀ dY to its input gradient
+    (backends.cpu.ProjectionHook); LoraGrads reads drop(X). The masks come from a generator keyed by
+    (seed, key, layer, adapter), so a resumed run draws the same ones. Outside begin() ... end()
+    (evaluation) nothing is dropped. The fused ANE kernels have no place for the difference: the
+    sim and ane backends refuse dropout.
+    """
+
+    def __init__(self, lora: LoraParams, seed: int) -> None:
+        self.lora, self.p, self.seed = lora, lora.lc.dropout, seed
+        self.adapted = {(int(base.split(".")[1]), base.split(".")[2]): (a, b)
+                        for base, a, b in lora.pairs()}  # fmt: skip
+        self._rows = matrix_rows(lora.cfg)
+        self.key: tuple[int, ...] | None = None
+        self.masks: dict[tuple[int, str], np.ndarray] = {}  # bool [in, S] of this micro-step
+
+    def begin(self, *key: int) -> None:
+        """Before a training micro-step: its masks are keyed by `key` (step, micro-step, rank)."""
+        self.key, self.masks = key, {}
+
+    def end(self) -> None:
+        self.key, self.masks = None, {}
+
+    def _mask(self, layer: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        if (layer, name) not in self.masks:
+            assert self.key is not None
+            which = list(TARGETS.values()).index(name)
+            rng = np.random.default_rng([self.seed, *self.key, layer, which])
+            self.masks[(layer, name)] = rng.random(shape, dtype=np.float32) >= self.p
+        return self.masks[(layer, name)]
+
+    def dropped(self, layer: int, name: str, x: np.ndarray) -> np.ndarray:
+        """drop(x) [in, S] of adapter (layer, name); x itself outside a training micro-step."""
+        if self.key is None:
+            return x
+        m = self._mask(layer, name, x.shape)
+        return np.where(m, x * np.float32(1.0 / (1.0 - self.p)), np.float32(0.0))
+
+    def forward(self, layer: int, names: tuple[str, ...], x: np.ndarray, y: np.ndarray) -> None:
+        """y [rows, S], the stacked projections `names` of x [in, S] through W + s B A, += the
+        dropout's difference s B A (drop(x) - x) for every adapted one."""
+        if self.key is None:
+            return
+        row, s = 0, np.float32(self.lora.lc.scale)
+        for name in names:
+            a, b = self.adapted.get((layer, name), (None, None))
+            rows = self._rows[name]
+            if a is not None:
+                u = a @ (self.dropped(layer, name, x) - x)  # [r, S]
+                u *= s
+                y[row : row + rows] += b @ u
+            row += rows
+
+    def backward(self, layer: int, names: tuple[str, ...], dy: np.ndarray, dx: np.ndarray) -> None:
+        """dx [in, S] = (W + s B A)ᵀ dy of the stacked rows `names`, += s (mask / (1-p) - 1) ⊙
+        Aᵀ Bᵀ dy_rows for every adapted one."""
+        if self.key is None:
+            return
+        row, s = 0, np.float32(self.lora.lc.scale)
+        for name in names:
+            a, b = self.adapted.get((layer, name), (None, None))
+            rows = self._rows[name]
+            if a is not None:
+                g = a.T @ (b.T @ dy[row : row + rows])  # [in, S]
+                g *= s
+                m = self.masks[(layer, name)]
+                dx += np.where(m, g * np.float32(1.0 / (1.0 - self.p) - 1.0), -g)
+            row += rows

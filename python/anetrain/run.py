@@ -219,22 +219,28 @@ def _resume(args: argparse.Namespace, path: Path, out: Path, same_run: bool) -> 
     return Run(state, data, ck.params, moments, out, same_run, ck.lora)
 
 
-def _lora_config(args: argparse.Namespace) -> LoraConfig | None:
-    """--lora-rank R [--lora-alpha A] [--lora-targets q,v] [--lora-layers N], or None."""
+def _lora_flags(args: argparse.Namespace) -> tuple:
+    return (args.lora_alpha, args.lora_targets, args.lora_layers, args.lora_dropout)
+
+
+def _lora_config(args: argparse.Namespace, dropout: float = 0.0) -> LoraConfig | None:
+    """--lora-rank R [--lora-alpha A] [--lora-targets q,v] [--lora-layers N] [--lora-dropout P],
+    or None; `dropout` when --lora-dropout is not given."""
     if args.lora_rank is None:
-        if any(v is not None for v in (args.lora_alpha, args.lora_targets, args.lora_layers)):
-            raise ConfigError("--lora-alpha, --lora-targets and --lora-layers need --lora-rank")
+        if any(v is not None for v in _lora_flags(args)):
+            raise ConfigError("--lora-alpha, --lora-targets, --lora-layers and --lora-dropout need "
+                              "--lora-rank")  # fmt: skip
         return None
     targets = tuple(args.lora_targets.split(",")) if args.lora_targets is not None else ("q", "v")
-    return LoraConfig(args.lora_rank, args.lora_alpha or 0.0, 0.0, targets, args.lora_layers or 0)
+    p = dropout if args.lora_dropout is None else args.lora_dropout
+    return LoraConfig(args.lora_rank, args.lora_alpha or 0.0, p, targets, args.lora_layers or 0)
 
 
 def _check_lora_resume(args: argparse.Namespace, path: Path, saved: LoraConfig | None) -> None:
     """LoRA flags on --resume must describe the saved run's adapters (or be left out)."""
-    if args.lora_rank is None and args.lora_alpha is None and args.lora_targets is None and \
-            args.lora_layers is None:  # fmt: skip
+    if args.lora_rank is None and all(v is None for v in _lora_flags(args)):
         return
-    given = _lora_config(args)
+    given = _lora_config(args, saved.dropout if saved is not None else 0.0)
     if saved is None:
         raise CheckpointError(f"{path}: a full fine-tuning run cannot be resumed with LoRA; use "
                               f"--init {path} to train adapters over its weights")  # fmt: skip
@@ -422,10 +428,8 @@ def _adapter_lora_config(args: argparse.Namespace, adapter: Adapter) -> LoraConf
         if given is not None and value != saved:
             raise ConfigError(f"{flag} {given} contradicts the adapter of --init {args.init} "
                               f"({flag[7:]} {shown}); drop the flag or make it agree")  # fmt: skip
-    if adapter.dropout:
-        _warn(f"--init {args.init}: the adapter was trained with lora_dropout {adapter.dropout}; "
-              "anetrain trains without dropout")  # fmt: skip
-    return lc
+    dropout = adapter.dropout if args.lora_dropout is None else args.lora_dropout
+    return dataclasses.replace(lc, dropout=dropout)  # the adapter's own, unless --lora-dropout
 
 
 def _raw_dtype(data: Dataset) -> str | None:

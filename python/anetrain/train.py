@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adapted matrices from q,k,v,o,gate,up,down (default q,v)")  # fmt: skip
     g.add_argument("--lora-layers", type=int, default=None, metavar="N",
                    help="adapt the last N layers (default all)")  # fmt: skip
+    g.add_argument("--lora-dropout", type=float, default=None, metavar="P",
+                   help="dropout of each adapter's input, as PEFT's lora_dropout (default 0; cpu "
+                   "backend only)")  # fmt: skip
     g = p.add_argument_group("run")
     g.add_argument(
         "--backend",
@@ -209,16 +212,21 @@ def _release(kern, dw_pool) -> None:
 
 @contextmanager
 def _open_backend(run, weights, threads: int, blas_threads: int | None, quiet: bool,
-                  world: dist.World):  # fmt: skip
+                  world: dist.World, hook=None):  # fmt: skip
     """Yield (kernels over `weights`, backend name, DwPool or None, a note on the dW workers);
     the kernels and worker threads are released on the way out, however the run ends."""
     from anetrain.backends import make_kernels, pick_backend
     from anetrain.backends.ane import AneError
+    from anetrain.backends.cpu import CpuKernels
     from anetrain.model import DwPool
 
     cfg, tc = run.cfg, run.tc
     backend = pick_backend(tc.backend, verbose=not quiet, cfg=cfg)
     world.check_backend(backend)
+    if hook is not None and backend != "cpu":  # (auto: an ANE that fails falls back to cpu)
+        raise UserError(f"--lora-dropout {run.lora.lc.dropout}: the {backend} kernels read "
+                        "W + s·B·A, with no place to drop an adapter's input alone; use "
+                        "--backend cpu, or --lora-dropout 0")  # fmt: skip
     try:
         kern = make_kernels(backend, cfg, weights, threads)
     except AneError as e:  # auto chose ane, which has never compiled on this machine: fall back
@@ -228,6 +236,9 @@ def _open_backend(run, weights, threads: int, blas_threads: int | None, quiet: b
               "this an error)", file=sys.stderr)  # fmt: skip
         backend = "cpu"
         kern = make_kernels(backend, cfg, weights, threads)
+    if hook is not None:
+        assert isinstance(kern, CpuKernels)
+        kern.hook = hook
     dw_pool, dw_note = None, ""
     try:
         if kern.overlap_dw:  # dW sgemms on worker threads, behind kernel evaluations
@@ -403,7 +414,7 @@ def _restore(run, world: dist.World, threads: int, quiet: bool):
     from anetrain.optim import AdamW
 
     tc, st = run.tc, run.state
-    grads, trained, tgrads, frozen = _trained(run)
+    grads, trained, tgrads, frozen, dropout = _trained(run)
     opt = AdamW(trained, tc.beta1, tc.beta2, tc.eps, tc.weight_decay, threads=threads)
     if run.moments is not None:
         opt.m, opt.v = run.moments
@@ -412,21 +423,36 @@ def _restore(run, world: dist.World, threads: int, quiet: bool):
     if st.sampler is not None:
         sampler.set_state(st.sampler)
     _record_ranks(run, world, quiet)
-    return grads, opt, tgrads, sampler, frozen
+    return grads, opt, tgrads, sampler, frozen, dropout
+
+
+@contextmanager
+def _dropping(dropout, *key: int):
+    """A training micro-step of a run with LoRA dropout: its masks, keyed by `key`."""
+    if dropout is None:
+        yield
+        return
+    dropout.begin(*key)
+    try:
+        yield
+    finally:
+        dropout.end()
 
 
 def _trained(run):
     """(micro_step's Gradients, what AdamW trains, the gradients it reads, a LoRA run's frozen
     weights): every parameter; or in a LoRA run the adapters alone (no gradient buffer for the
     frozen weights), with the adapted matrices of run.params staged to W + s·B·A in place."""
-    from anetrain.lora import LoraGrads, keep_frozen
+    from anetrain.lora import LoraDropout, LoraGrads, keep_frozen
     from anetrain.model import FullGrads
 
     if run.lora is None:
         grads = run.params.zeros_like()
-        return FullGrads(grads), run.params, grads, None
+        return FullGrads(grads), run.params, grads, None, None
     dlora = run.lora.zeros_like()
-    return LoraGrads(run.lora, dlora), run.lora, dlora, keep_frozen(run.params, run.lora)
+    drop = LoraDropout(run.lora, run.tc.seed) if run.lora.lc.dropout else None
+    frozen = keep_frozen(run.params, run.lora)
+    return LoraGrads(run.lora, dlora, drop), run.lora, dlora, frozen, drop
 
 
 def train(argv: list[str] | None) -> int:
@@ -453,12 +479,12 @@ def train(argv: list[str] | None) -> int:
         print(f"note: --eval-every {tc.eval_every} is ignored: {run.data.source} has no "
               "validation data (pass --val-data FILE)")  # fmt: skip
     params = run.params  # a LoRA run: W + s·B·A in the adapted matrices, the frozen W aside
-    grads, opt, tgrads, sampler, frozen = _restore(run, world, threads, quiet)
+    grads, opt, tgrads, sampler, frozen, dropout = _restore(run, world, threads, quiet)
     seqs = world.size * tc.accum  # sequences per optimizer step, over all ranks
     step0, decay_steps, tokens_per_step = st.step, tc.lr_decay_steps or tc.steps, seqs * S
 
     # N ranks: a stop signal is recorded, and acted on where they meet (World.meet)
-    with _open_backend(run, params, threads, blas_threads, quiet, world) as \
+    with _open_backend(run, params, threads, blas_threads, quiet, world, dropout) as \
             (kern, backend, dw_pool, dw_note), world.deferring_signals() as caught:  # fmt: skip
         # fp16 kernels need loss scaling; the fp32 cpu kernels do not (scale 1, never skips)
         scaler = LossScaler(2.0**12 if kern.fp16 else 1.0, dynamic=kern.fp16)
@@ -487,7 +513,8 @@ def train(argv: list[str] | None) -> int:
                         break
                     x, y = sampler.next()
                     w = counted_targets(y) / S  # 1.0 for a window without masked targets
-                    with warnings.catch_warnings():  # sim: an fp16 overflow is reported as a skip
+                    # sim: an fp16 overflow is reported as a skip; LoRA dropout: this micro-step's
+                    with warnings.catch_warnings(), _dropping(dropout, st.step, micro, world.rank):
                         warnings.simplefilter("ignore", MilOverflowWarning)
                         loss = micro_step(params, grads, kern, x, y, accumulate=micro > 0,
                                           loss_scale=scaler.scale * w, dw_pool=dw_pool,

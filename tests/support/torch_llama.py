@@ -38,6 +38,10 @@ class TorchLlama(torch.nn.Module):
     def w(self, name: str) -> torch.Tensor:
         return self.p[name.replace(".", "/")]
 
+    def proj(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """x (S, in) through the layer matrix `name` (out, in): (S, out)."""
+        return x @ self.w(name).T
+
     def _rmsnorm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.cfg.norm_eps) * w
 
@@ -56,13 +60,13 @@ class TorchLlama(torch.nn.Module):
         for i in range(cfg.n_layers):
             L = f"layers.{i}."
             h = self._rmsnorm(x, self.w(L + "rms_att"))
-            q = (h @ self.w(L + "wq").T).view(S, H, hd)
-            k = (h @ self.w(L + "wk").T).view(S, KV, hd)
+            q = (self.proj(L + "wq", h)).view(S, H, hd)
+            k = (self.proj(L + "wk", h)).view(S, KV, hd)
             if cfg.qk_norm:  # Qwen3: RMSNorm over each head's hd values, before RoPE
                 q = self._rmsnorm(q, self.w(L + "q_norm"))
                 k = self._rmsnorm(k, self.w(L + "k_norm"))
             q, k = self._rope(q), self._rope(k)
-            v = (h @ self.w(L + "wv").T).view(S, KV, hd)
+            v = (self.proj(L + "wv", h)).view(S, KV, hd)
             if KV != H:  # query head h uses kv head h // (H/KV)
                 k = k.repeat_interleave(H // KV, dim=1)
                 v = v.repeat_interleave(H // KV, dim=1)
@@ -70,10 +74,10 @@ class TorchLlama(torch.nn.Module):
             att = (q @ k.transpose(1, 2)) / math.sqrt(hd)
             att = att.masked_fill(self.causal[:S, :S], float("-inf"))
             o = (att.softmax(-1) @ v).transpose(0, 1).reshape(S, cfg.q_dim)
-            x = x + o @ self.w(L + "wo").T
+            x = x + self.proj(L + "wo", o)
             h = self._rmsnorm(x, self.w(L + "rms_ffn"))
-            g = F.silu(h @ self.w(L + "w1").T) * (h @ self.w(L + "w3").T)
-            x = x + g @ self.w(L + "w2").T
+            g = F.silu(self.proj(L + "w1", h)) * (self.proj(L + "w3", h))
+            x = x + self.proj(L + "w2", g)
         x = self._rmsnorm(x, self.w("rms_final"))
         cls = self.w("embed") if cfg.shared_classifier else self.w("wcls")
         return F.cross_entropy(x @ cls.T, targets)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 from anetrain import native
@@ -45,6 +47,19 @@ def joined_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.concatenate((a, b))
 
 
+class ProjectionHook(Protocol):
+    """What a LoRA run adds to the projections beside W + s·B·A (lora.LoraDropout)."""
+
+    def forward(self, layer: int, names: tuple[str, ...], x: np.ndarray, y: np.ndarray) -> None:
+        """y [rows, S] = the stacked projections `names` (e.g. ("wq", "wk", "wv")) of x [in, S]:
+        add to it in place."""
+        ...
+
+    def backward(self, layer: int, names: tuple[str, ...], dy: np.ndarray, dx: np.ndarray) -> None:
+        """dx [in, S] = the stacked projections' transpose applied to dy [rows, S]: add to it."""
+        ...
+
+
 class CpuKernels:
     """model.Kernels in fp32 numpy, reading the fp32 masters directly (no staging needed)."""
 
@@ -68,6 +83,7 @@ class CpuKernels:
         # left sdpa_bwd). Reusing them saves the first-touch page faults of fresh 3 MB arrays
         # (~2 us per 4 KB page on a VM: ~1.7 ms per buffer, about as long as the softmax itself).
         self._spare: list[np.ndarray] = []
+        self.hook: ProjectionHook | None = None  # a LoRA run's dropout (lora.LoraDropout)
 
     def update_weights(self) -> None:
         """Called after every optimizer step; the cpu kernels read the masters, so nothing to do."""
@@ -87,6 +103,17 @@ class CpuKernels:
         return {"compile": 0.0}
 
     # ---- helpers ----------------------------------------------------------------------------
+
+    def _fwd(self, layer: int, names: tuple[str, ...], x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        if self.hook is not None:
+            self.hook.forward(layer, names, x, y)
+        return y
+
+    def _bwd(self, layer: int, names: tuple[str, ...], dy: np.ndarray, dx: np.ndarray
+             ) -> np.ndarray:  # fmt: skip
+        if self.hook is not None:
+            self.hook.backward(layer, names, dy, dx)
+        return dx
 
     def _heads(self, x: np.ndarray) -> np.ndarray:
         return x.reshape(self.cfg.n_heads, self.cfg.head_dim, self.S)  # [Q,S] -> (H, hd, S)
@@ -131,6 +158,7 @@ class CpuKernels:
         cfg = self.cfg
         Q, KV = cfg.q_dim, cfg.kv_dim
         qkv = self.params.block(layer, "wq", "wv") @ xnorm  # [Q + 2KV, S], one sgemm
+        self._fwd(layer, ("wq", "wk", "wv"), xnorm, qkv)
         q, k, v = qkv[:Q], qkv[Q : Q + KV], qkv[Q + KV :]  # [Q, S], [KV, S], [KV, S] row views
         pre = ()
         if cfg.qk_norm:  # Qwen3: RMSNorm of every q and k head before RoPE
@@ -152,26 +180,29 @@ class CpuKernels:
         return (attn.reshape(cfg.q_dim, self.S), q, k, v, *pre)
 
     def wo_fwd(self, layer: int, attn: np.ndarray) -> np.ndarray:
-        return self.params.layers[layer].wo @ attn  # [D, S]
+        return self._fwd(layer, ("wo",), attn, self.params.layers[layer].wo @ attn)  # [D, S]
 
     def ffn_fused(self, layer: int, x2norm: np.ndarray):
         F = self.cfg.hidden_dim
         h13 = self.params.block(layer, "w1", "w3") @ x2norm  # [2F, S], one sgemm
+        self._fwd(layer, ("w1", "w3"), x2norm, h13)
         h1, h3 = h13[:F], h13[F:]  # [F, S] each
         gate = native.swiglu_fwd(h1, h3, threads=self.threads)  # [F, S]
-        return self.params.layers[layer].w2 @ gate, h1, h3, gate  # ffn [D, S]
+        ffn = self._fwd(layer, ("w2",), gate, self.params.layers[layer].w2 @ gate)  # [D, S]
+        return ffn, h1, h3, gate
 
     # ---- backward ---------------------------------------------------------------------------
 
     def ffn_bwd_w2t(self, layer: int, dffn: np.ndarray) -> np.ndarray:
-        return self.params.layers[layer].w2.T @ dffn  # [F, S]
+        return self._bwd(layer, ("w2",), dffn, self.params.layers[layer].w2.T @ dffn)  # [F, S]
 
     def ffn_bwd_w13t(self, layer: int, dh1: np.ndarray, dh3: np.ndarray) -> np.ndarray:
         w13 = self.params.block(layer, "w1", "w3")  # [2F, D]
-        return w13.T @ joined_rows(dh1, dh3)  # W1^T dh1 + W3^T dh3 as one sgemm: [D, S]
+        dh13 = joined_rows(dh1, dh3)  # [2F, S]
+        return self._bwd(layer, ("w1", "w3"), dh13, w13.T @ dh13)  # W1^T dh1 + W3^T dh3 [D, S]
 
     def wot_bwd(self, layer: int, dx2: np.ndarray) -> np.ndarray:
-        return self.params.layers[layer].wo.T @ dx2  # [Q, S]
+        return self._bwd(layer, ("wo",), dx2, self.params.layers[layer].wo.T @ dx2)  # [Q, S]
 
     def sdpa_bwd1(
         self, layer: int, q: np.ndarray, k_tiled: np.ndarray, v_tiled: np.ndarray, dattn: np.ndarray
@@ -214,8 +245,9 @@ class CpuKernels:
         return dq, dk, dv
 
     def q_bwd(self, layer: int, dq: np.ndarray) -> np.ndarray:
-        return self.params.layers[layer].wq.T @ dq  # [D, S]
+        return self._bwd(layer, ("wq",), dq, self.params.layers[layer].wq.T @ dq)  # [D, S]
 
     def kv_bwd(self, layer: int, dk: np.ndarray, dv: np.ndarray) -> np.ndarray:
         wkv = self.params.block(layer, "wk", "wv")  # [2KV, D]
-        return wkv.T @ joined_rows(dk, dv)  # Wk^T dk + Wv^T dv as one sgemm: [D, S]
+        dkv = joined_rows(dk, dv)  # [2KV, S]
+        return self._bwd(layer, ("wk", "wv"), dkv, wkv.T @ dkv)  # Wk^T dk + Wv^T dv [D, S]
