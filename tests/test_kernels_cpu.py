@@ -1,4 +1,5 @@
-"""CpuKernels buffer reuse: recycled (H, S, S) buffers never alias an array a caller still holds."""
+"""CpuKernels: recycled (H, S, S) buffers never alias an array a caller still holds; the causal
+attention products in blocks give torch autograd's gradients."""
 
 from __future__ import annotations
 
@@ -88,3 +89,33 @@ def test_threads_reach_the_cpu_kernels(rng):
 
     cfg = tiny_cfg()
     assert make_kernels("cpu", cfg, init_params(cfg, rng), threads=3).threads == 3
+
+
+@pytest.mark.parametrize("S", [256, 512])
+def test_blocked_causal_attention_matches_torch(rng, S, monkeypatch):
+    """S >= 256: the attention products skip the masked blocks (2 or 4 of them); the loss and every
+    gradient equal torch autograd's, and the single-block products' to rounding."""
+    pytest.importorskip("torch")
+    import torch_llama
+
+    import anetrain.backends.cpu as cpu
+
+    cfg = tiny_cfg(seq_len=S, n_kv_heads=2)
+    p = init_params(cfg, rng)
+    for t in p.tensors.values():
+        if t.ndim == 2:
+            t *= 4.0  # sharp attention: a wrong block shows
+    tok = rng.integers(0, cfg.vocab_size, S + 1).astype(np.int32)
+    kern = CpuKernels(cfg, p)
+    assert len(kern._blocks()) == S // 128
+    grads = p.zeros_like()
+    loss = micro_step(p, grads, kern, tok[:-1], tok[1:], False)
+    tloss, tgrads = torch_llama.loss_and_grads(p, tok[:-1], tok[1:])
+    assert loss == pytest.approx(tloss, rel=1e-5)
+    for name, g in grads.tensors.items():
+        ref = tgrads.tensors[name]
+        assert np.abs(g - ref).max() <= 1e-4 * np.abs(ref).max(), name
+    monkeypatch.setattr(cpu, "_BLOCK", 1 << 20)  # one block: the plain products
+    one = p.zeros_like()
+    micro_step(p, one, CpuKernels(cfg, p), tok[:-1], tok[1:], False)
+    np.testing.assert_allclose(grads.flat, one.flat, rtol=1e-4, atol=1e-6)

@@ -47,6 +47,9 @@ def joined_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.concatenate((a, b))
 
 
+_BLOCK = 128  # query / key rows per block of the causal attention products
+
+
 class ProjectionHook(Protocol):
     """What a LoRA run adds to the projections beside W + s·B·A (lora.LoraDropout)."""
 
@@ -136,20 +139,42 @@ class CpuKernels:
 
     def _probs(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
         """Causal softmax probabilities (H, S_query, S_key) from roped q and tiled k [Q, S]."""
-        qh, kh = self._heads(q), self._heads(k)  # (H, hd, S)
-        scores = self._square()  # (H, S, S)
-        for h in range(self.cfg.n_heads):  # 2-D products go straight to BLAS (stacked ones do not)
-            np.matmul(qh[h].T, kh[h], out=scores[h])
+        scores = self._scores(self._heads(q), self._heads(k), self._square())  # (H, S, S)
         return native.causal_softmax(scores, self.scale, threads=self.threads)  # masked, in place
 
-    def _per_head(
-        self, a: np.ndarray, b: np.ndarray, rows: int, cols: int, out: np.ndarray | None = None
-    ) -> np.ndarray:
-        """(H, rows, cols) stack of 2-D products a[h] @ b[h] (a, b any per-head 2-D views)."""
-        if out is None:
-            out = np.empty((self.cfg.n_heads, rows, cols), dtype=np.float32)
+    # The causal products skip the key/query blocks the mask zeroes: queries [t0, t1) see keys
+    # [0, t1) only (S = 512: 4 blocks, 37.5% fewer attention flops). Every product sums the same
+    # nonzero terms (the skipped ones are exact zeros; BLAS may round a block's sum differently,
+    # ~1e-7 relative), and one block (S below 2 * _BLOCK, e.g. the tiny preset's 64) is the plain
+    # product.
+
+    def _blocks(self) -> list[tuple[int, int]]:
+        S = self.S
+        n = S // _BLOCK if S % _BLOCK == 0 and S >= 2 * _BLOCK else 1
+        return [(S * i // n, S * (i + 1) // n) for i in range(n)]
+
+    def _scores(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """out (H, S, S)[h, t, u] = sum_d a[h, d, t] b[h, d, u] for u < the end of t's block
+        (the rest is left as it was: the causal softmax and its backward never read it)."""
+        for h in range(self.cfg.n_heads):  # 2-D products go straight to BLAS (stacked ones do not)
+            for t0, t1 in self._blocks():
+                np.matmul(a[h][:, t0:t1].T, b[h][:, :t1], out=out[h, t0:t1, :t1])
+        return out
+
+    def _by_query(self, a: np.ndarray, p: np.ndarray) -> np.ndarray:
+        """(H, hd, S)[h, d, t] = sum_u a[h, d, u] p[h, t, u], p causal (zero for u > t)."""
+        out = np.empty(a.shape, dtype=np.float32)  # (H, hd, S)
         for h in range(self.cfg.n_heads):
-            np.matmul(a[h], b[h], out=out[h])
+            for t0, t1 in self._blocks():
+                np.matmul(a[h][:, :t1], p[h, t0:t1, :t1].T, out=out[h][:, t0:t1])
+        return out
+
+    def _by_key(self, a: np.ndarray, p: np.ndarray) -> np.ndarray:
+        """(H, hd, S)[h, d, u] = sum_t a[h, d, t] p[h, t, u], p causal (zero for t < u)."""
+        out = np.empty(a.shape, dtype=np.float32)  # (H, hd, S)
+        for h in range(self.cfg.n_heads):
+            for u0, u1 in self._blocks():
+                np.matmul(a[h][:, u0:], p[h, u0:, u0:u1], out=out[h][:, u0:u1])
         return out
 
     # ---- forward ----------------------------------------------------------------------------
@@ -175,8 +200,7 @@ class CpuKernels:
             self._recycle(stale[2])
         self._probs_cache[layer] = (q, k_tiled, p)
         vh = self._heads(tile_kv(v, cfg))  # (H, hd, S)
-        hd, S = cfg.head_dim, self.S
-        attn = self._per_head(vh, p.transpose(0, 2, 1), hd, S)  # attn[d,t] = sum_t' v[d,t'] P[t,t']
+        attn = self._by_query(vh, p)  # attn[d,t] = sum_t' v[d,t'] P[t,t']
         return (attn.reshape(cfg.q_dim, self.S), q, k, v, *pre)
 
     def wo_fwd(self, layer: int, attn: np.ndarray) -> np.ndarray:
@@ -215,10 +239,8 @@ class CpuKernels:
         else:
             p = self._probs(q, k_tiled)  # recomputed, as the ANE kernel does
         dah, vh = self._heads(dattn), self._heads(v_tiled)  # (H, hd, S)
-        hd = cfg.head_dim
-        dv = self._per_head(dah, p, hd, S)  # dv[d,t'] = sum_t dattn[d,t] P[t,t'] -> (H, hd, S)
-        dp = self._per_head(dah.transpose(0, 2, 1), vh, S, S, out=self._square())  # (H, S, S)
-        # dP[t,t'] = sum_d dattn[d,t] v[d,t']
+        dv = self._by_key(dah, p)  # dv[d,t'] = sum_t dattn[d,t] P[t,t'] -> (H, hd, S)
+        dp = self._scores(dah, vh, self._square())  # dP[t,t'] = sum_d dattn[d,t] v[d,t'] (H,S,S)
         H = cfg.n_heads
         return dv.reshape(cfg.q_dim, S), p.reshape(H * S, S), dp.reshape(H * S, S)
 
@@ -229,9 +251,8 @@ class CpuKernels:
         p3, dp3 = p.reshape(H, S, S), dp.reshape(H, S, S)  # (H, S_query, S_key)
         ds = self._square()  # dL/dscores_raw (H, S, S)
         native.causal_softmax_bwd(p3, dp3, self.scale, out=ds, threads=self.threads)
-        hd = cfg.head_dim
-        dq = self._per_head(self._heads(k_tiled), ds.transpose(0, 2, 1), hd, S)  # sum_t' dS k[d,t']
-        dk = self._per_head(self._heads(q), ds, hd, S)  # dk[d,t'] = sum_t dS[t,t'] q[d,t]
+        dq = self._by_query(self._heads(k_tiled), ds)  # dq[d,t] = sum_t' dS[t,t'] k[d,t']
+        dk = self._by_key(self._heads(q), ds)  # dk[d,t'] = sum_t dS[t,t'] q[d,t]
         self._recycle(ds)  # internal to this call
         return dq.reshape(cfg.q_dim, S), dk.reshape(cfg.q_dim, S)
 
