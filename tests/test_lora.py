@@ -293,3 +293,26 @@ def test_dropout_is_refused_on_the_mil_backends_and_resumes_bit_identically(tmp_
     once, twice = (checkpoint.load(checkpoint.resolve(tmp_path / d)) for d in ("once", "twice"))
     assert once.state.lora.dropout == 0.2
     assert np.array_equal(once.lora.flat, twice.lora.flat)
+
+
+def test_the_backward_stops_at_the_lowest_adapted_layer(rng):
+    """Nothing below the lowest adapted layer trains (and never the embedding): the backward runs
+    no kernel below it, and not the lowest layer's input gradient (q_bwd, kv_bwd)."""
+    lc = LoraConfig(rank=4, targets=("q", "v"), layers=1)
+    cfg, base, lora, x, y = _setup(rng, lc)
+    calls: list[tuple[str, int]] = []
+
+    class Counting(CpuKernels):
+        def ffn_bwd_w2t(self, layer, dffn):
+            calls.append(("ffn", layer))
+            return super().ffn_bwd_w2t(layer, dffn)
+
+        def q_bwd(self, layer, dq):
+            calls.append(("q", layer))
+            return super().q_bwd(layer, dq)
+
+    micro_step(base, LoraGrads(lora, lora.zeros_like()), Counting(cfg, base), x, y, False)
+    assert calls == [("ffn", cfg.n_layers - 1)]
+    calls.clear()
+    micro_step(base, base.zeros_like(), Counting(cfg, base), x, y, False)  # full: every layer
+    assert sorted(calls) == sorted([(k, i) for k in ("ffn", "q") for i in range(cfg.n_layers)])

@@ -166,6 +166,8 @@ class LoraGrads:
     def __init__(self, lora: LoraParams, out: LoraParams, dropout: LoraDropout | None = None
                  ) -> None:  # fmt: skip
         self.lora, self.out, self.dropout = lora, out, dropout
+        self.embedding_trains = False  # frozen, as every other base weight
+        self.lowest = min(lora.lc.layer_ids(lora.cfg))  # nothing below it trains
         self.flat = out.flat  # [n_lora], what the ranks all-reduce
         self._adapted = {(int(base.split(".")[1]), base.split(".")[2]): (a, b)
                          for base, a, b in lora.pairs()}  # (layer, "wq") -> A, B  # fmt: skip

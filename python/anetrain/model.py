@@ -299,6 +299,9 @@ class Gradients(Protocol):
     only the adapters' dA, dB, from the same dY and X (a LoRA run: frozen weights get none).
     """
 
+    lowest: int  # the lowest layer with a weight that trains: the backward stops there
+    embedding_trains: bool  # the backward runs on through layer `lowest`'s input to it
+
     def start(self) -> None:
         """Before the first micro-step of an optimizer step (accumulate=False)."""
         ...
@@ -320,6 +323,8 @@ class Gradients(Protocol):
 
 class FullGrads:
     """Gradients of every parameter, into a Params buffer of the model's layout."""
+
+    lowest, embedding_trains = 0, True  # every parameter trains
 
     def __init__(self, grads: Params) -> None:
         self.grads = grads
@@ -387,8 +392,10 @@ def evaluate(params: Params, kern: Kernels, windows: Iterable[tuple[np.ndarray, 
 
 def _layer_bwd(params: Params, grads: Gradients, kern: Kernels, dw: DwJobs, layer: int,
                a: LayerActs, dy: np.ndarray, accumulate: bool,
-               rope: tuple[np.ndarray, np.ndarray]) -> np.ndarray:  # fmt: skip
-    """Backward of one layer: dy [D, S] at its output -> at its input; queues its dW jobs."""
+               rope: tuple[np.ndarray, np.ndarray], need_dx: bool = True
+               ) -> np.ndarray | None:  # fmt: skip
+    """Backward of one layer: dy [D, S] at its output -> at its input (None when not need_dx:
+    nothing below trains); queues its dW jobs."""
     cfg, lp = params.cfg, params.layers[layer]
     # FFN branch: x_out = x2 + W2 (silu(W1 x2n) * W3 x2n)
     dgate = kern.ffn_bwd_w2t(layer, dy)  # [F, S]
@@ -422,6 +429,8 @@ def _layer_bwd(params: Params, grads: Gradients, kern: Kernels, dw: DwJobs, laye
         head_rmsnorm_bwd(dk, a.k_pre, lp.k_norm, grads.vector(layer, "k_norm"), cfg.n_kv_heads,
                          cfg.norm_eps)  # fmt: skip
     grads.matrix(dw, layer, ("wq", "wk", "wv"), dqkv, a.xn, accumulate)
+    if not need_dx:
+        return None
     dxn = kern.q_bwd(layer, dq)  # [D, S]
     dxn += kern.kv_bwd(layer, dk, dv)
     dy = native.rmsnorm_bwd(dxn, a.x, lp.rms_att, a.r_att, grads.vector(layer, "rms_att"),
@@ -479,13 +488,16 @@ def micro_step(
     dy = native.rmsnorm_bwd(dxf, x, params.rms_final, r_fin, grads.vector(None, "rms_final"),
                             out=dxf)  # fmt: skip
 
-    # ---- layers, last to first; dy is dLoss/d(residual stream) at the layer output
+    # ---- layers, last to first, down to the lowest one that trains; dy is dLoss/d(residual
+    # stream) at the layer output
     rope = rope_for(cfg, len(tokens))  # cos, sin [S, hd/2] each
-    for layer in reversed(range(cfg.n_layers)):
-        dy = _layer_bwd(params, grads, kern, dw, layer, acts[layer], dy, accumulate, rope)
+    for layer in reversed(range(grads.lowest, cfg.n_layers)):
+        need_dx = layer > grads.lowest or grads.embedding_trains
+        dy = _layer_bwd(params, grads, kern, dw, layer, acts[layer], dy, accumulate, rope,
+                        need_dx)  # fmt: skip
         acts[layer] = None  # free this layer's activations early (peak memory)
-
-    grads.embedding(dw, dy, tokens)
+    if grads.embedding_trains:
+        grads.embedding(dw, dy, tokens)
     if sync:
         dw.wait()
     if times is not None:
