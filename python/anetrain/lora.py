@@ -114,11 +114,24 @@ class LoraParams:
             self.tensors[name] = flat[off : off + size].reshape(shape)
             off += size
         self.n_decay = n
+        self.rows = matrix_rows(cfg)  # "wq" -> q_dim, ...: the rows of each layer matrix
 
     def pairs(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
         """(base tensor name, A [r, in], B [out, r]) of every adapted matrix."""
         return [(base, self.tensors[f"{base}.lora_A"], self.tensors[f"{base}.lora_B"])
                 for name, base, _ in self.names if name.endswith(".lora_A")]  # fmt: skip
+
+    def in_block(self, layer: int, names: tuple[str, ...]
+                 ) -> Iterator[tuple[str, np.ndarray, np.ndarray, slice]]:  # fmt: skip
+        """(matrix, A, B, its rows) of every adapted matrix among `names`, the matrices of
+        `layer` whose rows are stacked in that order (e.g. ("wq", "wk", "wv"))."""
+        rows, row = self.rows, 0
+        for name in names:
+            t = self.tensors.get(f"layers.{layer}.{name}.lora_A")
+            if t is not None:
+                yield name, t, self.tensors[f"layers.{layer}.{name}.lora_B"], \
+                    slice(row, row + rows[name])  # fmt: skip
+            row += rows[name]
 
     def __len__(self) -> int:
         return self.flat.size
@@ -169,10 +182,7 @@ class LoraGrads:
         self.embedding_trains = False  # frozen, as every other base weight
         self.lowest = min(lora.lc.layer_ids(lora.cfg))  # nothing below it trains
         self.flat = out.flat  # [n_lora], what the ranks all-reduce
-        self._adapted = {(int(base.split(".")[1]), base.split(".")[2]): (a, b)
-                         for base, a, b in lora.pairs()}  # (layer, "wq") -> A, B  # fmt: skip
         self._scratch: dict[int, np.ndarray] = {}  # size -> a discarded norm-weight gradient
-        self._rows = matrix_rows(lora.cfg)
 
     def start(self) -> None:
         pass  # every adapter's gradient is overwritten by its first matrix() (accumulate=False)
@@ -181,17 +191,12 @@ class LoraGrads:
                x: np.ndarray, accumulate: bool) -> None:  # fmt: skip
         if layer is None:
             return  # the classifier is frozen
-        row = 0
-        for name in names:
-            rows = self._rows[name]
-            if (layer, name) in self._adapted:
-                a, b = self._adapted[(layer, name)]
-                base = f"layers.{layer}.{name}"
-                xd = x if self.dropout is None else self.dropout.dropped(layer, name, x)
-                da, db = self.out.tensors[f"{base}.lora_A"], self.out.tensors[f"{base}.lora_B"]
-                dw.add((layer, name, "lora"), [(_adapter_grads, da, db, a, b, dy[row : row + rows],
-                                                xd, self.lora.lc.scale, accumulate)])  # fmt: skip
-            row += rows
+        for name, a, b, rows in self.lora.in_block(layer, names):
+            base = f"layers.{layer}.{name}"
+            xd = x if self.dropout is None else self.dropout.dropped(layer, name, x)
+            da, db = self.out.tensors[f"{base}.lora_A"], self.out.tensors[f"{base}.lora_B"]
+            dw.add((layer, name, "lora"), [(_adapter_grads, da, db, a, b, dy[rows], xd,
+                                            self.lora.lc.scale, accumulate)])  # fmt: skip
 
     def vector(self, layer: int | None, name: str) -> np.ndarray:
         size = self.lora.cfg.head_dim if name in ("q_norm", "k_norm") else self.lora.cfg.dim
@@ -272,9 +277,6 @@ class LoraDropout:
 
     def __init__(self, lora: LoraParams, seed: int) -> None:
         self.lora, self.p, self.seed = lora, lora.lc.dropout, seed
-        self.adapted = {(int(base.split(".")[1]), base.split(".")[2]): (a, b)
-                        for base, a, b in lora.pairs()}  # fmt: skip
-        self._rows = matrix_rows(lora.cfg)
         self.key: tuple[int, ...] | None = None
         self.masks: dict[tuple[int, str], np.ndarray] = {}  # bool [in, S] of this micro-step
 
@@ -305,28 +307,20 @@ class LoraDropout:
         dropout's difference s B A (drop(x) - x) for every adapted one."""
         if self.key is None:
             return
-        row, s = 0, np.float32(self.lora.lc.scale)
-        for name in names:
-            a, b = self.adapted.get((layer, name), (None, None))
-            rows = self._rows[name]
-            if a is not None:
-                u = a @ (self.dropped(layer, name, x) - x)  # [r, S]
-                u *= s
-                y[row : row + rows] += b @ u
-            row += rows
+        s = np.float32(self.lora.lc.scale)
+        for name, a, b, rows in self.lora.in_block(layer, names):
+            u = a @ (self.dropped(layer, name, x) - x)  # [r, S]
+            u *= s
+            y[rows] += b @ u
 
     def backward(self, layer: int, names: tuple[str, ...], dy: np.ndarray, dx: np.ndarray) -> None:
         """dx [in, S] = (W + s B A)ᵀ dy of the stacked rows `names`, += s (mask / (1-p) - 1) ⊙
         Aᵀ Bᵀ dy_rows for every adapted one."""
         if self.key is None:
             return
-        row, s = 0, np.float32(self.lora.lc.scale)
-        for name in names:
-            a, b = self.adapted.get((layer, name), (None, None))
-            rows = self._rows[name]
-            if a is not None:
-                g = a.T @ (b.T @ dy[row : row + rows])  # [in, S]
-                g *= s
-                m = self.masks[(layer, name)]
-                dx += np.where(m, g * np.float32(1.0 / (1.0 - self.p) - 1.0), -g)
-            row += rows
+        s = np.float32(self.lora.lc.scale)
+        for name, a, b, rows in self.lora.in_block(layer, names):
+            g = a.T @ (b.T @ dy[rows])  # [in, S]
+            g *= s
+            m = self.masks[(layer, name)]
+            dx += np.where(m, g * np.float32(1.0 / (1.0 - self.p) - 1.0), -g)
