@@ -257,3 +257,30 @@ def test_qwen3_training_steps_on_sim_follow_cpu():
     assert np.abs(norms["cpu"]).max() > 1e-3
     cos = norms["sim"] @ norms["cpu"] / np.linalg.norm(norms["sim"]) / np.linalg.norm(norms["cpu"])
     assert cos > 0.95
+
+
+def test_update_weights_of_changed_tensors_restages_just_their_kernels(rng):
+    """LoRA's update (lora.Staged) names the adapted matrices: the kernels holding them are
+    re-staged, exactly as a full staging would, and the others are not touched."""
+    from anetrain.backends.mil import MilKernels
+    from anetrain.backends.runtime import SimRuntime
+    from anetrain.params import init_params
+
+    cfg = tiny_cfg()
+    params = init_params(cfg, rng)
+    kern = MilKernels(cfg, params, SimRuntime(), async_staging=False)
+    before = {n: [s.buf.copy() for s in ss] for n, ss in kern.inputs.items()}
+    params.tensors["layers.0.wq"][...] += 0.5
+    params.tensors["layers.1.w2"][...] += 0.5
+    params.tensors["layers.1.wo"][...] += 0.5  # changed but not named: must stay as staged
+    kern.update_weights({"layers.0.wq", "layers.1.w2"})
+    fresh = MilKernels(cfg, params, SimRuntime(), async_staging=False)
+    touched = set()
+    for name, surfaces in kern.inputs.items():
+        for layer, s in enumerate(surfaces):
+            if not np.array_equal(s.buf, before[name][layer]):
+                touched.add((name, layer))
+                assert np.array_equal(s.buf, fresh.inputs[name][layer].buf), (name, layer)
+    assert touched == {("sdpaFwd", 0), ("qBwd", 0), ("ffnFused", 1), ("ffnBwdW2t", 1)}
+    kern.close()
+    fresh.close()

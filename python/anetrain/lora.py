@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from anetrain.config import ConfigError, ModelConfig
-from anetrain.optim import WeightCopies
 from anetrain.params import Params
 from anetrain.params import layout as params_layout
 
@@ -232,6 +232,14 @@ def keep_frozen(params: Params, lora: LoraParams) -> dict[str, np.ndarray]:
     return frozen
 
 
+class KernelCopies(Protocol):
+    """The kernels' own copies of the weights (model.Kernels), refreshed tensor by tensor."""
+
+    def sync(self) -> None: ...
+
+    def update_weights(self, changed: Collection[str] | None = None) -> None: ...
+
+
 class Staged:
     """optim.WeightCopies of a LoRA run: the kernels read `params` itself, whose adapted matrices
     hold W + s·B·A (staged in place; only those matrices' frozen values are kept aside, so a LoRA
@@ -239,7 +247,7 @@ class Staged:
     re-staged, then the kernels' own copies refreshed (sim/ane: the fp16 weight surfaces re-packed;
     nothing recompiles)."""
 
-    def __init__(self, kern: WeightCopies, params: Params, lora: LoraParams,
+    def __init__(self, kern: KernelCopies, params: Params, lora: LoraParams,
                  frozen: dict[str, np.ndarray]) -> None:  # fmt: skip
         self.kern, self.params, self.lora, self.frozen = kern, params, lora, frozen
 
@@ -248,7 +256,7 @@ class Staged:
 
     def update_weights(self) -> None:
         stage(self.frozen, self.lora, self.params)
-        self.kern.update_weights()
+        self.kern.update_weights(self.frozen.keys())  # the adapted matrices alone changed
 
     @contextmanager
     def unstaged(self) -> Iterator[Params]:

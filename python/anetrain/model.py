@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -87,8 +87,9 @@ class Kernels(Protocol):
         """Before an optimizer step: wait until nothing reads the fp32 masters any more."""
         ...
 
-    def update_weights(self) -> None:
-        """After an optimizer step: take up the new fp32 masters."""
+    def update_weights(self, changed: Collection[str] | None = None) -> None:
+        """After an optimizer step: take up the new fp32 masters (`changed`: only these tensors,
+        Params names such as "layers.3.wq", changed; None: any may have)."""
         ...
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Protocol
 
 import numpy as np
@@ -88,7 +89,7 @@ class CpuKernels:
         self._spare: list[np.ndarray] = []
         self.hook: ProjectionHook | None = None  # a LoRA run's dropout (lora.LoraDropout)
 
-    def update_weights(self) -> None:
+    def update_weights(self, changed: Collection[str] | None = None) -> None:
         """Called after every optimizer step; the cpu kernels read the masters, so nothing to do."""
 
     def sync(self) -> None:

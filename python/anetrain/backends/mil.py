@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -109,12 +110,16 @@ class MilKernels:
             stage_weights(dst, self.specs[name].inp, self.params.layers[layer])
         self.stage_seconds += time.thread_time() - t
 
-    def update_weights(self) -> None:
-        """Re-stage every layer's weight segments from the fp32 masters (after each Adam step)."""
+    def update_weights(self, changed: Collection[str] | None = None) -> None:
+        """Re-stage the layers' weight segments from the fp32 masters (after each Adam step): of
+        every kernel, or (`changed`: Params names) of the kernels holding a changed tensor."""
         self.sync()
         L = self.cfg.n_layers
         order = [(n, i) for i in range(L) for n in FORWARD] + \
                 [(n, i) for i in reversed(range(L)) for n in BACKWARD]  # fmt: skip
+        if changed is not None:
+            order = [(n, i) for n, i in order if any(f"layers.{i}.{s.weight}" in changed
+                     for s in self.specs[n].inp.segments if s.stage)]  # fmt: skip
         for key in order:
             if self._pool is None:
                 self._stage(*key)
