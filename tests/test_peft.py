@@ -294,3 +294,25 @@ def test_an_adapter_write_error_stops_the_run_like_a_checkpoint_write_error(base
     assert capsys.readouterr().err.strip() == (
         f"anetrain.train: error: {ad}: this is a PEFT adapter, not a training checkpoint: use "
         f"--init {ad} to continue training it")  # fmt: skip
+
+
+def test_eval_reads_a_peft_adapter_directory_as_peft_does(bases, tmp_path, capsys):
+    """python -m anetrain.eval ADAPTER_DIR: every window of the tokens, through the merged model;
+    the same mean loss as the PeftModel's over the same windows."""
+    from anetrain.eval import main as eval_main
+
+    ad = _peft_saved(bases / "llama", tmp_path / "ad", 7, r=4, lora_alpha=8,
+                     target_modules=["q_proj", "v_proj"])  # fmt: skip
+    capsys.readouterr()
+    assert eval_main([str(ad), "--data", str(bases / "tokens.bin"), "--split", "train", "--seq",
+                      "16", "--batches", "8", "--json"]) == 0  # fmt: skip
+    got = json.loads(capsys.readouterr().out)
+    toks = np.fromfile(bases / "tokens.bin", np.uint16).astype(np.int64)
+    model = _peft_model(bases / "llama", ad)
+    losses = []
+    for i in range(8):  # consecutive windows of 17 tokens: inputs i*16 .. i*16+15
+        w = torch.from_numpy(toks[i * 16 : i * 16 + 17])[None]
+        with torch.no_grad():
+            losses.append(float(model(input_ids=w, labels=w).loss))
+    assert got["tokens"] == 8 * 16
+    assert got["loss"] == pytest.approx(float(np.mean(losses)), rel=1e-5)
