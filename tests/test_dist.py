@@ -333,3 +333,22 @@ def test_ranks_on_one_machine_share_its_cores(monkeypatch):
     assert dist.cores_per_rank() == max(1, default_threads() // 2)
     monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", str(4 * default_threads()))
     assert dist.cores_per_rank() == 1
+
+
+def test_two_ranks_train_lora_with_dropout_like_one_process(tmp_path):
+    """LoRA over a frozen base, with dropout: 2 ranks x accum 1 train like 1 process x accum 2
+    (the adapter gradients are all-reduced; a window's dropout masks do not depend on the rank
+    that trains it), the ranks' adapters agree at every checkpoint, the base stays frozen."""
+    base, one, two = tmp_path / "base", tmp_path / "one", tmp_path / "two"
+    assert _train(*TINY, "--backend", "cpu", "--steps", "2", "--out", str(base), n=1)\
+        .returncode == 0  # fmt: skip
+    common = [*TINY, "--backend", "cpu", "--init", str(base), "--lora-rank", "4",
+              "--lora-targets", "q,v,down", "--lora-dropout", "0.1", "--lr", "1e-2"]  # fmt: skip
+    r = _train(*common, "--steps", "4", "--accum", "2", "--out", str(one), n=1)
+    assert r.returncode == 0, r.stderr
+    r = _train(*common, "--steps", "4", "--accum", "1", "--ckpt-every", "1", "--out", str(two))
+    assert r.returncode == 0, r.stderr
+    _same_losses(_metrics(one), _metrics(two))
+    a, b = checkpoint.load(one / "checkpoint.bin"), checkpoint.load(two / "checkpoint.bin")
+    np.testing.assert_allclose(a.lora.flat, b.lora.flat, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(a.params.flat, b.params.flat)  # the frozen base

@@ -273,14 +273,15 @@ class Staged:
 
 class LoraDropout:
     """PEFT's lora_dropout on the cpu backend: Y = W X + s B A drop(X), drop(X) = X ⊙ mask / (1-p)
-    with an independent mask per adapter, drawn afresh every micro-step.
+    with an independent mask per adapter, drawn afresh for every window.
 
     The kernels read W + s B A, so this adds the difference s B A (drop(X) - X) to each adapted
     projection's output and s (mask / (1-p) - 1) ⊙ Aᵀ Bᵀ dY to its input gradient
     (backends.cpu.ProjectionHook); LoraGrads reads drop(X). The masks come from a generator keyed by
-    (seed, key, layer, adapter), so a resumed run draws the same ones. Outside begin() ... end()
-    (evaluation) nothing is dropped. The fused ANE kernels have no place for the difference: the
-    sim and ane backends refuse dropout.
+    (seed, key, layer, adapter), key = (step, the window's index in the step's global sequence):
+    a resumed run, or one with another number of ranks, draws the same ones. Outside begin() ...
+    end() (evaluation) nothing is dropped. The fused ANE kernels have no place for the difference:
+    the sim and ane backends refuse dropout.
     """
 
     def __init__(self, lora: LoraParams, seed: int) -> None:
@@ -289,7 +290,7 @@ class LoraDropout:
         self.masks: dict[tuple[int, str], np.ndarray] = {}  # bool [in, S] of this micro-step
 
     def begin(self, *key: int) -> None:
-        """Before a training micro-step: its masks are keyed by `key` (step, micro-step, rank)."""
+        """Before a training micro-step: its masks are keyed by `key` (step, window)."""
         self.key, self.masks = key, {}
 
     def end(self) -> None:

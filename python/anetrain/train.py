@@ -513,8 +513,10 @@ def train(argv: list[str] | None) -> int:
                         break
                     x, y = sampler.next()
                     w = counted_targets(y) / S  # 1.0 for a window without masked targets
-                    # sim: an fp16 overflow is reported as a skip; LoRA dropout: this micro-step's
-                    with warnings.catch_warnings(), _dropping(dropout, st.step, micro, world.rank):
+                    # sim: an fp16 overflow is reported as a skip; LoRA dropout: the masks of
+                    # this window of the step's global sequence (the same for any rank count)
+                    window = micro * world.size + world.rank
+                    with warnings.catch_warnings(), _dropping(dropout, st.step, window):
                         warnings.simplefilter("ignore", MilOverflowWarning)
                         loss = micro_step(params, grads, kern, x, y, accumulate=micro > 0,
                                           loss_scale=scaler.scale * w, dw_pool=dw_pool,
