@@ -327,3 +327,20 @@ def test_an_interrupted_save_leaves_no_temp_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         checkpoint.save(path, ck)
     assert path.read_bytes() == before and not (tmp_path / "checkpoint.bin.tmp").exists()
+
+
+def test_a_long_validation_split_gets_a_note(tmp_path, capsys):
+    """Validation reads every window by default; past 1,000 windows the banner says so and how
+    to read fewer, and --eval-batches silences it."""
+    from anetrain.formats.data import embedded_dataset
+    from anetrain.run import setup_run
+    from anetrain.train import _note_validation, build_parser
+
+    val = embedded_dataset() / "train.bin"  # 1.3M tokens: ~20,000 windows of 64
+    for flags, noted in (([], True), (["--eval-batches", "50"], False)):
+        args = build_parser().parse_args(["--model", "tiny", "--val-data", str(val), "--out",
+                                          str(tmp_path / str(noted)), *flags])  # fmt: skip
+        args.ckpt_seconds = None
+        _note_validation(setup_run(args), quiet=False)
+        out = capsys.readouterr().out
+        assert ("windows of" in out and "--eval-batches N reads the first N" in out) == noted, out

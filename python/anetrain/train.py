@@ -22,6 +22,7 @@ from anetrain.config import (
     )
 from anetrain.errors import UserError
 
+_MANY_WINDOWS = 1000  # a validation this long gets a note on --eval-batches
 # Environment variables that size the BLAS thread pools (OpenBLAS, OpenMP, MKL, Accelerate).
 BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 
@@ -274,6 +275,22 @@ def _banner(run, backend: str, threads: int, dw_note: str, world: dist.World) ->
         print(f"resuming from step {run.state.step} of {run.tc.steps}")
 
 
+def _note_validation(run, quiet: bool) -> None:
+    """--eval-every without validation data; a validation of many windows (all, by default)."""
+    tc, val = run.tc, run.data.val
+    if quiet:
+        return
+    if val is None:
+        if tc.eval_every:
+            print(f"note: --eval-every {tc.eval_every} is ignored: {run.data.source} has no "
+                  "validation data (pass --val-data FILE)")  # fmt: skip
+        return
+    n = val.windows(run.cfg.seq_len)
+    if n > _MANY_WINDOWS and not tc.eval_batches:
+        print(f"note: each validation reads all {n:,} windows of {val.name} (every target "
+              "once); --eval-batches N reads the first N")  # fmt: skip
+
+
 def _record_ranks(run, world: dist.World, quiet: bool) -> None:
     """Record the run's number of ranks; a resume with another number continues the global
     window sequence from where it was, with a different global batch, and says so."""
@@ -475,9 +492,7 @@ def train(argv: list[str] | None) -> int:
     args.quiet = world.quiet_others(args.quiet)  # rank 0 alone reports
     run = world.agree(setup_run, args)  # an input error on any rank stops every rank with it
     tc, st, S, quiet = run.tc, run.state, run.cfg.seq_len, args.quiet
-    if tc.eval_every and run.data.val is None and not quiet:
-        print(f"note: --eval-every {tc.eval_every} is ignored: {run.data.source} has no "
-              "validation data (pass --val-data FILE)")  # fmt: skip
+    _note_validation(run, quiet)
     params = run.params  # a LoRA run: W + s·B·A in the adapted matrices, the frozen W aside
     grads, opt, tgrads, sampler, frozen, dropout = _restore(run, world, threads, quiet)
     seqs = world.size * tc.accum  # sequences per optimizer step, over all ranks

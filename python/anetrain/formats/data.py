@@ -134,6 +134,10 @@ class Split(Protocol):
         """What the run's banner says of it."""
         ...
 
+    def windows(self, seq_len: int) -> int:
+        """How many windows eval_windows gives without a cap."""
+        ...
+
 
 class TokenSplit:
     """A stream of token ids (a memmap of a .bin file): windows anywhere in it."""
@@ -156,8 +160,7 @@ class TokenSplit:
         """Consecutive windows [i S, i S + S + 1): every token after the first is a target once;
         the last window is padded."""
         self.check(seq_len)
-        S, n = seq_len, self.tokens.size
-        count = -(-(n - 1) // S)  # ceil((n - 1) / S)
+        S, count = seq_len, self.windows(seq_len)
         for i in range(min(count, cap) if cap > 0 else count):
             w = np.asarray(self.tokens[i * S : i * S + S + 1], dtype=np.int32)  # [<= S + 1]
             x, y = np.zeros(S, np.int32), np.full(S, IGNORE, np.int32)  # [S] each
@@ -166,6 +169,9 @@ class TokenSplit:
 
     def summary(self, seq_len: int) -> str:
         return f"{self.tokens.size:,} tokens"
+
+    def windows(self, seq_len: int) -> int:
+        return -(-(self.tokens.size - 1) // seq_len)  # ceil((n - 1) / S)
 
 
 def eval_windows(split: Split | np.ndarray, seq_len: int, cap: int = 0) -> Iterator[Window]:

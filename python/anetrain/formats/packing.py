@@ -86,6 +86,9 @@ class PackedSplit:
             self._packed[seq_len] = pack(self.examples, seq_len)
         return self._packed[seq_len]
 
+    def windows(self, seq_len: int) -> int:
+        return self.packed(seq_len).x.shape[0]
+
     def check(self, seq_len: int) -> None:
         p = self.packed(seq_len)
         if not p.x.shape[0]:
