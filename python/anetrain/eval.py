@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="window length (default: the model's seq_len; at most that)")
     p.add_argument("--batches", type=int, default=0, metavar="N",
                    help="only the first N windows (default 0: all)")
-    p.add_argument("--backend", default="cpu", choices=BACKENDS, help="default cpu")
+    p.add_argument("--backend", default="cpu", choices=BACKENDS,
+                   help="default cpu (fp32); a run's val_loss comes from its own backend's kernels "
+                   "(sim/ane: fp16), so pass that backend to reproduce it exactly")  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
