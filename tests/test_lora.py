@@ -128,17 +128,20 @@ def _train(*argv) -> None:
     assert main(["--backend", "cpu", "--quiet", "--threads", "1", *map(str, argv)]) == 0
 
 
-def test_lora_run_resumes_bit_identically_and_leaves_the_base_alone(tmp_path):
+@pytest.mark.parametrize("backend", ["cpu", "sim"])
+def test_lora_run_resumes_bit_identically_and_leaves_the_base_alone(tmp_path, backend):
+    """sim: the resumed run re-stages W + s·B·A from the saved frozen weights and adapters, and
+    its loss scale from the checkpoint, to the same fp16 surfaces."""
     from anetrain.formats import checkpoint
 
     _train("--steps", 2, "--out", tmp_path / "base")
     base = checkpoint.load(checkpoint.resolve(tmp_path / "base")).params
     lora = ["--init", tmp_path / "base", "--lora-rank", 4, "--lora-targets", "q,v,down",
-            "--lora-layers", 1, "--lr-decay-steps", 3]  # fmt: skip
+            "--lora-layers", 1, "--lr-decay-steps", 3, "--backend", backend]  # fmt: skip
     _train(*lora, "--steps", 3, "--out", tmp_path / "once")
     _train(*lora, "--steps", 2, "--out", tmp_path / "twice")
     _train("--resume", tmp_path / "twice", "--steps", 3, "--lora-rank", 4,
-           "--lora-targets", "q,v,down", "--lora-layers", 1)  # fmt: skip
+           "--lora-targets", "q,v,down", "--lora-layers", 1, "--backend", backend)  # fmt: skip
     once, twice = (checkpoint.load(checkpoint.resolve(tmp_path / d)) for d in ("once", "twice"))
     assert once.state.lora == LoraConfig(4, targets=("q", "v", "down"), layers=1)
     assert once.lora is not None and twice.lora is not None and once.m is not None
