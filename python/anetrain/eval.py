@@ -86,6 +86,7 @@ def evaluate_model(args: argparse.Namespace) -> dict:
     from anetrain.formats.models import load_model
     from anetrain.model import evaluate
     from anetrain.params import Params
+    from anetrain.run import check_ids
 
     _, ck = load_model(args.model, base=args.base)
     cfg, params = ck.model, ck.params
@@ -97,9 +98,7 @@ def evaluate_model(args: argparse.Namespace) -> dict:
     if args.batches < 0:
         raise UserError(f"--batches must be >= 0, got {args.batches}")
     data = _open_data(args, ck.state, cfg)
-    if data.max_id >= cfg.vocab_size:
-        raise DataError(f"{data.source}: token id {data.max_id} is outside the vocabulary of "
-                        f"{cfg.vocab_size} of {args.model}")  # fmt: skip
+    check_ids(data, cfg, str(args.model))
     split = _split(data, args.split)
     split.check(cfg.seq_len)
     backend = pick_backend(args.backend, verbose=False, cfg=cfg)

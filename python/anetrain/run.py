@@ -200,7 +200,7 @@ def _resume(args: argparse.Namespace, path: Path, out: Path, same_run: bool) -> 
                                       f"start a new run (--init {path})")  # fmt: skip
             setattr(args, flag, saved_value)
         data = _open_jsonl(args, data_path, args.tokenizer or ck.state.tokenizer)
-        _check_ids(data, cfg, str(path))
+        check_ids(data, cfg, str(path))
     else:
         _no_jsonl_flags(args, data_path)
         saved_dtype = ck.state.data_dtype if args.data is None else None  # the saved raw file's
@@ -275,7 +275,7 @@ def _fresh(args: argparse.Namespace, out: Path) -> Run:
                                 dtype=args.data_dtype)  # fmt: skip
         params, cfg = init, init.cfg
         if jsonl:
-            _check_ids(data, cfg, f"--init {args.init}")
+            check_ids(data, cfg, f"--init {args.init}")
         elif data.vocab_size != cfg.vocab_size:
             raise UserError(f"{data.source}: data vocab {data.vocab_size} does not match the "
                             f"vocab {cfg.vocab_size} of --init {args.init}")  # fmt: skip
@@ -318,8 +318,8 @@ def _no_jsonl_flags(args: argparse.Namespace, path: str | None) -> None:
                             f"train.jsonl), not to {path or 'the embedded dataset'}")  # fmt: skip
 
 
-def _check_ids(data: Dataset, cfg: ModelConfig, model: str) -> None:
-    """The model has an embedding row for every id the tokenizer gave the JSONL data."""
+def check_ids(data: Dataset, cfg: ModelConfig, model: str) -> None:
+    """The model has an embedding row for every id of the data (JSONL: what its tokenizer gave)."""
     if data.max_id >= cfg.vocab_size:
         raise DataError(f"{data.source}: token id {data.max_id} of the tokenizer {data.tokenizer} "
                         f"is outside the vocabulary of {cfg.vocab_size} of {model}")  # fmt: skip

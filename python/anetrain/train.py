@@ -444,16 +444,21 @@ def _restore(run, world: dist.World, threads: int, quiet: bool):
 
 
 @contextmanager
-def _dropping(dropout, *key: int):
-    """A training micro-step of a run with LoRA dropout: its masks, keyed by `key`."""
-    if dropout is None:
-        yield
-        return
-    dropout.begin(*key)
-    try:
-        yield
-    finally:
-        dropout.end()
+def _in_micro_step(dropout, step: int, window: int):
+    """One training micro-step: sim's fp16 overflow warnings off (the loss scaler reports an
+    overflow as a skipped step); with LoRA dropout, the masks of this window of this step."""
+    from anetrain.mil import MilOverflowWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MilOverflowWarning)
+        if dropout is None:
+            yield
+            return
+        dropout.begin(step, window)
+        try:
+            yield
+        finally:
+            dropout.end()
 
 
 def _trained(run):
@@ -480,7 +485,6 @@ def train(argv: list[str] | None) -> int:
     import numpy as np
 
     from anetrain.lora import Staged
-    from anetrain.mil import MilOverflowWarning
     from anetrain.model import micro_step
     from anetrain.native import counted_targets
     from anetrain.optim import LossScaler, get_lr, grad_norm, optimizer_step
@@ -528,11 +532,8 @@ def train(argv: list[str] | None) -> int:
                         break
                     x, y = sampler.next()
                     w = counted_targets(y) / S  # 1.0 for a window without masked targets
-                    # sim: an fp16 overflow is reported as a skip; LoRA dropout: the masks of
-                    # this window of the step's global sequence (the same for any rank count)
-                    window = micro * world.size + world.rank
-                    with warnings.catch_warnings(), _dropping(dropout, st.step, window):
-                        warnings.simplefilter("ignore", MilOverflowWarning)
+                    # the window's place in the step's global sequence (for any rank count)
+                    with _in_micro_step(dropout, st.step, micro * world.size + world.rank):
                         loss = micro_step(params, grads, kern, x, y, accumulate=micro > 0,
                                           loss_scale=scaler.scale * w, dw_pool=dw_pool,
                                           sync=micro == tc.accum - 1, times=times)  # fmt: skip
