@@ -300,6 +300,7 @@ class Gradients(Protocol):
     only the adapters' dA, dB, from the same dY and X (a LoRA run: frozen weights get none).
     """
 
+    flat: np.ndarray  # every gradient it holds, one fp32 buffer (what the ranks all-reduce)
     lowest: int  # the lowest layer with a weight that trains: the backward stops there
     embedding_trains: bool  # the backward runs on through layer `lowest`'s input to it
 
