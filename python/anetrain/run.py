@@ -192,13 +192,14 @@ def _resume(args: argparse.Namespace, path: Path, out: Path, same_run: bool) -> 
         raise CheckpointError(f"{path}: checkpoint seq_len is {cfg.seq_len}, not --seq {args.seq}")
     data_path, val_path = args.data or ck.state.data, args.val_data or ck.state.val_data
     if is_jsonl(data_path):
-        for flag, saved_value in (("mask_prompt", ck.state.mask_prompt),
-                                  ("skip_bad_records", ck.state.skip_bad_records)):  # fmt: skip
-            if getattr(args, flag) and not saved_value:
-                raise CheckpointError(f"{path}: the run was trained without --"
-                                      f"{flag.replace('_', '-')}; resume it without it, or "
-                                      f"start a new run (--init {path})")  # fmt: skip
-            setattr(args, flag, saved_value)
+        st = ck.state
+        for flag, given, saved_value in (("--mask-prompt", args.mask_prompt, st.mask_prompt),
+                                         ("--skip-bad-records", args.skip_bad_records,
+                                          st.skip_bad_records)):  # fmt: skip
+            if given and not saved_value:
+                raise CheckpointError(f"{path}: the run was trained without {flag}; resume "
+                                      f"it without it, or start a new run (--init {path})")
+        args.mask_prompt, args.skip_bad_records = st.mask_prompt, st.skip_bad_records
         data = _open_jsonl(args, data_path, args.tokenizer or ck.state.tokenizer)
         check_ids(data, cfg, str(path))
     else:
